@@ -1,0 +1,24 @@
+"""nxm-kernels: 2:4 sparsity + int8/int4 weights + int8 activations for BERT-class encoders.
+
+The foundation (format, quantization, sparsity) and the op are importable without Triton or a GPU::
+
+    import torch, nxm_kernels as nxm
+    w = torch.randn(768, 768)
+    packed = nxm.pack(w, bits=4, pattern="2:4", prune=True)
+    y = nxm.sparse_int_linear(torch.randn(8, 768), packed)        # backend="auto"
+"""
+
+from .backends import available_backends, resolve_backend
+from .format import FORMAT_VERSION, PackedWeight, pack
+from .ops import sparse_int_linear, sparse_int_mm
+from .quant import dequantize, fake_quant_per_token, fake_quant_weight, quantize_per_token, quantize_weight
+from .sparsity import is_nm, nm_mask, prune_nm
+from .spec import LayerSpec, parse_spec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FORMAT_VERSION", "PackedWeight", "pack", "prune_nm", "nm_mask", "is_nm", "quantize_weight",
+    "quantize_per_token", "dequantize", "fake_quant_weight", "fake_quant_per_token", "sparse_int_linear",
+    "sparse_int_mm", "available_backends", "resolve_backend", "LayerSpec", "parse_spec", "__version__",
+]

@@ -1,0 +1,100 @@
+"""Compute backends for the project's op: ``cuda``, ``triton`` and ``reference``.
+
+Every backend is a module with the same functions, so :mod:`nxm_kernels.ops` can dispatch to any:
+
+``unavailable_reason(device) -> str | None``
+    ``None`` when the backend can run on ``device``, else a sentence saying why not.
+``prepare(packed) -> list[Tensor]``
+    The backend's in-memory layout of a :class:`~nxm_kernels.format.PackedWeight`, derived once
+    (a pure function of the canonical tensors; cached by the caller).
+``quantize_per_token(x2d) -> (codes int8 [M, K], scale float32 [M, 1])``
+``int_mm(xq, weights, meta) -> int32 [M, N]``
+    The raw accumulator ``xq @ W_codes^T`` (exact; compared with ``torch.equal`` in tests).
+``linear(x2d, weights, meta, bias, activation) -> [M, N]`` in ``x2d.dtype``
+    Quantize, accumulate and apply the epilogue (scales, bias, GELU).
+
+``meta`` is a :class:`WeightMeta`. Backends know the format and nothing above it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["BACKENDS", "ENV_VAR", "WeightMeta", "get_backend", "unavailable_reason", "available_backends",
+           "resolve_backend"]
+
+#: In order of preference for ``backend="auto"``.
+BACKENDS = ("cuda", "triton", "reference")
+#: Overrides ``backend="auto"`` (e.g. ``NXM_BACKEND=reference``).
+ENV_VAR = "NXM_BACKEND"
+
+_MODULES = {"cuda": ".cuda", "triton": ".triton_backend", "reference": ".reference"}
+
+
+class WeightMeta(NamedTuple):
+    """What a kernel needs to know about a prepared weight besides its tensors."""
+
+    n: int
+    k: int
+    bits: int
+    sparse: bool
+
+    @classmethod
+    def of(cls, packed) -> "WeightMeta":
+        return cls(packed.shape[0], packed.shape[1], packed.bits, packed.sparse)
+
+
+def get_backend(name: str):
+    """The backend module called ``name`` (imported lazily: importing the package needs no Triton)."""
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {name!r}")
+    return importlib.import_module(_MODULES[name], __name__)
+
+
+def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | None:
+    """``None`` when backend ``name`` can run on ``device``, else why not."""
+    try:
+        backend = get_backend(name)
+    except ImportError as exc:  # e.g. triton not installed
+        return f"cannot import backend {name!r}: {exc}"
+    return backend.unavailable_reason(torch.device(device))
+
+
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can run on ``device``, fastest first."""
+    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """Turn ``"auto"`` (or an explicit name) into a backend that can run on ``device``.
+
+    ``"auto"`` honours the ``NXM_BACKEND`` environment variable, then picks the fastest available
+    backend. An explicit backend that cannot run raises ``RuntimeError`` saying why.
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    device = torch.device(device)
+    if backend == "auto":
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS + ('auto',)}, got {env!r}")
+            backend = env
+        else:
+            for name in BACKENDS:
+                # On a CPU, "auto" means the reference: the Triton interpreter is for testing only.
+                if device.type == "cpu" and name != "reference":
+                    continue
+                if unavailable_reason(name, device) is None:
+                    return name
+            raise RuntimeError(f"no backend can run on {device}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    why = unavailable_reason(backend, device)
+    if why is not None:
+        raise RuntimeError(f"backend {backend!r} is unavailable on {device}: {why}")
+    return backend

@@ -1,0 +1,1 @@
+"""Model knowledge (Hugging Face BERT family). Only this package and ``train`` import transformers."""

@@ -1,0 +1,126 @@
+"""The project's op, ``y = dequant(quant(x) @ W_q^T) (+bias) (+GELU)``, and its dispatch.
+
+Public entry points validate their inputs, resolve the backend and call one of two custom ops
+registered with ``torch.library`` (``nxm::linear`` and ``nxm::int_mm``). The custom ops carry fake
+(meta) implementations so models using them trace under ``torch.compile(fullgraph=True)`` and can be
+captured in CUDA graphs; their real implementation dispatches to the chosen backend by name.
+
+Weights reach the custom ops as the backend's *prepared* tensor list (see
+:mod:`nxm_kernels.backends`), derived once per weight and cached on the ``PackedWeight``.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
+from .backends import WeightMeta, get_backend, resolve_backend
+from .format import PackedWeight
+from .quant import quantize_per_token
+
+__all__ = ["sparse_int_linear", "sparse_int_mm", "quantize_per_token", "prepared_weights", "linear_prepared",
+           "normalize_activation"]
+
+
+# ---------------------------------------------------------------------------------- custom ops
+@torch.library.custom_op("nxm::linear", mutates_args=())
+def _linear_op(x: torch.Tensor, weights: List[torch.Tensor], bias: Optional[torch.Tensor], n: int, k: int,
+               bits: int, sparse: bool, activation: str, backend: str) -> torch.Tensor:
+    return get_backend(backend).linear(x, weights, WeightMeta(n, k, bits, sparse), bias, activation)
+
+
+@_linear_op.register_fake
+def _linear_fake(x, weights, bias, n, k, bits, sparse, activation, backend):
+    return x.new_empty(x.shape[0], n)
+
+
+@torch.library.custom_op("nxm::int_mm", mutates_args=())
+def _int_mm_op(xq: torch.Tensor, weights: List[torch.Tensor], n: int, k: int, bits: int, sparse: bool,
+               backend: str) -> torch.Tensor:
+    return get_backend(backend).int_mm(xq, weights, WeightMeta(n, k, bits, sparse))
+
+
+@_int_mm_op.register_fake
+def _int_mm_fake(xq, weights, n, k, bits, sparse, backend):
+    return xq.new_empty(xq.shape[0], n, dtype=torch.int32)
+
+
+# ---------------------------------------------------------------------------------- helpers
+def normalize_activation(activation) -> str:
+    """``None``/``"none"`` -> ``"none"``; ``"gelu"`` -> ``"gelu"``; anything else is an error."""
+    if activation is None or activation == "none":
+        return "none"
+    if activation == "gelu":
+        return "gelu"
+    raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
+
+
+def _check_packed(packed) -> PackedWeight:
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"packed must be a PackedWeight (see nxm_kernels.pack), got {type(packed).__name__}")
+    return packed
+
+
+def prepared_weights(packed: PackedWeight, backend: str) -> list[torch.Tensor]:
+    """The backend's layout of ``packed``, derived on first use and cached in ``packed.prepared``."""
+    _check_packed(packed)
+    key = (backend, str(packed.device))
+    if key not in packed.prepared:
+        packed.prepared[key] = get_backend(backend).prepare(packed)
+    return packed.prepared[key]
+
+
+def linear_prepared(x: torch.Tensor, weights: list[torch.Tensor], meta: WeightMeta, bias: torch.Tensor | None,
+                    activation: str, backend: str) -> torch.Tensor:
+    """The op on already-validated inputs and an already-resolved backend (used by ``NxMLinear``)."""
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, meta.k)
+    if x2d.shape[0] == 0:
+        return x.new_empty(*lead, meta.n)
+    y = _linear_op(x2d.contiguous(), weights, bias, meta.n, meta.k, meta.bits, meta.sparse, activation, backend)
+    return y.reshape(*lead, meta.n)
+
+
+# ---------------------------------------------------------------------------------- public API
+def sparse_int_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor | None = None,
+                      activation: str | None = None, backend: str = "auto") -> torch.Tensor:
+    """``y = dequant(quant(x) @ W^T) (+bias) (+GELU)`` for ``x`` of shape ``[..., K]``.
+
+    ``x`` is float16/bfloat16/float32 and may be non-contiguous; it is quantized per token to int8,
+    multiplied against the packed int8/int4 (2:4 or dense) weight with int32 accumulation, and
+    dequantized by both scales. ``bias`` is ``[N]``; ``activation`` is ``None`` or ``"gelu"``.
+    The result has shape ``[..., N]`` and ``x``'s dtype. ``backend``: ``"auto"``, ``"cuda"``,
+    ``"triton"`` or ``"reference"`` (``auto`` honours ``NXM_BACKEND``).
+    """
+    _check_packed(packed)
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
+    if x.shape[-1] != packed.in_features:
+        raise ValueError(f"x must have last dimension K={packed.in_features} (the weight's in_features), "
+                         f"got shape {tuple(x.shape)}")
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=FLOAT_DTYPES, ndim=1)
+        if bias.shape[0] != packed.out_features:
+            raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
+    check_same_device(x=x, packed=packed.values, bias=bias)
+    act = normalize_activation(activation)
+    name = resolve_backend(backend, x.device)
+    return linear_prepared(x, prepared_weights(packed, name), WeightMeta.of(packed), bias, act, name)
+
+
+def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto") -> torch.Tensor:
+    """The raw int32 accumulator ``xq[M, K] @ codes[N, K]^T`` (exact on every backend).
+
+    ``xq`` is int8 ``[M, K]`` (e.g. from :func:`quantize_per_token`); the result is int32 ``[M, N]``.
+    """
+    _check_packed(packed)
+    check_tensor("xq", xq, dtypes=(torch.int8,), ndim=2)
+    if xq.shape[1] != packed.in_features:
+        raise ValueError(f"xq must have shape [M, {packed.in_features}], got {tuple(xq.shape)}")
+    check_same_device(xq=xq, packed=packed.values)
+    name = resolve_backend(backend, xq.device)
+    if xq.shape[0] == 0:
+        return xq.new_empty(0, packed.out_features, dtype=torch.int32)
+    meta = WeightMeta.of(packed)
+    return _int_mm_op(xq.contiguous(), prepared_weights(packed, name), meta.n, meta.k, meta.bits, meta.sparse, name)

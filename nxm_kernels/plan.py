@@ -1,0 +1,132 @@
+"""Compression plans: which spec each encoder linear gets.
+
+Encoder linears are named ``layer.<i>.<component>`` with components ``query``, ``key``, ``value``,
+``attn_out``, ``ffn1``, ``ffn2`` (:data:`COMPONENTS`). A plan is an ordered mapping from patterns to
+spec strings (:mod:`nxm_kernels.spec`). A pattern is one of
+
+* ``*``: every encoder linear;
+* a component name, e.g. ``ffn2``: that component in every layer (same as ``layer.*.ffn2``);
+* ``layer.<i>``: every component of layer ``i`` (same as ``layer.<i>.*``);
+* a full glob over names (``fnmatch`` rules), e.g. ``layer.3.ffn1``, ``layer.[0-5].query``.
+
+**Which entry wins.** Among the entries matching a name, the *most specific* wins; among equally
+specific entries, the *later* one wins. Specificity counts what a pattern pins down literally: a
+layer index (2 points) and a component (1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) <
+``layer.3.ffn2`` (3), whatever their order. Layers no entry matches stay ``fp``.
+
+Plans are JSON objects (``{"*": "2:4-w8a8", "ffn2": "dense-w8a8"}``), the same in Python, on disk,
+in checkpoints and on the CLI.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from .spec import LayerSpec, parse_spec
+
+__all__ = ["COMPONENTS", "Plan", "layer_name"]
+
+COMPONENTS = ("query", "key", "value", "attn_out", "ffn1", "ffn2")
+
+
+def layer_name(index: int, component: str) -> str:
+    return f"layer.{index}.{component}"
+
+
+def _expand(pattern: str) -> str:
+    if pattern in COMPONENTS:
+        return f"layer.*.{pattern}"
+    if re.fullmatch(r"layer\.[^.]+", pattern):
+        return pattern + ".*"
+    return pattern
+
+
+def _specificity(pattern: str) -> int:
+    parts = _expand(pattern).split(".")
+    if len(parts) != 3 or parts[0] != "layer":
+        return 0
+    literal = lambda s: not any(c in s for c in "*?[")  # noqa: E731
+    return 2 * literal(parts[1]) + literal(parts[2])
+
+
+class Plan:
+    """An ordered ``pattern -> spec`` mapping (see the module docstring for the matching rule)."""
+
+    def __init__(self, entries: "Mapping[str, str] | Iterable[tuple[str, str]] | str | Plan" = ()):
+        if isinstance(entries, Plan):
+            entries = entries.entries
+        elif isinstance(entries, str):  # a single spec applied to everything
+            entries = {"*": entries}
+        if isinstance(entries, Mapping):
+            entries = list(entries.items())
+        self.entries: list[tuple[str, str]] = []
+        for item in entries:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise TypeError(f"plan entries must be (pattern, spec) pairs, got {item!r}")
+            pattern, spec = item
+            if not isinstance(pattern, str) or not pattern:
+                raise ValueError(f"plan pattern must be a non-empty str, got {pattern!r}")
+            self.entries.append((pattern, str(parse_spec(spec))))
+
+    # ------------------------------------------------------------------ matching
+    def spec_for(self, name: str) -> LayerSpec:
+        """The spec of one layer name (``fp`` when nothing matches)."""
+        best, best_key = None, None
+        for order, (pattern, spec) in enumerate(self.entries):
+            if fnmatch.fnmatchcase(name, _expand(pattern)):
+                key = (_specificity(pattern), order)
+                if best_key is None or key > best_key:
+                    best, best_key = spec, key
+        return parse_spec(best or "fp")
+
+    def resolve(self, names: Iterable[str], *, strict: bool = True) -> dict[str, LayerSpec]:
+        """Specs for ``names``. With ``strict``, a pattern matching none of them is an error."""
+        names = list(names)
+        if strict:
+            for pattern, _ in self.entries:
+                if not any(fnmatch.fnmatchcase(n, _expand(pattern)) for n in names):
+                    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+                    raise ValueError(f"plan pattern {pattern!r} matches no layer; layers are: {shown} "
+                                     f"(components: {', '.join(COMPONENTS)})")
+        return {n: self.spec_for(n) for n in names}
+
+    # ------------------------------------------------------------------ serialisation
+    def to_dict(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for pattern, spec in self.entries:
+            out.pop(pattern, None)  # a repeated pattern keeps its last position, as it wins
+            out[pattern] = spec
+        return out
+
+    def to_json(self, path: "str | Path | None" = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_json(cls, text_or_path: "str | Path") -> "Plan":
+        """From a JSON string or a path to a JSON file holding a ``{pattern: spec}`` object."""
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            path = Path(text)
+            if not path.is_file():
+                raise ValueError(f"plan must be a JSON object or a path to one, got {text!r}")
+            text = path.read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"plan is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"plan JSON must be an object mapping patterns to specs, got {type(data).__name__}")
+        return cls(data)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Plan) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"Plan({self.to_dict()!r})"

@@ -1,0 +1,121 @@
+"""Symmetric integer quantization: per-output-channel weights, per-token activations.
+
+The integer ranges are symmetric so that zero is exact and no zero-point is needed:
+
+* int8: codes in ``[-127, 127]`` (``-128`` is never produced),
+* int4: codes in ``[-7, 7]`` (``-8`` is never produced).
+
+Scales are float32. For a row with max magnitude ``amax`` the scale is ``amax / qmax``; an all-zero
+row gets scale ``1.0`` (its codes are all zero, so any scale reproduces it). Codes are
+``clamp(round_half_even(v / scale), -qmax, qmax)`` computed in float32 with an IEEE division. Every
+backend (reference, Triton, CUDA) computes exactly these codes; that is what makes their int32
+accumulators comparable with ``torch.equal``.
+
+The ``fake_quant_*`` functions return ``codes * scale`` in the input's dtype, i.e. exactly the values
+the kernels compute with, with a straight-through gradient (identity) when ``ste=True``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._checks import FLOAT_DTYPES, check_finite, check_tensor
+
+__all__ = ["qmax", "weight_scales", "quantize_weight", "quantize_per_token", "dequantize",
+           "fake_quant_weight", "fake_quant_per_token", "ACT_QMAX"]
+
+ACT_QMAX = 127
+
+
+def qmax(bits: int) -> int:
+    """Largest code of the symmetric ``bits``-bit range (127 for int8, 7 for int4)."""
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits!r}")
+    return (1 << (bits - 1)) - 1
+
+
+def _row_scales(v: torch.Tensor, q: int) -> torch.Tensor:
+    """float32 scales ``amax / q`` over the last dim; all-zero rows get 1.0."""
+    amax = v.detach().abs().amax(dim=-1, keepdim=True).float()
+    return torch.where(amax > 0, amax / q, torch.ones_like(amax))
+
+
+def _codes(v: torch.Tensor, scale: torch.Tensor, q: int) -> torch.Tensor:
+    return torch.clamp(torch.round(v.float() / scale), -q, q).to(torch.int8)
+
+
+def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel float32 scales ``[out]`` of a ``[out, in]`` weight."""
+    check_tensor("weight", weight, dtypes=FLOAT_DTYPES, ndim=2)
+    return _row_scales(weight, qmax(bits)).squeeze(-1)
+
+
+def quantize_weight(weight: torch.Tensor, bits: int = 8, scale: torch.Tensor | None = None):
+    """Quantize ``weight[out, in]`` per output channel.
+
+    Returns ``(codes int8 [out, in], scale float32 [out])``. int4 codes are also returned as int8
+    (one code per byte); packing two per byte is the format's job. A given ``scale`` is used as is.
+    """
+    q = qmax(bits)
+    check_tensor("weight", weight, dtypes=FLOAT_DTYPES, ndim=2)
+    check_finite("weight", weight)
+    if scale is None:
+        scale = _row_scales(weight, q).squeeze(-1)
+    else:
+        check_tensor("scale", scale, dtypes=(torch.float32,), ndim=1)
+        if scale.shape[0] != weight.shape[0]:
+            raise ValueError(f"scale must have {weight.shape[0]} entries (one per output channel), "
+                             f"got {scale.shape[0]}")
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError("scale must be finite and > 0")
+    return _codes(weight, scale.unsqueeze(-1), q), scale
+
+
+def quantize_per_token(x: torch.Tensor):
+    """Dynamic symmetric int8 quantization of each token (each row of the last dim).
+
+    ``x``: ``[..., K]`` float16/bfloat16/float32. Returns ``(codes int8 [..., K], scale float32
+    [..., 1])`` with ``x ~= codes * scale``.
+    """
+    check_tensor("x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
+    scale = _row_scales(x, ACT_QMAX)
+    return _codes(x, scale, ACT_QMAX), scale
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``codes * scale`` (scale broadcast over the last dim: ``[out]`` for weights, ``[..., 1]`` for tokens)."""
+    check_tensor("codes", codes, dtypes=(torch.int8, torch.int32))
+    check_tensor("scale", scale, dtypes=(torch.float32,))
+    if scale.dim() == 1 and codes.dim() == 2 and scale.shape[0] == codes.shape[0]:
+        scale = scale.unsqueeze(-1)
+    return (codes.float() * scale).to(dtype)
+
+
+class _STE(torch.autograd.Function):
+    """Forward: the quantized value; backward: identity (straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, v, quantized):
+        return quantized
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def fake_quant_weight(weight: torch.Tensor, bits: int = 8, *, ste: bool = True,
+                      scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``codes * scale`` for a per-channel quantized weight, in the weight's dtype.
+
+    With ``ste=True`` the gradient flows to ``weight`` unchanged (the scale is treated as a constant).
+    """
+    codes, scale = quantize_weight(weight.detach(), bits, scale)
+    deq = (codes.float() * scale.unsqueeze(-1)).to(weight.dtype)
+    return _STE.apply(weight, deq) if ste else deq
+
+
+def fake_quant_per_token(x: torch.Tensor, *, ste: bool = True) -> torch.Tensor:
+    """``codes * scale`` for per-token int8 activations, in ``x``'s dtype, straight-through if asked."""
+    codes, scale = quantize_per_token(x.detach())
+    deq = (codes.float() * scale).to(x.dtype)
+    return _STE.apply(x, deq) if ste else deq

@@ -1,0 +1,35 @@
+"""Shared test setup.
+
+* Without a GPU, Triton kernels run through Triton's interpreter: ``TRITON_INTERPRET`` must be set
+  before any ``@triton.jit`` function is created, so it is set here, before the package is imported.
+* Every test draws fresh random inputs: an autouse fixture seeds torch with a new seed per test and
+  prints it, so a failure shows the seed that reproduces it (``NXM_TEST_SEED=<seed>``).
+* ``@pytest.mark.gpu`` tests skip cleanly without a CUDA device.
+"""
+
+import os
+import random
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+HAS_GPU = torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    seed = int(os.environ.get("NXM_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    print(f"[seed] NXM_TEST_SEED={seed}")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    yield seed
