@@ -1,0 +1,162 @@
+"""The Triton backend: the portable GPU path (and, through ``TRITON_INTERPRET=1``, a CPU test path).
+
+Two kernels, each in its own module:
+
+* :mod:`.triton_quant` — per-token int8 activation quantization, bit-identical to
+  :func:`nxm_kernels.quant.quantize_per_token`;
+* :mod:`.triton_gemm` — the sparse/dense int GEMM reading the canonical packed weight directly
+  (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue.
+
+``prepare`` returns the canonical tensors unchanged (made contiguous): the kernel decodes the
+canonical layout in registers, so no backend-specific layout is needed.
+
+Importing this module never fails for want of Triton or a GPU; :func:`unavailable_reason` says why
+the backend cannot run instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..format import PackedWeight
+
+NAME = "triton"
+ACTIVATIONS = ("none", "gelu")
+#: int8 ``tl.dot`` (mma.sync s8) needs Ampere or newer.
+MIN_CAPABILITY = (8, 0)
+
+try:
+    import triton  # noqa: F401
+
+    from . import triton_gemm, triton_quant
+    _IMPORT_ERROR: Exception | None = None
+except Exception as exc:  # noqa: BLE001 - ImportError, or a broken triton install
+    triton_gemm = triton_quant = None
+    _IMPORT_ERROR = exc
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """``None`` when the Triton kernels can run on ``device``, else a sentence saying why not."""
+    device = torch.device(device)
+    if _IMPORT_ERROR is not None:
+        return f"the triton package cannot be imported ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
+    interpreted = triton_gemm.is_interpreted()
+    if device.type == "cpu":
+        if interpreted:
+            return None
+        return ("Triton kernels run on CUDA GPUs; on a CPU they run only through Triton's interpreter, "
+                "which needs TRITON_INTERPRET=1 set before nxm_kernels' Triton backend is first imported")
+    if device.type != "cuda":
+        return f"Triton kernels run on CUDA devices (or on the CPU through the interpreter), got device {device}"
+    if not torch.cuda.is_available():
+        return "CUDA is not available to torch on this machine"
+    if interpreted:
+        return None  # the interpreter copies CUDA tensors to the host and back: slow, but correct
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    cap = torch.cuda.get_device_capability(index)
+    if cap < MIN_CAPABILITY:
+        return (f"the int8 tensor-core tl.dot needs compute capability >= {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} "
+                f"(Ampere or newer); {torch.cuda.get_device_name(index)} has {cap[0]}.{cap[1]}")
+    return None
+
+
+def _require_available(device: torch.device) -> None:
+    why = unavailable_reason(device)
+    if why is not None:
+        raise RuntimeError(f"the triton backend cannot run on {device}: {why}")
+
+
+def prepare(packed: PackedWeight) -> list[torch.Tensor]:
+    """The canonical tensors, contiguous: ``[values, metadata, scales]`` (``[values, scales]`` if dense)."""
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
+    out = [packed.values.contiguous()]
+    if packed.sparse:
+        out.append(packed.metadata.contiguous())
+    out.append(packed.scales.contiguous())
+    return out
+
+
+def _split_weights(weights, meta):
+    """Check ``prepare``'s list against ``meta`` and return ``(values, metadata | None, scales)``."""
+    if not isinstance(weights, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in weights):
+        raise TypeError("weights must be the list of tensors returned by prepare()")
+    expected = 3 if meta.sparse else 2
+    if len(weights) != expected:
+        raise ValueError(f"weights must hold {expected} tensors for a {'2:4' if meta.sparse else 'dense'} "
+                         f"weight (values{', metadata' if meta.sparse else ''}, scales), got {len(weights)}")
+    values, scales = weights[0], weights[-1]
+    metadata = weights[1] if meta.sparse else None
+    kp = -(-meta.k // 16) * 16
+    kept = kp // 2 if meta.sparse else kp
+    want = (meta.n, kept if meta.bits == 8 else kept // 2)
+    vdtype = torch.int8 if meta.bits == 8 else torch.uint8
+    if values.dtype != vdtype or tuple(values.shape) != want:
+        raise ValueError(f"values must be {vdtype} {want} for n={meta.n}, k={meta.k}, bits={meta.bits}, "
+                         f"sparse={meta.sparse}; got {values.dtype} {tuple(values.shape)}")
+    if metadata is not None and (metadata.dtype != torch.uint8 or tuple(metadata.shape) != (meta.n, kp // 8)):
+        raise ValueError(f"metadata must be uint8 {(meta.n, kp // 8)}, got {metadata.dtype} {tuple(metadata.shape)}")
+    if scales.dtype != torch.float32 or tuple(scales.shape) != (meta.n,):
+        raise ValueError(f"scales must be float32 ({meta.n},), got {scales.dtype} {tuple(scales.shape)}")
+    for name, t in (("values", values), ("metadata", metadata), ("scales", scales)):
+        # The kernel indexes weight rows with one stride and scales with unit stride.
+        if t is not None and t.dim() and t.stride(-1) != 1:
+            raise ValueError(f"{name} must have unit stride along its last dimension (use prepare())")
+    return values, metadata, scales
+
+
+def _check_devices(**tensors) -> torch.device:
+    devices = {name: t.device for name, t in tensors.items() if t is not None}
+    if len(set(devices.values())) > 1:
+        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"tensors must be on the same device, got {listing}")
+    return next(iter(devices.values()))
+
+
+def quantize_per_token(x2d: torch.Tensor):
+    """Per-token int8 codes and float32 scales of ``x2d[M, K]``, exactly as the reference computes them."""
+    if isinstance(x2d, torch.Tensor):
+        _require_available(x2d.device)
+    return triton_quant.quantize_per_token(x2d)
+
+
+def _check_x(name: str, x: torch.Tensor, dtypes, k: int) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in dtypes:
+        raise TypeError(f"{name} must have dtype in {tuple(str(d) for d in dtypes)}, got {x.dtype}")
+    if x.dim() != 2 or x.shape[1] != k:
+        raise ValueError(f"{name} must have shape [M, {k}] (K = the weight's in_features), got {tuple(x.shape)}")
+
+
+def int_mm(xq: torch.Tensor, weights: list[torch.Tensor], meta) -> torch.Tensor:
+    """Exact int32 ``xq[M, K] @ codes[N, K]^T`` computed by the Triton GEMM (no epilogue)."""
+    _check_x("xq", xq, (torch.int8,), meta.k)
+    values, metadata, _ = _split_weights(weights, meta)
+    device = _check_devices(xq=xq, values=values, metadata=metadata)
+    _require_available(device)
+    return triton_gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse)
+
+
+def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
+           activation: str) -> torch.Tensor:
+    """Quantize ``x2d`` per token, multiply by the packed weight, apply scales, bias and GELU; ``x2d``'s dtype."""
+    _check_x("x2d", x2d, _FLOAT_DTYPES, meta.k)
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    values, metadata, scales = _split_weights(weights, meta)
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dtype not in _FLOAT_DTYPES or tuple(bias.shape) != (meta.n,):
+            raise ValueError(f"bias must be a float16/bfloat16/float32 tensor of shape ({meta.n},), got "
+                             f"{getattr(bias, 'dtype', type(bias).__name__)} {tuple(getattr(bias, 'shape', ()))}")
+        bias = bias.contiguous()
+    device = _check_devices(x2d=x2d, values=values, metadata=metadata, scales=scales, bias=bias)
+    _require_available(device)
+    if x2d.shape[0] == 0:
+        return x2d.new_empty(0, meta.n)
+    xq, x_scale = triton_quant.quantize_per_token(x2d)
+    return triton_gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse,
+                                x_scale=x_scale, w_scale=scales, bias=bias, gelu=activation == "gelu",
+                                out_dtype=x2d.dtype)

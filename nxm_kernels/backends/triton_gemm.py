@@ -1,0 +1,341 @@
+"""Triton kernel: int8 activations x packed int8/int4 (2:4-sparse or dense) weights -> int32 -> epilogue.
+
+``y[m, n] = epilogue( sum_k xq[m, k] * W[n, k] )`` where ``W`` is read straight from the canonical
+:class:`~nxm_kernels.format.PackedWeight` tensors (no backend-specific layout), expanded to a dense
+int8 tile in registers, and multiplied with an int8 ``tl.dot`` that accumulates in int32 (exact).
+
+Read top to bottom: the weight-tile decoder (the only place that knows the packed layout), the
+kernel (tiling, main loop, fused epilogue), the autotune configs, the launcher.
+
+Tiling
+------
+The output ``[M, N]`` is cut into ``BLOCK_M x BLOCK_N`` tiles, one program each, visited in
+groups of ``GROUP_M`` tile-rows (the Triton matmul tutorial's L2-friendly order: programs running at
+the same time share weight tiles). Each program walks K in steps of ``BLOCK_K`` *logical* columns:
+
+* an activation tile ``xq[BLOCK_M, BLOCK_K]`` (int8, masked to zero past ``M`` and past the logical
+  ``K``, so the weight's zero padding never meets garbage);
+* the matching weight tile, which covers ``BLOCK_K`` logical columns but occupies far fewer bytes:
+
+  ================  ======================================  ==========================
+  spec              bytes loaded per row and K step         tensor(s)
+  ================  ======================================  ==========================
+  2:4, int8         ``BLOCK_K/2`` values + ``BLOCK_K/8``    ``values`` int8, ``metadata``
+  2:4, int4         ``BLOCK_K/4`` values + ``BLOCK_K/8``    ``values`` uint8, ``metadata``
+  dense, int8       ``BLOCK_K``                             ``values`` int8
+  dense, int4       ``BLOCK_K/2``                           ``values`` uint8
+  ================  ======================================  ==========================
+
+  Every byte is loaded once, as one contiguous run per weight row (coalesced, vectorisable), and
+  decoded in registers to the dense int8 tile ``[BLOCK_N, BLOCK_K]`` (see ``_weight_tile``);
+* ``acc += xq_tile @ W_tile^T`` with ``tl.dot`` on int8 operands into an int32 accumulator.
+
+Because every weight byte is read exactly once per tile-row of the output, the bytes streamed from
+memory are the packed bytes; for small M (memory-bound) that is what makes the packed format fast.
+
+Epilogue (fused, float32, the reference's order): ``y = ((acc * x_scale[m]) * w_scale[n]) + bias[n]``,
+then the exact erf GELU if asked, then a cast to the output dtype. With ``EPILOGUE=False`` the raw
+int32 accumulator is stored instead (the ``int_mm`` entry point; tests compare it with ``torch.equal``).
+
+K is padded to a multiple of 16 in the format (``K_PAD``); ``BLOCK_K`` is a power of two >= 32
+(int8 ``tl.dot`` needs K >= 32 on NVIDIA GPUs). A K step that runs past ``K_PAD`` is masked.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["GemmConfig", "INTERPRETER_CONFIG", "SMALL_M_CONFIGS", "LARGE_M_CONFIGS", "SMALL_M_MAX",
+           "int_gemm", "is_interpreted", "m_bucket"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Weight-tile decoder: packed bytes -> dense int8 tile [BLOCK_N, BLOCK_K], all in registers.
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _nibbles(b):
+    """uint8 bytes -> (low, high) nibbles as sign-extended 4-bit two's-complement int32 values."""
+    b = b.to(tl.int32)  # zero-extends the uint8
+    lo = ((b & 0xF) ^ 8) - 8
+    hi = ((b >> 4) ^ 8) - 8
+    return lo, hi
+
+
+@triton.jit
+def _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
+                 BITS: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The dense int8 codes ``W[offs_n, kt*BLOCK_K : (kt+1)*BLOCK_K]`` (zero for rows >= N).
+
+    2:4 layout (format.py): logical group ``g`` (columns ``4g..4g+3``) keeps two values, slot 0 at
+    offset ``i0`` and slot 1 at offset ``i1`` (``i0 < i1``); metadata byte ``b`` holds group ``2b`` in
+    its low nibble and group ``2b+1`` in its high nibble, each nibble ``i0 | i1 << 2``.
+
+    Expansion of one tile of ``G = BLOCK_K/4`` groups:
+
+    1. kept values ``v0, v1 [BLOCK_N, G]`` (slot 0 and slot 1 of each group):
+       int8: load ``[BLOCK_N, 2G]`` contiguous bytes, view as ``[BLOCK_N, G, 2]``, ``tl.split``;
+       int4: load ``[BLOCK_N, G]`` bytes, one group per byte (slot 0 = low nibble, slot 1 = high);
+    2. offsets: load ``[BLOCK_N, G/2]`` metadata bytes, split each into its two nibbles, interleave
+       them with ``tl.join`` + reshape back into group order -> ``nib [BLOCK_N, G]``,
+       ``i0 = nib & 3``, ``i1 = nib >> 2``;
+    3. scatter by comparison: dense column ``4g + p`` is ``v0`` if ``p == i0``, ``v1`` if ``p == i1``,
+       else 0 -> four ``[BLOCK_N, G]`` tiles ``w_p``, interleaved and reshaped to ``[BLOCK_N, 4G]``.
+       ``tl.join`` adds its new axis *last*, so ``join(join(w0, w2), join(w1, w3))`` is
+       ``[BLOCK_N, G, 2, 2]`` with ``[..., a, b] = w_{2a+b}``: row-major flattening gives
+       ``w0, w1, w2, w3`` per group.
+
+    ``tl.join`` puts the new minor dimension in the same thread's registers, so the interleaves and
+    the reshape cost no memory traffic; each packed byte is loaded once.
+    """
+    n_ok = offs_n[:, None] < N
+    k0 = kt * BLOCK_K
+    if SPARSE:
+        if BITS == 8:
+            cols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            v = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
+                        mask=n_ok & (cols[None, :] < K_PAD // 2), other=0)
+            v0, v1 = tl.split(tl.reshape(v, (BLOCK_N, BLOCK_K // 4, 2)))
+            v0 = v0.to(tl.int32)
+            v1 = v1.to(tl.int32)
+        else:
+            cols = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+            b = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
+                        mask=n_ok & (cols[None, :] < K_PAD // 4), other=0)
+            v0, v1 = _nibbles(b)
+        mcols = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+        mb = tl.load(meta_ptr + offs_n[:, None] * stride_mn + mcols[None, :],
+                     mask=n_ok & (mcols[None, :] < K_PAD // 8), other=0).to(tl.int32)
+        nib = tl.reshape(tl.join(mb & 0xF, mb >> 4), (BLOCK_N, BLOCK_K // 4))
+        i0 = nib & 3
+        i1 = nib >> 2
+        w0 = tl.where(i0 == 0, v0, tl.where(i1 == 0, v1, 0))
+        w1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, 0))
+        w2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, 0))
+        w3 = tl.where(i0 == 3, v0, tl.where(i1 == 3, v1, 0))
+        w = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+    else:
+        if BITS == 8:
+            cols = k0 + tl.arange(0, BLOCK_K)
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
+                        mask=n_ok & (cols[None, :] < K_PAD), other=0)
+        else:
+            # Byte j holds codes 2j (low nibble) and 2j+1 (high nibble): interleave them back.
+            cols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+            b = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
+                        mask=n_ok & (cols[None, :] < K_PAD // 2), other=0)
+            lo, hi = _nibbles(b)
+            w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
+    return w.to(tl.int8)
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernel.
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _nxm_gemm_kernel(
+    # pointers
+    x_ptr, w_ptr, meta_ptr, xs_ptr, ws_ptr, bias_ptr, y_ptr,
+    # sizes: M rows of x, N outputs, K logical inputs, K_PAD = K rounded up to 16 (the format's),
+    # M_BUCKET only feeds the autotuner's key (tuning per bucket of M, not per M)
+    M, N, K, K_PAD, M_BUCKET,
+    # strides (in elements); x and y may be any 2-D strided views, weight rows are contiguous
+    stride_xm, stride_xk, stride_wn, stride_mn, stride_ym, stride_yn,
+    # what to compute
+    BITS: tl.constexpr, SPARSE: tl.constexpr, EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr,
+    GELU: tl.constexpr,
+    # tiling (set by the autotuner)
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+):
+    # --- which output tile: grouped ordering (GROUP_M tile-rows share each weight tile in L2) ---
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    m_ok = offs_m < M
+    x_ptrs = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_k[None, :] * stride_xk
+
+    # --- main loop over K: int8 x int8 -> int32, exact ---
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for kt in range(0, tl.cdiv(K, BLOCK_K)):
+        k_ok = (kt * BLOCK_K + offs_k) < K
+        a = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0)
+        w = _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
+                         BITS, SPARSE, BLOCK_N, BLOCK_K)
+        acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
+        x_ptrs += BLOCK_K * stride_xk
+
+    # --- epilogue, in the reference's order ---
+    n_ok = offs_n < N
+    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :] * stride_yn
+    y_mask = m_ok[:, None] & n_ok[None, :]
+    if EPILOGUE:
+        xs = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
+        ws = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+        y = acc.to(tl.float32) * xs[:, None]
+        y = y * ws[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            # Exact (erf) GELU, as BERT and the reference use: 0.5 * y * (1 + erf(y / sqrt(2))).
+            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_mask)
+    else:
+        tl.store(y_ptrs, acc, mask=y_mask)
+
+
+# ------------------------------------------------------------------------------------------------
+# Autotune configs.
+# ------------------------------------------------------------------------------------------------
+class GemmConfig(dict):
+    """Tiling of one launch: ``BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages``."""
+
+    KEYS = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M", "num_warps", "num_stages")
+
+    def __init__(self, BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M=8, num_warps=4, num_stages=3):
+        super().__init__(BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, GROUP_M=GROUP_M,
+                         num_warps=num_warps, num_stages=num_stages)
+        for name in ("BLOCK_M", "BLOCK_N", "BLOCK_K"):
+            v = self[name]
+            if not isinstance(v, int) or v < 16 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two >= 16, got {v!r}")
+        if BLOCK_K < 32:
+            raise ValueError(f"BLOCK_K must be >= 32 (int8 tl.dot needs K >= 32 on NVIDIA GPUs), got {BLOCK_K}")
+
+    def triton(self) -> triton.Config:
+        meta = {k: self[k] for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M")}
+        return triton.Config(meta, num_warps=self["num_warps"], num_stages=self["num_stages"])
+
+
+#: Largest M served by the small-M (memory-bound) configs.
+SMALL_M_MAX = 64
+
+# Small M (<= 64 tokens): the kernel streams the weight once and is bound by memory bandwidth, so the
+# configs keep BLOCK_M at the (bucketed) M to waste no MMA rows, and vary the weight tile: narrow
+# BLOCK_N gives more programs (more SMs pulling bytes, e.g. N=768 / 16 = 48 programs), wide BLOCK_K
+# gives long contiguous runs per row and fewer loop iterations. Deep pipelines hide DRAM latency.
+SMALL_M_CONFIGS = [
+    GemmConfig(bm, bn, bk, GROUP_M=1, num_warps=4, num_stages=st)
+    for bm in (16, 32, 64)
+    for bn, bk, st in ((16, 256, 4), (32, 256, 4), (64, 128, 4), (64, 256, 3), (128, 128, 3))
+]
+
+# Large M: compute-bound; 128x128-ish tiles as in dense int8 GEMMs, 3-4 stages, GROUP_M=8 for L2 reuse.
+# The 2:4 expansion is ALU work per weight tile, amortised over BLOCK_M rows: wide BLOCK_M helps.
+LARGE_M_CONFIGS = [
+    GemmConfig(128, 128, 64, num_warps=8, num_stages=4),
+    GemmConfig(128, 128, 128, num_warps=8, num_stages=3),
+    GemmConfig(128, 256, 64, num_warps=8, num_stages=3),
+    GemmConfig(256, 128, 64, num_warps=8, num_stages=3),
+    GemmConfig(64, 128, 128, num_warps=4, num_stages=4),
+    GemmConfig(128, 64, 128, num_warps=4, num_stages=4),
+]
+
+#: The one config used under TRITON_INTERPRET=1 (no autotuning there: every config would run).
+#: Small, so tests exercise several K steps and the masks on tiny shapes.
+INTERPRETER_CONFIG = GemmConfig(32, 32, 32, GROUP_M=2, num_warps=4, num_stages=1)
+
+
+def m_bucket(m: int) -> int:
+    """Autotuning bucket of M: 16, 32, 64 for small M; then powers of two up to 8192."""
+    return min(8192, max(16, triton.next_power_of_2(m)))
+
+
+def _prune_small(configs, named_args, **kwargs):
+    # One BLOCK_M per bucket: the smallest that covers M (16 for M <= 16, 32 for <= 32, 64 for <= 64).
+    bucket = named_args["M_BUCKET"]
+    return [c for c in configs if c.kwargs["BLOCK_M"] == min(bucket, SMALL_M_MAX)]
+
+
+def _prune_large(configs, named_args, **kwargs):
+    # A 256-row tile for fewer than 256 rows would compute mostly padding.
+    bucket = named_args["M_BUCKET"]
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= bucket]
+    return kept or configs[:1]
+
+
+_KEY = ["M_BUCKET", "N", "K", "BITS", "SPARSE", "EPILOGUE", "HAS_BIAS", "GELU"]
+_small_m_kernel = triton.autotune([c.triton() for c in SMALL_M_CONFIGS], key=_KEY,
+                                  prune_configs_by={"early_config_prune": _prune_small})(_nxm_gemm_kernel)
+_large_m_kernel = triton.autotune([c.triton() for c in LARGE_M_CONFIGS], key=_KEY,
+                                  prune_configs_by={"early_config_prune": _prune_large})(_nxm_gemm_kernel)
+
+
+def is_interpreted() -> bool:
+    """True when the kernels were created under ``TRITON_INTERPRET=1`` (they then run on the CPU)."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover - every triton 3.x has it
+        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return isinstance(_nxm_gemm_kernel, InterpretedFunction)
+
+
+# ------------------------------------------------------------------------------------------------
+# Launcher.
+# ------------------------------------------------------------------------------------------------
+def int_gemm(xq: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor | None, *, n: int, k: int,
+             bits: int, sparse: bool, x_scale: torch.Tensor | None = None, w_scale: torch.Tensor | None = None,
+             bias: torch.Tensor | None = None, gelu: bool = False, out_dtype: torch.dtype | None = None,
+             config: GemmConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``xq[M, k] (int8) @ W[n, k]^T`` from the canonical packed tensors.
+
+    Without ``x_scale``/``w_scale`` the raw int32 ``[M, n]`` accumulator is returned. With them
+    (float32 ``[M, 1]`` / ``[n]``) the fused epilogue runs and the result has ``out_dtype``.
+    ``config`` fixes the tiling (tests; benchmarks); by default the autotuner picks it on a GPU and
+    :data:`INTERPRETER_CONFIG` is used under the interpreter. ``out`` (``[M, n]``, any strides, the
+    result's dtype) receives the result instead of a fresh tensor. Inputs are assumed validated by the
+    backend module (shapes, dtypes, devices); this checks only what would crash the kernel.
+    """
+    m = xq.shape[0]
+    epilogue = x_scale is not None
+    if epilogue != (w_scale is not None):
+        raise ValueError("x_scale and w_scale must be given together (or neither, for the raw accumulator)")
+    if epilogue and out_dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"out_dtype must be float16, bfloat16 or float32 with an epilogue, got {out_dtype}")
+    if sparse and metadata is None:
+        raise ValueError("metadata is required for 2:4 weights")
+    kp = -(-k // 16) * 16
+    y_dtype = out_dtype if epilogue else torch.int32
+    if out is None:
+        y = torch.empty((m, n), dtype=y_dtype, device=xq.device)
+    else:
+        if out.dtype != y_dtype or tuple(out.shape) != (m, n) or out.device != xq.device:
+            raise ValueError(f"out must be {y_dtype} of shape {(m, n)} on {xq.device}, "
+                             f"got {out.dtype} {tuple(out.shape)} on {out.device}")
+        y = out
+    if m == 0:
+        return y
+    meta_t = metadata if sparse else values  # a dummy pointer when dense (never read)
+    dummy = y
+    args = (xq, values, meta_t,
+            x_scale if epilogue else dummy, w_scale if epilogue else dummy,
+            bias if bias is not None else dummy, y,
+            m, n, k, kp, m_bucket(m),
+            xq.stride(0), xq.stride(1), values.stride(0), meta_t.stride(0), y.stride(0), y.stride(1))
+    flags = dict(BITS=bits, SPARSE=bool(sparse), EPILOGUE=epilogue, HAS_BIAS=bias is not None, GELU=bool(gelu))
+
+    if config is None and is_interpreted():
+        config = INTERPRETER_CONFIG
+    if config is not None:
+        grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
+        _nxm_gemm_kernel[grid](*args, **flags, **config)
+    else:
+        kernel = _small_m_kernel if m <= SMALL_M_MAX else _large_m_kernel
+
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+        kernel[grid](*args, **flags)
+    return y
