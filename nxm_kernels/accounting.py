@@ -298,7 +298,7 @@ class Accounting:
     def table(self, per_layer: bool = True) -> str:
         """A fixed-width text table: one row per layer (or per component) and a total row."""
         head = (f"{'layer':<20} {'shape':>11} {'spec':<11} {'bits/w':>6} {'nominal':>8} "
-                f"{'packed B':>11} {'meta B':>9} {'scale B':>8} {'vs fp32':>8} {'vs fp16':>8}")
+                f"{'bytes':>11} {'meta B':>9} {'scale B':>8} {'vs fp32':>8} {'vs fp16':>8}")
         rows = [head, "-" * len(head)]
 
         def pct(r):
@@ -337,7 +337,7 @@ class Accounting:
         line(f"total ({len(self.layers)})", "", "", f"{bits:.3g}", s["nominal_ratio"], b,
              s["true_ratio_fp32"], s["true_ratio_fp16"])
         rows.append(f"baseline: {s['fp32_bytes']:,} B fp32 / {s['fp16_bytes']:,} B fp16 for {s['params']:,} weights; "
-                    f"'packed B' is the fp32-deployment size (fp layers at 4 B/weight). Biases ({s['bias_params']:,}) "
+                    f"'bytes' is the size deployed next to an fp32 model (fp layers at 4 B/weight). Biases ({s['bias_params']:,}) "
                     f"are not counted above; with them kept float on both sides: "
                     f"{pct(s['true_ratio_fp32_with_bias']).strip()} vs fp32, "
                     f"{pct(s['true_ratio_fp16_with_bias']).strip()} vs fp16.")

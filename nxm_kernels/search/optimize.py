@@ -1,0 +1,296 @@
+"""The search: per-group specs that meet a compression-ratio target at the least predicted cost.
+
+Inputs are a :class:`~nxm_kernels.search.sensitivity.Sensitivity` profile (cost of each group under
+each candidate spec) and the layer shapes (for bytes, through :mod:`nxm_kernels.accounting`, so the
+ratios are the accounting's ratios exactly). A plan assigns one option to every group: ``fp`` (cost
+0, full size) or a candidate spec. Its **predicted cost** is the sum of its groups' measured costs
+(negative measurements count as 0): an additivity assumption that :func:`~nxm_kernels.search.
+validate.validate_plans` checks by measuring whole plans.
+
+Two algorithms (both run; the result reports both):
+
+* ``pareto`` (the answer): a multiple-choice knapsack solved by merging the groups one at a time
+  while keeping only non-dominated (size, cost) states. It is exact while the number of states
+  stays under ``max_states`` (always, for the six component groups); beyond that, sizes are
+  bucketed to ``1/max_states`` of the baseline and the cheapest state per bucket is kept. It gives
+  the whole Pareto front of ratio against predicted cost; the ranked plans are the front's plans
+  that meet the target, cheapest first.
+* ``greedy`` (the paper's heuristic, for comparison): start with everything ``fp`` and repeatedly
+  take the step with the least added cost per byte saved until the target is met.
+
+Ratios are ``"nominal"`` (bits x density against fp32), ``"true"`` / ``"true-fp32"`` (packed bytes
+against fp32) or ``"true-fp16"``; see :mod:`nxm_kernels.accounting`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from ..accounting import FP16_BYTES, FP32_BYTES, account, layer_shapes, nominal_bits, weight_nbytes
+from ..plan import COMPONENTS, Plan
+from ..spec import parse_spec
+from .sensitivity import Sensitivity
+
+__all__ = ["RATIO_KINDS", "PlanCandidate", "SearchResult", "search_plans", "compact_plan"]
+
+logger = logging.getLogger(__name__)
+
+RATIO_KINDS = ("nominal", "true", "true-fp32", "true-fp16")
+
+
+def _size(shape, spec: str, kind: str) -> float:
+    """The size a layer adds under ``kind``: nominal bits, or true bytes."""
+    if kind == "nominal":
+        return shape.out_features * shape.in_features * nominal_bits(spec)
+    return weight_nbytes(shape, spec, FP16_BYTES if kind == "true-fp16" else FP32_BYTES)["total"]
+
+
+def compact_plan(assignment: Mapping[str, str], names) -> Plan:
+    """The shortest plain plan giving ``assignment`` (layer name -> spec) over ``names``.
+
+    A component whose layers all share a spec becomes one ``<component>`` entry; otherwise its most
+    common spec becomes the component entry and the rest ``layer.<i>.<component>`` entries (more
+    specific, so they win). Every name is covered explicitly, ``fp`` included, so the plan reads
+    the same whatever defaults a reader assumes. Checked: the plan resolves to ``assignment``.
+    """
+    names = list(names)
+    assignment = {n: str(parse_spec(s)) for n, s in assignment.items()}
+    missing = [n for n in names if n not in assignment]
+    if missing:
+        raise ValueError(f"assignment has no spec for {missing[:5]}")
+    entries: list[tuple[str, str]] = []
+    by_comp: dict[str, list[str]] = {}
+    others = []
+    for n in names:
+        parts = n.split(".")
+        if len(parts) == 3 and parts[0] == "layer" and parts[2] in COMPONENTS:
+            by_comp.setdefault(parts[2], []).append(n)
+        else:
+            others.append(n)
+    for comp in COMPONENTS:
+        members = by_comp.get(comp)
+        if not members:
+            continue
+        specs = [assignment[n] for n in members]
+        common = max(dict.fromkeys(specs), key=specs.count)  # ties: the first seen
+        entries.append((comp, common))
+        entries.extend((n, assignment[n]) for n in members if assignment[n] != common)
+    entries.extend((n, assignment[n]) for n in others)
+    plan = Plan(entries)
+    resolved = {n: str(s) for n, s in plan.resolve(names).items()}
+    if resolved != {n: assignment[n] for n in names}:  # pragma: no cover - guards the construction above
+        raise RuntimeError("compact_plan built a plan that does not reproduce the assignment")
+    return plan
+
+
+@dataclass
+class PlanCandidate:
+    """One plan with its predicted cost, its ratios (from :func:`nxm_kernels.accounting.account`)
+    and, after validation, its measured cost."""
+
+    plan: Plan
+    choices: dict[str, str]          # group -> spec
+    predicted_cost: float
+    ratio: float                     # the ratio the search targeted (kind in SearchResult.ratio_kind)
+    nominal_ratio: float
+    true_ratio_fp32: float | None
+    true_ratio_fp16: float | None
+    measured: dict = field(default_factory=dict)   # mode -> measured cost
+
+    def to_dict(self) -> dict:
+        return {"plan": self.plan.to_dict(), "choices": self.choices, "predicted_cost": self.predicted_cost,
+                "ratio": self.ratio, "nominal_ratio": self.nominal_ratio, "true_ratio_fp32": self.true_ratio_fp32,
+                "true_ratio_fp16": self.true_ratio_fp16, "measured": self.measured}
+
+
+@dataclass
+class SearchResult:
+    """Ranked plans meeting ``target``, the Pareto front, the greedy plan and uniform references."""
+
+    target: float
+    ratio_kind: str
+    ranked: list[PlanCandidate]
+    front: list[PlanCandidate]
+    greedy: PlanCandidate | None
+    uniform: list[PlanCandidate]
+    sensitivity: Sensitivity
+    exact: bool = True
+
+    @property
+    def best(self) -> PlanCandidate:
+        return self.ranked[0]
+
+    def to_dict(self) -> dict:
+        return {"target": self.target, "ratio_kind": self.ratio_kind, "exact_front": self.exact,
+                "best": self.best.plan.to_dict(),
+                "ranked": [c.to_dict() for c in self.ranked],
+                "greedy": None if self.greedy is None else self.greedy.to_dict(),
+                "uniform": [c.to_dict() for c in self.uniform],
+                "front": [c.to_dict() for c in self.front],
+                "sensitivity": self.sensitivity.to_dict()}
+
+    def to_json(self, path: "str | Path | None" = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def table(self) -> str:
+        """The ranked plans (and greedy / uniform references) as text."""
+        kind = self.ratio_kind
+        head = f"{'':<10} {'pred. cost':>11} {'target':>7} {'nominal':>8} {'true32':>8} {'true16':>8} {'measured':>10}  plan"
+        rows = [f"plans meeting {kind} ratio >= {100 * self.target:.2f}% (cost: {self.sensitivity.objective}, "
+                f"{self.sensitivity.mode}; lower is better)", head, "-" * len(head)]
+
+        def pct(v):
+            return "-" if v is None else f"{100 * v:7.2f}%"
+
+        def row(label, c):
+            meas = ", ".join(f"{v:.4g}" for v in c.measured.values()) or "-"
+            rows.append(f"{label:<10} {c.predicted_cost:>11.4g} {pct(c.ratio):>7} {pct(c.nominal_ratio):>8} "
+                        f"{pct(c.true_ratio_fp32):>8} {pct(c.true_ratio_fp16):>8} {meas:>10}  "
+                        f"{json.dumps(c.plan.to_dict())}")
+
+        for i, c in enumerate(self.ranked, 1):
+            row(f"#{i}", c)
+        if self.greedy is not None:
+            row("greedy", self.greedy)
+        for c in self.uniform:
+            row("uniform", c)
+        return "\n".join(rows)
+
+
+def _prune_front(states: list, bucket: float | None) -> list:
+    """Keep the (size, cost) states no other state beats on both; optionally one per size bucket."""
+    states.sort(key=lambda s: (s[0], s[1]))
+    if bucket:
+        best: dict[int, tuple] = {}
+        for s in states:
+            b = int(s[0] // bucket)
+            if b not in best or s[1] < best[b][1]:
+                best[b] = s
+        states = sorted(best.values(), key=lambda s: (s[0], s[1]))
+    out, best_cost = [], math.inf
+    for s in states:
+        if s[1] < best_cost:
+            out.append(s)
+            best_cost = s[1]
+    return out
+
+
+def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str = "nominal", top_k: int = 5,
+                 max_states: int = 20000) -> SearchResult:
+    """Plans meeting ``ratio >= target``, cheapest predicted cost first (see the module docstring).
+
+    Args:
+        sensitivity: the measured costs (:func:`~nxm_kernels.search.sensitivity.profile_sensitivity`).
+        layers: the encoder linears' shapes (anything :func:`nxm_kernels.accounting.layer_shapes` takes:
+            ``bert_linears(model)`` or ``{name: (out, in)}``); names no group covers stay ``fp``.
+        target: the compression ratio to reach, in ``[0, 1)`` (``0.875`` = 8x smaller).
+        ratio: ``"nominal"``, ``"true"`` (= ``"true-fp32"``) or ``"true-fp16"``.
+        top_k: how many ranked plans to return.
+        max_states: front size above which sizes are bucketed (the search then becomes approximate;
+            ``SearchResult.exact`` says which).
+
+    Raises ``ValueError`` when the target cannot be met with the profiled specs (the message gives
+    the largest reachable ratio).
+    """
+    if not isinstance(sensitivity, Sensitivity):
+        raise TypeError(f"sensitivity must be a Sensitivity, got {type(sensitivity).__name__}")
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not (0.0 <= target < 1.0):
+        raise ValueError(f"target must be a compression ratio in [0, 1) (e.g. 0.875), got {target!r}")
+    if ratio not in RATIO_KINDS:
+        raise ValueError(f"ratio must be one of {RATIO_KINDS}, got {ratio!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+    kind = "true-fp32" if ratio == "true" else ratio
+    shapes = layer_shapes(layers)
+    groups = {g: m for g, m in sensitivity.groups.items() if g in sensitivity.costs}
+    for g, members in groups.items():
+        unknown = [n for n in members if n not in shapes]
+        if unknown:
+            raise ValueError(f"sensitivity group {g!r} names layers the model does not have: {unknown[:5]} "
+                             f"(was the profile measured on another model?)")
+    grouped = {n for m in groups.values() for n in m}
+    baseline = sum(_size(s, "fp", kind) for s in shapes.values())
+    fixed = sum(_size(shapes[n], "fp", kind) for n in shapes if n not in grouped)  # ungrouped layers stay fp
+
+    # Options per group: (size, cost, spec); a spec with a non-finite cost is not an option.
+    options: dict[str, list[tuple[float, float, str]]] = {}
+    for g, members in groups.items():
+        opts = [(sum(_size(shapes[n], "fp", kind) for n in members), 0.0, "fp")]
+        for spec, cost in sensitivity.costs[g].items():
+            if kind != "nominal" and not parse_spec(spec).kernel_ready:
+                continue  # no packed size: only the nominal ratio can place it
+            if math.isfinite(cost):
+                opts.append((sum(_size(shapes[n], spec, kind) for n in members), max(0.0, float(cost)), spec))
+        options[g] = opts
+    budget = (1.0 - target) * baseline
+    smallest = fixed + sum(min(o[0] for o in opts) for opts in options.values())
+    if smallest > budget * (1 + 1e-12):
+        raise ValueError(f"target {ratio} ratio {target:.4f} cannot be reached with candidates "
+                         f"{sensitivity.candidates}: the most compressed plan reaches {1 - smallest / baseline:.4f}")
+
+    names = list(shapes)
+
+    def candidate(choices: dict[str, str]) -> PlanCandidate:
+        assignment = {n: "fp" for n in names}
+        for g, spec in choices.items():
+            for n in groups[g]:
+                assignment[n] = spec
+        plan = compact_plan(assignment, names)
+        acct = account(shapes, plan)
+        cost = sum(max(0.0, sensitivity.cost(g, s)) for g, s in choices.items() if s != "fp")
+        return PlanCandidate(plan=plan, choices=dict(choices), predicted_cost=cost, ratio=acct.ratio(kind),
+                             nominal_ratio=acct.nominal_ratio, true_ratio_fp32=acct.true_ratio_fp32,
+                             true_ratio_fp16=acct.true_ratio_fp16)
+
+    # ---- Pareto front over (size, cost), merging one group at a time.
+    order = list(groups)
+    states = [(fixed, 0.0, ())]
+    exact = True
+    for g in order:
+        states = [(s + o[0], c + o[1], ch + (o[2],)) for s, c, ch in states for o in options[g]]
+        states = _prune_front(states, None)
+        if len(states) > max_states:
+            exact = False
+            states = _prune_front(states, baseline / max_states)
+    front = [candidate(dict(zip(order, ch))) for _, _, ch in states]
+    front.sort(key=lambda c: c.ratio)
+    # The accounting decides "meets the target" (same formula everywhere).
+    ranked = sorted((c for c in front if c.ratio >= target), key=lambda c: (c.predicted_cost, -c.ratio))[:top_k]
+    if not ranked:  # pragma: no cover - the feasibility check above rules this out
+        raise RuntimeError("no plan on the front meets the target although the most compressed one does")
+
+    # ---- Greedy: least cost added per byte saved.
+    cur = {g: options[g][0] for g in order}  # all fp
+    size = fixed + sum(o[0] for o in cur.values())
+    while size > budget * (1 + 1e-12):
+        best = None
+        for g in order:
+            for o in options[g]:
+                saved = cur[g][0] - o[0]
+                if saved <= 0:
+                    continue
+                score = ((o[1] - cur[g][1]) / saved, -saved)
+                if best is None or score < best[0]:
+                    best = (score, g, o)
+        _, g, o = best
+        size += o[0] - cur[g][0]
+        cur[g] = o
+    greedy = candidate({g: o[2] for g, o in cur.items()})
+    if greedy.ratio < target:  # float edge: the budget test passed by a rounding hair; report honestly
+        logger.warning("greedy plan reaches %.6f, below the target %.6f", greedy.ratio, target)
+
+    uniform = [candidate({g: spec for g in order}) for spec in sensitivity.candidates
+               if all(spec in sensitivity.costs[g] for g in order)
+               and (kind == "nominal" or parse_spec(spec).kernel_ready)]
+    logger.info("search: %d front plans (%s), best predicted cost %.4g at %s ratio %.4f", len(front),
+                "exact" if exact else "bucketed", ranked[0].predicted_cost, kind, ranked[0].ratio)
+    return SearchResult(target=float(target), ratio_kind=kind, ranked=ranked, front=front, greedy=greedy,
+                        uniform=uniform, sensitivity=sensitivity, exact=exact)
