@@ -19,6 +19,7 @@ Backends may derive their own in-memory layouts from this once (cached in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +41,25 @@ MAX_K = 131072
 
 def padded_k(k: int) -> int:
     return -(-k // K_ALIGN) * K_ALIGN
+
+
+def _check_version(version) -> None:
+    """A reader refuses any version but its own: a newer one may lay the bytes out differently."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"packed weight format version must be a positive int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"packed weight format version {version} is newer than this nxm_kernels reads "
+                         f"(version {FORMAT_VERSION}); upgrade nxm_kernels")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"packed weight format version {version} is not supported "
+                         f"(this nxm_kernels reads version {FORMAT_VERSION})")
+
+
+def _check_bits(bits) -> None:
+    # An int check first: 8.0 == 8 would otherwise slip through into spec strings and shapes.
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int, one of {WEIGHT_BITS}, got {bits!r}")
+    check_choice("bits", bits, WEIGHT_BITS)
 
 
 def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
@@ -84,6 +104,21 @@ class PackedWeight:
         self.shape = tuple(int(s) for s in self.shape)
         self.validate()
 
+    def __eq__(self, other) -> bool:
+        """Same format fields and bit-identical tensors (the generated ``==`` would compare tensors
+        elementwise and fail on their truth value)."""
+        if not isinstance(other, PackedWeight):
+            return NotImplemented
+        if (self.shape, self.bits, self.pattern, self.version) != (other.shape, other.bits, other.pattern,
+                                                                   other.version):
+            return False
+        if (self.metadata is None) != (other.metadata is None):
+            return False
+        pairs = [(self.values, other.values), (self.scales, other.scales)]
+        if self.metadata is not None:
+            pairs.append((self.metadata, other.metadata))
+        return all(a.device == b.device and torch.equal(a, b) for a, b in pairs)
+
     # ----------------------------------------------------------------- structure
     @property
     def out_features(self) -> int:
@@ -124,10 +159,8 @@ class PackedWeight:
         ``deep=True`` also reads the data: metadata offsets must satisfy ``i0 < i1``, int8 codes must
         be in the symmetric range, scales finite and positive (used when loading checkpoints).
         """
-        if self.version != FORMAT_VERSION:
-            raise ValueError(f"packed weight format version {self.version} is not supported "
-                             f"(this nxm_kernels reads version {FORMAT_VERSION}); upgrade nxm_kernels")
-        check_choice("bits", self.bits, WEIGHT_BITS)
+        _check_version(self.version)
+        _check_bits(self.bits)
         check_choice("pattern", self.pattern, KERNEL_PATTERNS)
         if len(self.shape) != 2 or min(self.shape) < 1:
             raise ValueError(f"shape must be (N, K) with N, K >= 1, got {self.shape}")
@@ -227,11 +260,19 @@ class PackedWeight:
     @classmethod
     def from_tensors(cls, tensors: dict, config: dict) -> "PackedWeight":
         """Rebuild from :meth:`tensors` and :meth:`config`, checking version and contents."""
-        if not isinstance(config, dict) or config.get("format") != FORMAT_NAME:
+        if not isinstance(config, Mapping) or config.get("format") != FORMAT_NAME:
             raise ValueError(f"config does not describe a {FORMAT_NAME!r} weight: {config!r}")
         for key in ("version", "shape", "bits", "pattern"):
             if key not in config:
                 raise ValueError(f"packed weight config is missing {key!r}: {config!r}")
+        # The version first: a newer file may not even have the tensors this version expects.
+        _check_version(config["version"])
+        shape = config["shape"]
+        if not isinstance(shape, (list, tuple)) or len(shape) != 2 or not all(
+                isinstance(s, int) and not isinstance(s, bool) for s in shape):
+            raise ValueError(f"packed weight config 'shape' must be [N, K] ints, got {shape!r}")
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"tensors must be a mapping of name -> tensor, got {type(tensors).__name__}")
         missing = {"values", "scales"} - set(tensors)
         if missing:
             raise ValueError(f"packed weight tensors missing {sorted(missing)}")
@@ -255,7 +296,7 @@ def pack(weight: torch.Tensor, bits: int = 8, pattern: str = "2:4", *, prune: bo
         if not s.kernel_ready or s.is_fp:
             raise ValueError(f"spec must be one of the packable specs, got {pattern!r}")
         pattern, bits = s.pattern, s.weight_bits
-    check_choice("bits", bits, WEIGHT_BITS)
+    _check_bits(bits)
     check_choice("pattern", pattern, KERNEL_PATTERNS)
     check_tensor("weight", weight, dtypes=FLOAT_DTYPES + (torch.float64,), ndim=2)
     n, k = weight.shape
@@ -265,6 +306,8 @@ def pack(weight: torch.Tensor, bits: int = 8, pattern: str = "2:4", *, prune: bo
         raise ValueError(f"weight in_features must be <= {MAX_K} so int32 accumulators cannot overflow, got {k}")
     check_finite("weight", weight)
     w = weight.detach().float()
+    if weight.dtype == torch.float64:  # finite float64 values may still overflow float32
+        check_finite("weight (converted to float32)", w)
     if pattern == "2:4":
         w = prune_nm(w, 2, 4) if prune else w
         if not prune:

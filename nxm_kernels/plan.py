@@ -63,6 +63,9 @@ class Plan:
             entries = {"*": entries}
         if isinstance(entries, Mapping):
             entries = list(entries.items())
+        elif not isinstance(entries, (list, tuple)) and not hasattr(entries, "__iter__"):
+            raise TypeError(f"plan must be a mapping of pattern -> spec, a list of pairs, a spec str or a Plan, "
+                            f"got {type(entries).__name__}")
         self.entries: list[tuple[str, str]] = []
         for item in entries:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):

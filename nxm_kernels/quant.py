@@ -5,11 +5,13 @@ The integer ranges are symmetric so that zero is exact and no zero-point is need
 * int8: codes in ``[-127, 127]`` (``-128`` is never produced),
 * int4: codes in ``[-7, 7]`` (``-8`` is never produced).
 
-Scales are float32. For a row with max magnitude ``amax`` the scale is ``amax / qmax``; an all-zero
-row gets scale ``1.0`` (its codes are all zero, so any scale reproduces it). Codes are
-``clamp(round_half_even(v / scale), -qmax, qmax)`` computed in float32 with an IEEE division. Every
-backend (reference, Triton, CUDA) computes exactly these codes; that is what makes their int32
-accumulators comparable with ``torch.equal``.
+Scales are float32. For a row with max magnitude ``amax`` the scale is ``amax / qmax`` (a float32
+division); a row whose scale would be zero gets scale ``1.0`` instead: an all-zero row (its codes are
+all zero, so any scale reproduces it), and a float32 row so tiny (``amax < qmax * 2**-149``) that the
+division underflows to zero, whose codes are then all zero too (a zero scale would divide by zero).
+Codes are ``clamp(round_half_even(v / scale), -qmax, qmax)`` computed in float32 with an IEEE
+division. Every backend (reference, Triton, CUDA) computes exactly these codes; that is what makes
+their int32 accumulators comparable with ``torch.equal``.
 
 The ``fake_quant_*`` functions return ``codes * scale`` in the input's dtype, i.e. exactly the values
 the kernels compute with, with a straight-through gradient (identity) when ``ste=True``.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import FLOAT_DTYPES, check_finite, check_tensor
+from ._checks import FLOAT_DTYPES, check_finite, check_same_device, check_tensor
 
 __all__ = ["qmax", "weight_scales", "quantize_weight", "quantize_per_token", "dequantize",
            "fake_quant_weight", "fake_quant_per_token", "ACT_QMAX"]
@@ -29,15 +31,24 @@ ACT_QMAX = 127
 
 def qmax(bits: int) -> int:
     """Largest code of the symmetric ``bits``-bit range (127 for int8, 7 for int4)."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int, 4 or 8, got {type(bits).__name__} {bits!r}")
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     return (1 << (bits - 1)) - 1
 
 
 def _row_scales(v: torch.Tensor, q: int) -> torch.Tensor:
-    """float32 scales ``amax / q`` over the last dim; all-zero rows get 1.0."""
+    """float32 scales ``amax / q`` over the last dim; rows whose scale would be 0 get 1.0."""
     amax = v.detach().abs().amax(dim=-1, keepdim=True).float()
-    return torch.where(amax > 0, amax / q, torch.ones_like(amax))
+    scale = amax / q
+    # Test the quotient, not amax: a subnormal amax can underflow to a zero scale.
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def _check_k(name: str, v: torch.Tensor) -> None:
+    if v.shape[-1] == 0:
+        raise ValueError(f"{name} must have a non-empty last dimension (the one quantized), got shape {tuple(v.shape)}")
 
 
 def _codes(v: torch.Tensor, scale: torch.Tensor, q: int) -> torch.Tensor:
@@ -46,8 +57,10 @@ def _codes(v: torch.Tensor, scale: torch.Tensor, q: int) -> torch.Tensor:
 
 def weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel float32 scales ``[out]`` of a ``[out, in]`` weight."""
+    q = qmax(bits)
     check_tensor("weight", weight, dtypes=FLOAT_DTYPES, ndim=2)
-    return _row_scales(weight, qmax(bits)).squeeze(-1)
+    _check_k("weight", weight)
+    return _row_scales(weight, q).squeeze(-1)
 
 
 def quantize_weight(weight: torch.Tensor, bits: int = 8, scale: torch.Tensor | None = None):
@@ -58,11 +71,13 @@ def quantize_weight(weight: torch.Tensor, bits: int = 8, scale: torch.Tensor | N
     """
     q = qmax(bits)
     check_tensor("weight", weight, dtypes=FLOAT_DTYPES, ndim=2)
+    _check_k("weight", weight)
     check_finite("weight", weight)
     if scale is None:
         scale = _row_scales(weight, q).squeeze(-1)
     else:
         check_tensor("scale", scale, dtypes=(torch.float32,), ndim=1)
+        check_same_device(weight=weight, scale=scale)
         if scale.shape[0] != weight.shape[0]:
             raise ValueError(f"scale must have {weight.shape[0]} entries (one per output channel), "
                              f"got {scale.shape[0]}")
@@ -74,10 +89,13 @@ def quantize_weight(weight: torch.Tensor, bits: int = 8, scale: torch.Tensor | N
 def quantize_per_token(x: torch.Tensor):
     """Dynamic symmetric int8 quantization of each token (each row of the last dim).
 
-    ``x``: ``[..., K]`` float16/bfloat16/float32. Returns ``(codes int8 [..., K], scale float32
-    [..., 1])`` with ``x ~= codes * scale``.
+    ``x``: ``[..., K]`` float16/bfloat16/float32, K >= 1. Returns ``(codes int8 [..., K], scale
+    float32 [..., 1])`` with ``|x - codes * scale| <= scale / 2`` elementwise (up to float32
+    rounding). ``x`` is not checked for NaN/Inf (that would cost a device sync per call); a token
+    holding them gets meaningless codes.
     """
     check_tensor("x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
+    _check_k("x", x)
     scale = _row_scales(x, ACT_QMAX)
     return _codes(x, scale, ACT_QMAX), scale
 

@@ -34,18 +34,20 @@ def _nm_args(n, m, pattern):
 
 def _grouped(weight: torch.Tensor, m: int) -> tuple[torch.Tensor, int]:
     """View a 2-D weight as ``[rows, groups, m]``, zero-padding the last group; return (view, pad)."""
-    k = weight.shape[-1]
+    rows, k = weight.shape
     pad = (-k) % m
     if pad:
         weight = torch.nn.functional.pad(weight, (0, pad))
-    return weight.reshape(weight.shape[0], -1, m), pad
+    # Explicit sizes (not -1): an empty weight would make -1 ambiguous.
+    return weight.reshape(rows, (k + pad) // m, m), pad
 
 
 def _as_2d(name: str, weight) -> torch.Tensor:
     check_tensor(name, weight, min_ndim=1)
     if weight.dim() == 1:
         return weight.unsqueeze(0)
-    return weight.reshape(-1, weight.shape[-1])
+    # flatten, not reshape(-1, K): reshape cannot infer -1 when K == 0.
+    return weight.flatten(0, -2)
 
 
 def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, *, pattern: str | None = None) -> torch.Tensor:
@@ -65,7 +67,7 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, *, pattern: str | None
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
     keep = torch.zeros_like(groups, dtype=torch.bool)
     keep.scatter_(-1, order[..., :n], True)
-    keep = keep.reshape(w2.shape[0], -1)
+    keep = keep.reshape(w2.shape[0], w2.shape[1] + pad)
     if pad:
         keep = keep[:, : w2.shape[1]]
     return keep.reshape(weight.shape)
@@ -74,7 +76,9 @@ def nm_mask(weight: torch.Tensor, n: int = 2, m: int = 4, *, pattern: str | None
 def prune_nm(weight: torch.Tensor, n: int = 2, m: int = 4, *, pattern: str | None = None) -> torch.Tensor:
     """Magnitude-project ``weight`` onto the N:M set (a new tensor; the input is not modified)."""
     mask = nm_mask(weight, n, m, pattern=pattern)
-    return weight * mask.to(weight.dtype)
+    # masked_fill, not weight * mask: a pruned Inf/NaN must become 0 (Inf * 0 is NaN), and a pruned
+    # negative value must become +0, not -0. The gradient is still the mask.
+    return weight.masked_fill(~mask, 0)
 
 
 def count_nm_violations(weight: torch.Tensor, n: int = 2, m: int = 4, *, pattern: str | None = None) -> int:

@@ -1,0 +1,271 @@
+"""The op through the reference backend: exact int32 accumulators, the float epilogue, shapes, bad input.
+
+Epilogue tolerance (stated once, used everywhere here): the output is compared with the same math
+done in float64 from the exact integer accumulator, ``torch.testing.assert_close(y, ref, rtol=r,
+atol=r * max|ref|)`` with ``r`` = 1e-5 for float32 outputs, 2e-3 for float16 and 1e-2 for bfloat16
+(a few units of the output dtype's rounding, 2**-11 and 2**-8 relative; the float32 epilogue itself
+adds ~1e-7).
+"""
+
+import math
+
+import pytest
+import torch
+
+import nxm_kernels as nxm
+from nxm_kernels import ops
+from nxm_kernels.backends import reference
+from nxm_kernels.format import pack
+from nxm_kernels.quant import quantize_per_token, quantize_weight
+from nxm_kernels.sparsity import prune_nm
+
+RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+CASES = [(bits, pattern) for bits in (8, 4) for pattern in ("2:4", "dense")]
+SHAPES = [(33, 72), (8, 5), (1, 1), (16, 40), (3, 17)]
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_override(monkeypatch):
+    monkeypatch.delenv("NXM_BACKEND", raising=False)
+
+
+def _weight_codes(w: torch.Tensor, bits: int, pattern: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Codes and scales straight from the quantizer, independent of the packed layout."""
+    return quantize_weight(prune_nm(w) if pattern == "2:4" else w, bits)
+
+
+def _float_reference(x: torch.Tensor, codes: torch.Tensor, w_scale: torch.Tensor, bias, activation):
+    """float64 math: per-token quantized x times the integer weight, both scales, bias, exact GELU."""
+    x2 = x.reshape(-1, x.shape[-1])
+    xq, xs = quantize_per_token(x2)
+    acc = xq.long() @ codes.long().t()  # exact int64
+    y = acc.double() * xs.double() * w_scale.double()
+    if bias is not None:
+        y = y + bias.double()
+    if activation == "gelu":
+        y = 0.5 * y * (1 + torch.erf(y / math.sqrt(2)))
+    return y.reshape(*x.shape[:-1], codes.shape[0])
+
+
+# ----------------------------------------------------------------------------- exact accumulators
+@pytest.mark.parametrize("bits,pattern", CASES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("m", [1, 7, 130])
+def test_int_mm_exact(bits, pattern, shape, m):
+    n, k = shape
+    w = torch.randn(n, k)
+    packed = pack(w, bits, pattern, prune=True)
+    codes, _ = _weight_codes(w, bits, pattern)
+    xq = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    acc = nxm.sparse_int_mm(xq, packed, backend="reference")
+    assert acc.dtype == torch.int32 and acc.shape == (m, n)
+    assert torch.equal(acc, (xq.long() @ codes.long().t()).to(torch.int32))
+    assert torch.equal(nxm.sparse_int_mm(xq, packed), acc)  # auto on a CPU is the reference
+
+
+def test_int_mm_exact_where_float32_is_not():
+    """Sums beyond 2**24 with odd values: a float32 accumulator would round; int32 must not."""
+    k = 65536
+    xq = torch.full((3, k), 127, dtype=torch.int8)
+    xq[1] = -127
+    xq[2, ::2] = -128  # the full int8 range on the activation side
+    w = torch.full((5, k), 1.0)
+    w[:, ::4] = 0
+    w[:, 1::4] = 0
+    w[1] = -w[1]
+    w[2, 2] = 0.5
+    w[3, 3] = 0.25
+    for bits in (8, 4):
+        packed = pack(w, bits, "2:4")
+        codes = packed.int_weight()[:, :k]
+        expect = (xq.long() @ codes.long().t())
+        assert int(expect.abs().max()) > 2**24
+        assert bool((expect.float().long() != expect).any())  # not even representable in float32
+        acc = nxm.sparse_int_mm(xq, packed, backend="reference")
+        assert torch.equal(acc, expect.to(torch.int32))
+
+
+def test_int_mm_non_contiguous_and_empty():
+    packed = pack(torch.randn(9, 24), 4, "2:4", prune=True)
+    base = torch.randint(-127, 128, (24, 10), dtype=torch.int8)
+    xq = base.t()  # [10, 24], non-contiguous
+    assert not xq.is_contiguous()
+    assert torch.equal(nxm.sparse_int_mm(xq, packed), nxm.sparse_int_mm(xq.contiguous(), packed))
+    empty = nxm.sparse_int_mm(torch.empty(0, 24, dtype=torch.int8), packed)
+    assert empty.shape == (0, 9) and empty.dtype == torch.int32
+
+
+# ----------------------------------------------------------------------------- the float epilogue
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("activation", [None, "gelu"])
+@pytest.mark.parametrize("bits,pattern", CASES)
+@pytest.mark.parametrize("m", [1, 7, 130])
+def test_linear_epilogue(dtype, bias, activation, bits, pattern, m):
+    n, k = 33, 72
+    w = torch.randn(n, k) / math.sqrt(k)
+    packed = pack(w, bits, pattern, prune=True)
+    codes, w_scale = _weight_codes(w, bits, pattern)
+    x = torch.randn(m, k).to(dtype)
+    b = torch.randn(n).to(dtype) if bias else None
+    y = nxm.sparse_int_linear(x, packed, b, activation, backend="reference")
+    assert y.dtype == dtype and y.shape == (m, n)
+    assert torch.isfinite(y).all()
+    ref = _float_reference(x, codes, w_scale, b, activation)
+    r = RTOL[dtype]
+    torch.testing.assert_close(y.double(), ref, rtol=r, atol=r * float(ref.abs().max()))
+    # And it is the documented float32 order, bit for bit.
+    xq, xs = quantize_per_token(x)
+    acc = nxm.sparse_int_mm(xq, packed)
+    y32 = acc.float() * xs * packed.scales
+    if b is not None:
+        y32 = y32 + b.float()
+    if activation == "gelu":
+        y32 = 0.5 * y32 * (1.0 + torch.erf(y32 * (1.0 / math.sqrt(2.0))))
+    assert torch.equal(y, y32.to(dtype))
+
+
+@pytest.mark.parametrize("bits,pattern", CASES)
+def test_linear_approximates_the_float_layer(bits, pattern):
+    """Sanity of the whole pipeline: close to x @ W_pruned^T (quantization error only)."""
+    n, k, m = 64, 256, 16
+    w = torch.randn(n, k) / math.sqrt(k)
+    packed = pack(w, bits, pattern, prune=True)
+    x = torch.randn(m, k)
+    w_used = prune_nm(w) if pattern == "2:4" else w
+    exact = x @ w_used.t()
+    y = nxm.sparse_int_linear(x, packed)
+    rel = float((y - exact).norm() / exact.norm())
+    assert rel < (0.02 if bits == 8 else 0.2), rel
+
+
+def test_mixed_bias_dtype_and_gelu_on_known_values():
+    # A case to check by hand: x = [1, 0, ...] -> xs = 1/127, xq = 127; w rows [1, 0, ...] and
+    # [-2, 0, ...] -> codes 127 and -127, scales 1/127 and 2/127; so x @ w^T = [1, -2] up to rounding.
+    w = torch.zeros(2, 16)
+    w[0, 0] = 1.0
+    w[1, 0] = -2.0
+    packed = pack(w, 8, "2:4")
+    x = torch.zeros(1, 16)
+    x[0, 0] = 1.0
+    y = nxm.sparse_int_linear(x, packed, torch.tensor([0.5, 0.25], dtype=torch.float64).float())
+    expect = torch.tensor([[1.0 + 0.5, -2.0 + 0.25]])
+    torch.testing.assert_close(y, expect, rtol=1e-6, atol=1e-6)
+    g = nxm.sparse_int_linear(x, packed, activation="gelu")
+    torch.testing.assert_close(g, torch.nn.functional.gelu(torch.tensor([[1.0, -2.0]])), rtol=1e-6, atol=1e-6)
+    half = nxm.sparse_int_linear(x.half(), packed, torch.tensor([0.5, 0.25]))  # fp32 bias with fp16 x
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), expect, rtol=1e-3, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- shapes and layouts
+def test_three_d_one_d_and_non_contiguous_inputs():
+    packed = pack(torch.randn(12, 40), 4, "2:4", prune=True)
+    bias = torch.randn(12)
+    x3 = torch.randn(2, 5, 40)
+    y3 = nxm.sparse_int_linear(x3, packed, bias, "gelu")
+    assert y3.shape == (2, 5, 12)
+    assert torch.equal(y3.reshape(10, 12), nxm.sparse_int_linear(x3.reshape(10, 40), packed, bias, "gelu"))
+    x1 = torch.randn(40)
+    y1 = nxm.sparse_int_linear(x1, packed)
+    assert y1.shape == (12,) and torch.equal(y1, nxm.sparse_int_linear(x1[None], packed)[0])
+    # Non-contiguous: a transpose, a strided slice, an expanded view; and a strided bias.
+    xt = torch.randn(40, 6).t()
+    xs = torch.randn(6, 80)[:, ::2]
+    xe = torch.randn(1, 40).expand(4, 40)
+    for x in (xt, xs, xe):
+        assert not x.is_contiguous()
+        assert torch.equal(nxm.sparse_int_linear(x, packed, bias), nxm.sparse_int_linear(x.contiguous(), packed, bias))
+    sb = torch.randn(24)[::2]
+    assert torch.equal(nxm.sparse_int_linear(xt, packed, sb), nxm.sparse_int_linear(xt, packed, sb.contiguous()))
+    x4 = torch.randn(2, 3, 40, 5).transpose(-1, -2)  # [2, 3, 5, 40], non-contiguous 4-D
+    assert torch.equal(nxm.sparse_int_linear(x4, packed), nxm.sparse_int_linear(x4.contiguous(), packed))
+
+
+@pytest.mark.parametrize("shape", [(0, 40), (2, 0, 40), (0, 0, 40)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_empty_batch(shape, dtype):
+    packed = pack(torch.randn(12, 40), 8, "dense")
+    y = nxm.sparse_int_linear(torch.randn(shape).to(dtype), packed, torch.randn(12), "gelu")
+    assert y.shape == shape[:-1] + (12,) and y.dtype == dtype
+
+
+def test_prepared_weights_are_cached_per_backend():
+    packed = pack(torch.randn(8, 16), 8, "2:4", prune=True)
+    first = ops.prepared_weights(packed, "reference")
+    assert ops.prepared_weights(packed, "reference") is first
+    assert ("reference", "cpu") in packed.prepared
+    # The reference layout is the canonical tensors themselves.
+    assert [t.data_ptr() for t in first] == [packed.values.data_ptr(), packed.metadata.data_ptr(),
+                                             packed.scales.data_ptr()]
+
+
+def test_custom_ops_pass_opcheck():
+    """Schema, fake (meta) implementation and dispatch of nxm::linear and nxm::int_mm agree."""
+    for bits, pattern in CASES:
+        packed = pack(torch.randn(8, 24), bits, pattern, prune=True)
+        weights = ops.prepared_weights(packed, "reference")
+        meta = (packed.shape[0], packed.shape[1], packed.bits, packed.sparse)
+        x = torch.randn(5, 24)
+        torch.library.opcheck(torch.ops.nxm.linear.default,
+                              (x, weights, torch.randn(8), *meta, "gelu", "reference"))
+        xq = torch.randint(-127, 128, (5, 24), dtype=torch.int8)
+        torch.library.opcheck(torch.ops.nxm.int_mm.default, (xq, weights, *meta, "reference"))
+
+
+def test_reference_helpers_directly():
+    """The backend-level functions other backends are compared with (``int_mm``, ``epilogue``)."""
+    packed = pack(torch.randn(6, 20), 4, "2:4", prune=True)
+    weights = reference.prepare(packed)
+    meta = nxm.backends.WeightMeta.of(packed)
+    assert meta == (6, 20, 4, True)
+    assert reference.as_packed(weights, meta) == packed
+    xq = torch.randint(-127, 128, (3, 20), dtype=torch.int8)
+    assert torch.equal(reference.int_mm(xq, weights, meta),
+                       (xq.long() @ packed.int_weight()[:, :20].long().t()).int())
+    y = torch.randn(3, 6)
+    torch.testing.assert_close(reference.gelu(y), torch.nn.functional.gelu(y), rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.fixture
+def packed_and_x():
+    return pack(torch.randn(12, 40), 8, "2:4", prune=True), torch.randn(3, 40)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda p, x: nxm.sparse_int_linear(x.to(torch.int8), p), TypeError, r"x must have dtype in \(float16"),
+    (lambda p, x: nxm.sparse_int_linear(x.double(), p), TypeError, "x must have dtype"),
+    (lambda p, x: nxm.sparse_int_linear(x.numpy(), p), TypeError, "x must be a torch.Tensor"),
+    (lambda p, x: nxm.sparse_int_linear(torch.tensor(1.0), p), ValueError, "x must have at least 1 dimension"),
+    (lambda p, x: nxm.sparse_int_linear(x[:, :39], p), ValueError, r"x must have last dimension K=40.*\(3, 39\)"),
+    (lambda p, x: nxm.sparse_int_linear(x, p.unpack()), TypeError, "packed must be a PackedWeight"),
+    (lambda p, x: nxm.sparse_int_linear(x, p, torch.randn(11)), ValueError, r"bias must have shape \(12,\)"),
+    (lambda p, x: nxm.sparse_int_linear(x, p, torch.randn(1, 12)), ValueError, "bias must be 1-D"),
+    (lambda p, x: nxm.sparse_int_linear(x, p, torch.ones(12, dtype=torch.int32)), TypeError, "bias must have dtype"),
+    (lambda p, x: nxm.sparse_int_linear(x, p, activation="relu"), ValueError, "activation must be None or 'gelu'"),
+    (lambda p, x: nxm.sparse_int_linear(x, p, backend="magic"), ValueError, "backend must be one of"),
+    (lambda p, x: nxm.sparse_int_linear(x, p, backend=None), TypeError, "backend must be a str"),
+    (lambda p, x: nxm.sparse_int_mm(x, p), TypeError, "xq must have dtype in \\(int8\\)"),
+    (lambda p, x: nxm.sparse_int_mm(x.to(torch.int8)[None], p), ValueError, "xq must be 2-D"),
+    (lambda p, x: nxm.sparse_int_mm(x.to(torch.int8)[:, :8], p), ValueError, r"xq must have shape \[M, 40\]"),
+    (lambda p, x: nxm.sparse_int_mm(x.to(torch.int8), "packed"), TypeError, "packed must be a PackedWeight"),
+    (lambda p, x: nxm.sparse_int_mm(x.to(torch.int8), p, backend="magic"), ValueError, "backend must be one of"),
+])
+def test_bad_input(packed_and_x, call, exc, match):
+    packed, x = packed_and_x
+    with pytest.raises(exc, match=match):
+        call(packed, x)
+
+
+def test_different_devices(packed_and_x):
+    """The meta device stands in for a second device on a CPU-only machine."""
+    packed, x = packed_and_x
+    with pytest.raises(ValueError, match="same device.*x on meta.*packed on cpu"):
+        nxm.sparse_int_linear(x.to("meta"), packed)
+    with pytest.raises(ValueError, match="same device.*bias on meta"):
+        nxm.sparse_int_linear(x, packed, torch.randn(12, device="meta"))
+    with pytest.raises(ValueError, match="same device.*packed on meta"):
+        nxm.sparse_int_linear(x, packed.to("meta"))
+    with pytest.raises(ValueError, match="same device"):
+        nxm.sparse_int_mm(x.to(torch.int8), packed.to("meta"))
