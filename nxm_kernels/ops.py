@@ -79,6 +79,8 @@ def linear_prepared(x: torch.Tensor, weights: list[torch.Tensor], meta: WeightMe
     x2d = x.reshape(-1, meta.k)
     if x2d.shape[0] == 0:
         return x.new_empty(*lead, meta.n)
+    if bias is not None:
+        bias = bias.contiguous()  # kernels index bias with unit stride
     y = _linear_op(x2d.contiguous(), weights, bias, meta.n, meta.k, meta.bits, meta.sparse, activation, backend)
     return y.reshape(*lead, meta.n)
 

@@ -59,8 +59,11 @@ def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | N
     """``None`` when backend ``name`` can run on ``device``, else why not."""
     try:
         backend = get_backend(name)
-    except ImportError as exc:  # e.g. triton not installed
-        return f"cannot import backend {name!r}: {exc}"
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - e.g. triton missing, or an extension that fails to load
+        # A backend that cannot even be imported is unavailable, not fatal: "auto" moves on to the next.
+        return f"cannot import backend {name!r}: {type(exc).__name__}: {exc}"
     return backend.unavailable_reason(torch.device(device))
 
 
@@ -78,12 +81,13 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     device = torch.device(device)
+    source = ""
     if backend == "auto":
         env = os.environ.get(ENV_VAR, "").strip()
         if env and env != "auto":
             if env not in BACKENDS:
                 raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS + ('auto',)}, got {env!r}")
-            backend = env
+            backend, source = env, f" (chosen by {ENV_VAR}={env})"
         else:
             for name in BACKENDS:
                 # On a CPU, "auto" means the reference: the Triton interpreter is for testing only.
@@ -96,5 +100,5 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
     why = unavailable_reason(backend, device)
     if why is not None:
-        raise RuntimeError(f"backend {backend!r} is unavailable on {device}: {why}")
+        raise RuntimeError(f"backend {backend!r}{source} is unavailable on {device}: {why}")
     return backend
