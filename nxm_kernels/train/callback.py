@@ -1,0 +1,226 @@
+"""Compression inside an ordinary Hugging Face ``Trainer``: add one object, :class:`NxMCompression`.
+
+::
+
+    compression = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_fraction=0.5),
+                                 teacher=dense_model)                 # teacher optional
+    trainer = Trainer(model=model, args=args, train_dataset=..., callbacks=[compression])
+    trainer.train()
+    compressed = compression.export(trainer.model)                    # NxMLinear modules
+
+What the callback does, by Trainer event:
+
+* ``on_init_end`` (end of ``Trainer.__init__``): swaps the plan's encoder linears for
+  :class:`~nxm_kernels.train.qat.QATLinear` (sharing the Parameters) and attaches the distiller. This
+  happens before any checkpoint is loaded, so ``resume_from_checkpoint`` restores the ADMM state.
+* ``on_train_begin``: starts ADMM (``Z = proj(W)``, ``U = 0``) unless the state came from a checkpoint.
+* ``on_pre_optimizer_step``: adds the gradient of ``(rho/2)||W - Z + U||^2`` to every compressed
+  weight. This is the loss term, added where it needs no autograd graph and no hook into
+  ``compute_loss``; gradients are then already reduced across ranks and accumulated, so the term
+  counts exactly once per optimizer step. It is added after gradient clipping: clipping bounds the
+  task gradient, not the pull toward the N:M set. With fp16 loss scaling the gradients are
+  unscaled first (``GradScaler.unscale_``, as PyTorch documents for modifying gradients).
+* ``on_step_end``: every ``interval`` steps, the Z/U update (residuals go to ``state.log_history``
+  and the log); at the end of the ADMM phase, the hard prune to Z's N:M mask; in the fine-tune
+  phase, re-zeroing of pruned master weights.
+* ``on_train_end``: a run stopped before the prune step is pruned now, so the model is exportable.
+
+Phases are driven by steps (``admm_steps``), epochs (``admm_epochs``) or a fraction of the run
+(``admm_fraction``). All state is in the model's buffers, hence in every Trainer checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch.nn as nn
+from transformers import TrainerCallback
+
+from .admm import ADMM, ADMMConfig
+from .distill import DistillConfig, Distiller
+from .qat import QATLinear, prepare_qat, qat_layers
+
+__all__ = ["CompressionSchedule", "NxMCompression"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CompressionSchedule:
+    """When ADMM ends and masked QAT fine-tuning begins, plus the ADMM hyper-parameters.
+
+    Give at most one of ``admm_steps`` (optimizer steps) and ``admm_epochs`` (may be fractional);
+    otherwise the ADMM phase is ``admm_fraction`` of the run's optimizer steps. ``admm_steps=0``
+    prunes at once (one-shot magnitude pruning followed by QAT fine-tuning).
+    """
+
+    admm_steps: int | None = None
+    admm_epochs: float | None = None
+    admm_fraction: float = 0.5
+    admm: ADMMConfig = field(default_factory=ADMMConfig)
+
+    def __post_init__(self):
+        if self.admm_steps is not None and self.admm_epochs is not None:
+            raise ValueError("give at most one of admm_steps and admm_epochs, got both")
+        if self.admm_steps is not None and (isinstance(self.admm_steps, bool) or not isinstance(self.admm_steps, int)
+                                            or self.admm_steps < 0):
+            raise ValueError(f"admm_steps must be an int >= 0, got {self.admm_steps!r}")
+        if self.admm_epochs is not None and (not isinstance(self.admm_epochs, (int, float)) or
+                                             not math.isfinite(self.admm_epochs) or self.admm_epochs < 0):
+            raise ValueError(f"admm_epochs must be a number >= 0, got {self.admm_epochs!r}")
+        if not isinstance(self.admm_fraction, (int, float)) or not 0 <= self.admm_fraction <= 1:
+            raise ValueError(f"admm_fraction must be in [0, 1], got {self.admm_fraction!r}")
+        if not isinstance(self.admm, ADMMConfig):
+            raise TypeError(f"admm must be an ADMMConfig, got {type(self.admm).__name__}")
+
+
+class NxMCompression(TrainerCallback):
+    """ADMM N:M sparsification + STE QAT (+ optional distillation) as one ``TrainerCallback``.
+
+    Args:
+        plan: a :class:`~nxm_kernels.plan.Plan`, ``{pattern: spec}`` mapping, JSON, or one spec for all layers.
+        schedule: a :class:`CompressionSchedule` (default: ADMM for the first half of the run).
+        teacher: the dense fine-tuned model to distil from (optional; frozen, never modified).
+        distill: a :class:`~nxm_kernels.train.distill.DistillConfig` (defaults when a teacher is given).
+        strict: a plan pattern matching no layer is an error.
+    """
+
+    def __init__(self, plan, *, schedule: CompressionSchedule | None = None, teacher: nn.Module | None = None,
+                 distill: DistillConfig | None = None, strict: bool = True):
+        self.plan = plan
+        self.schedule = schedule if schedule is not None else CompressionSchedule()
+        if not isinstance(self.schedule, CompressionSchedule):
+            raise TypeError(f"schedule must be a CompressionSchedule, got {type(self.schedule).__name__}")
+        if distill is not None and teacher is None:
+            raise ValueError("distill needs a teacher model")
+        self.distiller = Distiller(teacher, distill) if teacher is not None else None
+        self.strict = strict
+        self.layers: dict[str, QATLinear] = {}
+        self.admm: ADMM | None = None
+        self._model = None
+        self._end_step: int | None = None
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, model: nn.Module) -> dict[str, QATLinear]:
+        """Swap in the QAT layers (once) and attach the distiller; ``Trainer`` calls this via ``on_init_end``."""
+        if self._model is model:
+            return self.layers
+        if self._model is not None:
+            raise RuntimeError("this NxMCompression is bound to another model already; use one per model")
+        existing = qat_layers(model)
+        self.layers = existing if existing else prepare_qat(model, self.plan, strict=self.strict)
+        self.admm = ADMM(self.layers, self.schedule.admm)
+        if self.distiller is not None:
+            self.distiller.attach(model)
+        self._model = model
+        return self.layers
+
+    @property
+    def phase(self) -> str:
+        """``"init"``, ``"admm"`` or ``"finetune"`` (QAT-only plans go straight to ``"finetune"``)."""
+        if self.admm is None:
+            return "init"
+        if not self.admm.layers:
+            return "finetune"
+        return self.admm.phase
+
+    def _admm_over(self, state) -> bool:
+        s = self.schedule
+        if s.admm_epochs is not None:
+            return state.epoch is not None and state.epoch >= s.admm_epochs - 1e-9
+        return state.global_step >= self._end_step
+
+    # ------------------------------------------------------------------ events
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.prepare(model)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.prepare(model)
+        if self.admm is None:
+            raise RuntimeError("NxMCompression was never given the model; pass it to Trainer(callbacks=[...])")
+        s = self.schedule
+        if s.admm_steps is not None:
+            self._end_step = s.admm_steps
+        elif s.admm_epochs is None:
+            self._end_step = math.ceil(s.admm_fraction * max(int(state.max_steps or 0), 0))
+        if self.distiller is not None:
+            self.distiller.teacher.to(args.device)
+        phase = self.phase
+        if phase == "init":
+            self.admm.start()
+            logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
+                        len(self.admm.layers), len(self.layers), self._describe_end())
+        else:
+            logger.info("compression: resuming in phase %r at step %d", phase, state.global_step)
+        if self.phase == "admm" and self._admm_over(state):
+            self._prune(state)
+
+    def _describe_end(self) -> str:
+        if self.schedule.admm_epochs is not None:
+            return f"epoch {self.schedule.admm_epochs:g}"
+        return f"step {self._end_step}"
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if self.phase != "admm":
+            return
+        scaler = getattr(optimizer, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            try:
+                scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
+            except RuntimeError:
+                pass  # unscaled already, by gradient clipping
+        self.admm.add_penalty_grad()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        phase = self.phase
+        if phase == "finetune":
+            self.admm.apply_masks()
+            return
+        if phase != "admm":
+            return
+        if state.global_step % self.schedule.admm.interval == 0:
+            rec = self.admm.update()
+            state.log_history.append({
+                "step": state.global_step, "nxm_admm_update": rec["update"], "nxm_admm_primal": rec["primal"],
+                "nxm_admm_rel_primal": rec["rel_primal"], "nxm_admm_dual": rec["dual"], "nxm_admm_rho": rec["rho"],
+                "nxm_admm_layers": {n: {k: round(v, 6) for k, v in r.items()} for n, r in rec["layers"].items()},
+            })
+        if self._admm_over(state):
+            self._prune(state)
+
+    def _prune(self, state) -> None:
+        self.admm.prune()
+        state.log_history.append({"step": state.global_step, "nxm_phase": "finetune"})
+        logger.info("compression: pruned to N:M at step %d; masked QAT fine-tuning from here", state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.phase == "admm":
+            logger.warning("compression: training ended during the ADMM phase (step %d); hard-pruning now, "
+                           "without fine-tuning after the prune", state.global_step)
+            self._prune(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs is None:
+            return
+        logs["nxm_phase"] = self.phase
+        if self.admm is not None and self.admm.history and self.phase == "admm":
+            logs["nxm_admm_rel_primal"] = round(self.admm.history[-1]["rel_primal"], 6)
+        if self.distiller is not None:
+            for k, v in self.distiller.last.items():
+                logs[f"nxm_{k}"] = round(float(v), 6)
+
+    # ------------------------------------------------------------------ results
+    def export(self, model: nn.Module | None = None, *, backend: str = "auto"):
+        """Replace the trained QAT layers by ``NxMLinear`` (see :func:`nxm_kernels.train.export.export_model`)."""
+        from .export import export_model
+
+        model = model if model is not None else self._model
+        if model is None:
+            raise ValueError("model is required (this NxMCompression was never bound to one)")
+        if self.distiller is not None:
+            self.distiller.detach()
+        return export_model(model, backend=backend)

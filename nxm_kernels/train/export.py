@@ -1,0 +1,103 @@
+"""Export a trained QAT model to the kernels: ``QATLinear`` -> ``NxMLinear``, with nothing lost.
+
+Each ``QATLinear`` becomes an ``nn.Linear`` holding its masked fp32 master weight, and
+:func:`nxm_kernels.models.bert.swap_linears` then packs it exactly as for any model (2:4 weights are
+kept as they are, not re-pruned; GELU is fused into ``ffn1`` as usual). The per-channel scales
+``pack`` computes for the masked weight are the ones the QAT forward used, so the packed weight
+dequantizes to the QAT layer's fake-quantized weight **bit for bit**; :func:`export_model` checks
+this for every layer (``torch.equal``) and refuses to return a model where it fails.
+
+What still differs between the QAT model and the exported one is float rounding: the kernels
+accumulate integer products exactly and scale afterwards, the QAT forward multiplies dequantized
+values in floating point. Logits agree to ~1e-5 relative and predictions essentially always
+(measured by the tests; see the README).
+
+Training may use any N:M pattern; export needs a weight that is 2:4-sparse (a 1:4 mask is, a 2:8
+mask generally is not) or a ``dense-*`` spec.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn as nn
+
+from ..models.bert import bert_linears, swap_linears
+from ..plan import Plan
+from ..sparsity import count_nm_violations
+from .qat import QATLinear, qat_layers
+
+__all__ = ["export_spec", "export_model", "to_linear"]
+
+logger = logging.getLogger(__name__)
+
+
+def export_spec(layer: QATLinear) -> str:
+    """The kernel spec a trained layer exports to (``2:4-wXa8`` or ``dense-wXa8``); raises if none fits."""
+    if not isinstance(layer, QATLinear):
+        raise TypeError(f"layer must be a QATLinear, got {type(layer).__name__}")
+    bits = layer.spec.weight_bits
+    if not layer.spec.sparse:
+        return f"dense-w{bits}a8"
+    if not layer.pruned:
+        raise ValueError(f"layer {layer.name or '?'} ({layer.spec}) has no fixed N:M mask yet: finish the ADMM phase "
+                         "(or call ADMM.prune()) before exporting")
+    bad = count_nm_violations(layer.masked_weight().detach(), 2, 4)
+    if bad:
+        raise ValueError(f"layer {layer.name or '?'} was trained as {layer.spec}, which is not 2:4-compatible "
+                         f"({bad} groups of 4 hold more than 2 non-zeros); the kernels run 2:4 only")
+    return f"2:4-w{bits}a8"
+
+
+def to_linear(layer: QATLinear) -> nn.Linear:
+    """A plain ``nn.Linear`` holding the layer's masked master weight (a copy) and bias."""
+    w = layer.export_weight()
+    lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    if layer.bias is not None:
+        lin.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+    return lin
+
+
+@torch.no_grad()
+def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True):
+    """Replace every ``QATLinear`` of ``model`` by an ``NxMLinear`` in place; returns the
+    :class:`~nxm_kernels.modules.SwapReport` of the swap.
+
+    ``check`` (default) verifies that each packed weight dequantizes exactly to the weight the QAT
+    layer computed with. The model is left in eval mode.
+    """
+    layers = qat_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} holds no QATLinear layers; train it with prepare_qat / "
+                         "NxMCompression first (or use nxm_kernels.swap_linears for one-shot compression)")
+    specs = {name: export_spec(layer) for name, layer in layers.items()}  # all checked before any change
+    trained = {}
+    for name, layer in layers.items():
+        if check:
+            on = layer.quantize_weights
+            layer.quantize_weights = True
+            trained[name] = layer.effective_weight().detach().float().cpu()
+            layer.quantize_weights = on
+    sites = {s.name: s for s in bert_linears(model)}
+    for name, layer in layers.items():
+        site = sites.get(name)
+        if site is None or site.module is not layer:
+            raise ValueError(f"QATLinear {name!r} is not at its encoder position; export works on BERT-family "
+                             "models prepared with prepare_qat")
+        setattr(site.parent, site.attr, to_linear(layer))
+    report = swap_linears(model, Plan(specs), backend=backend)
+    if check:
+        for site in bert_linears(model):
+            if site.name not in trained:
+                continue
+            got = site.module.dequantized_weight(torch.float32).cpu()
+            if not torch.equal(got, trained[site.name]):
+                diff = float((got - trained[site.name]).abs().max())
+                raise RuntimeError(f"export of {site.name} is not exact: packed weight differs from the QAT weight "
+                                   f"by up to {diff:g} (please report this bug)")
+    model._ddp_params_and_buffers_to_ignore = []
+    logger.info("exported %d QAT layers to NxMLinear (%s)", len(layers), report)
+    model.eval()
+    return report
