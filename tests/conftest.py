@@ -22,7 +22,7 @@ HAS_GPU = torch.cuda.is_available()
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
-        if "gpu" in item.keywords and not HAS_GPU:
+        if item.get_closest_marker("gpu") is not None and not HAS_GPU:
             item.add_marker(skip_gpu)
 
 

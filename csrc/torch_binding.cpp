@@ -1,0 +1,182 @@
+// The one PyTorch binding of the CUDA kernels: checks tensors, allocates outputs and workspaces with
+// PyTorch's caching allocator on the current stream (so CUDA graph capture works), and calls the
+// C-style launchers of nxm_kernels.h. The Python side (nxm_kernels/backends/cuda.py) has already
+// validated shapes and dtypes for users; the checks here guard the kernel itself.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/extension.h>
+
+#include <climits>
+
+#include "nxm_kernels.h"
+
+namespace {
+
+void check_status(int code, const char* what) {
+  if (code == NXM_OK) return;
+  if (code == NXM_ERR_ALIGNMENT) TORCH_CHECK(false, what, ": a tensor is not 16-byte aligned");
+  if (code < 0) TORCH_CHECK(false, what, ": invalid argument");
+  TORCH_CHECK(false, what, ": CUDA error: ", cudaGetErrorString(static_cast<cudaError_t>(code)));
+}
+
+int kind_of(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return NXM_OUT_F16;
+    case at::kBFloat16: return NXM_OUT_BF16;
+    case at::kFloat: return NXM_OUT_F32;
+    default: TORCH_CHECK(false, "unsupported floating dtype ", t); return -1;
+  }
+}
+
+void check_weights(const torch::Tensor& values, const torch::Tensor& meta, const torch::Tensor& w_scale,
+                   int64_t kp, bool w4) {
+  TORCH_CHECK(values.is_cuda() && values.scalar_type() == at::kByte && values.is_contiguous(),
+              "values must be a contiguous uint8 CUDA tensor");
+  TORCH_CHECK(meta.is_cuda() && meta.scalar_type() == at::kInt && meta.is_contiguous(),
+              "meta must be a contiguous int32 CUDA tensor");
+  TORCH_CHECK(w_scale.is_cuda() && w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1,
+              "w_scale must be a float32 CUDA vector");
+  const int64_t np = w_scale.size(0);
+  TORCH_CHECK(np % 128 == 0 && kp % 128 == 0, "prepared weights must be padded to multiples of 128");
+  TORCH_CHECK(values.numel() == np * kp / (w4 ? 4 : 2), "values size does not match the prepared shape");
+  TORCH_CHECK(meta.numel() == np * kp / 32, "meta size does not match the prepared shape");
+}
+
+// Runs the GEMM. `zero_counters_in_quantizer` tells whether the quantizer launched just before already
+// zeroed the split-K counters (saves a memset launch on the latency-critical small-M path).
+torch::Tensor run_gemm(const torch::Tensor& xq, const float* x_scale, const torch::Tensor& values,
+                       const torch::Tensor& meta, const torch::Tensor& w_scale, const c10::optional<torch::Tensor>& bias,
+                       int64_t n, bool w4, int out_kind, at::ScalarType out_dtype, int64_t act, int32_t* counters,
+                       const torch::Tensor& workspace, int config, int splits, int per) {
+  const int64_t m = xq.size(0), kp = xq.size(1), np = w_scale.size(0);
+  auto out = torch::empty({m, n}, xq.options().dtype(out_dtype));
+  NxmGemmParams p{};
+  p.xq = xq.data_ptr<int8_t>();
+  p.x_scale = x_scale;
+  p.w_values = values.data_ptr<uint8_t>();
+  p.w_meta = reinterpret_cast<const uint32_t*>(meta.data_ptr<int32_t>());
+  p.w_scale = w_scale.data_ptr<float>();
+  p.bias = nullptr;
+  p.bias_kind = NXM_BIAS_NONE;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->is_cuda() && bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
+                "bias must be a contiguous CUDA vector of length N");
+    p.bias = bias->data_ptr();
+    p.bias_kind = kind_of(bias->scalar_type());
+  }
+  p.out = out.data_ptr();
+  p.workspace = splits > 1 ? workspace.data_ptr<int32_t>() : nullptr;
+  p.counters = counters;
+  p.M = static_cast<int>(m);
+  p.N = static_cast<int>(n);
+  p.KP = static_cast<int>(kp);
+  p.Np = static_cast<int>(np);
+  p.ldo = static_cast<int>(n);
+  p.w4 = w4 ? 1 : 0;
+  p.out_kind = out_kind;
+  p.act = static_cast<int>(act);
+  p.config = config;
+  p.splits = splits;
+  p.stages_per_split = per;
+  check_status(nxm_sparse_gemm(&p, c10::cuda::getCurrentCUDAStream()), "nxm sparse GEMM");
+  return out;
+}
+
+struct Plan {
+  int config, splits, per, tiles;
+  torch::Tensor workspace;  // partials then counters (int32)
+  int32_t* counters() const { return splits > 1 ? workspace.data_ptr<int32_t>() + workspace.numel() - tiles : nullptr; }
+};
+
+Plan plan_for(int64_t m, int64_t n, int64_t np, int64_t kp, const torch::Tensor& like) {
+  TORCH_CHECK(m <= INT32_MAX && n <= INT32_MAX && kp <= INT32_MAX, "problem too large");
+  int sms = 0;
+  check_status(static_cast<int>(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, like.get_device())),
+               "reading the multiprocessor count");
+  Plan pl{};
+  check_status(nxm_gemm_select(static_cast<int>(m), static_cast<int>(np), static_cast<int>(n), static_cast<int>(kp),
+                               sms, &pl.config, &pl.splits, &pl.per, &pl.tiles),
+               "nxm GEMM configuration");
+  if (pl.splits > 1) pl.workspace = torch::empty({pl.splits * m * np + pl.tiles}, like.options().dtype(at::kInt));
+  return pl;
+}
+
+}  // namespace
+
+// x[M, K] (fp16/bf16/fp32, unit column stride) -> y[M, N] in x's dtype.
+torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+                     const torch::Tensor& w_scale, const c10::optional<torch::Tensor>& bias, int64_t n, int64_t k,
+                     int64_t kp, bool w4, int64_t act) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1 && x.size(1) == k, "x must be a CUDA [M, K] tensor");
+  check_weights(values, meta, w_scale, kp, w4);
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t m = x.size(0);
+  auto xq = torch::empty({m, kp}, x.options().dtype(at::kChar));
+  auto xs = torch::empty({m}, x.options().dtype(at::kFloat));
+  Plan pl = plan_for(m, n, w_scale.size(0), kp, x);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m), static_cast<int>(k),
+                                 x.stride(0), static_cast<int>(kp), xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
+                                 pl.counters(), pl.splits > 1 ? pl.tiles : 0, stream),
+               "nxm activation quantizer");
+  return run_gemm(xq, xs.data_ptr<float>(), values, meta, w_scale, bias, n, w4, kind_of(x.scalar_type()),
+                  x.scalar_type(), act, pl.counters(), pl.workspace, pl.config, pl.splits, pl.per);
+}
+
+// xq[M, KP] int8 (already padded) -> raw int32 accumulators [M, N].
+torch::Tensor int_mm(const torch::Tensor& xq, const torch::Tensor& values, const torch::Tensor& meta,
+                     const torch::Tensor& w_scale, int64_t n, bool w4) {
+  TORCH_CHECK(xq.is_cuda() && xq.scalar_type() == at::kChar && xq.dim() == 2 && xq.is_contiguous(),
+              "xq must be a contiguous int8 CUDA [M, KP] tensor");
+  const int64_t kp = xq.size(1);
+  check_weights(values, meta, w_scale, kp, w4);
+  c10::cuda::CUDAGuard guard(xq.device());
+  Plan pl = plan_for(xq.size(0), n, w_scale.size(0), kp, xq);
+  if (pl.splits > 1) {
+    cudaError_t err = cudaMemsetAsync(pl.counters(), 0, sizeof(int32_t) * pl.tiles, c10::cuda::getCurrentCUDAStream());
+    check_status(static_cast<int>(err), "nxm split-K counters");
+  }
+  return run_gemm(xq, nullptr, values, meta, w_scale, c10::nullopt, n, w4, NXM_OUT_INT32, at::kInt, NXM_ACT_NONE,
+                  pl.counters(), pl.workspace, pl.config, pl.splits, pl.per);
+}
+
+// x[M, K] -> (codes int8 [M, KP], scale float32 [M]).
+std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x, int64_t kp) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "x must be a CUDA [M, K] tensor with unit stride");
+  c10::cuda::CUDAGuard guard(x.device());
+  const int64_t m = x.size(0);
+  auto xq = torch::empty({m, kp}, x.options().dtype(at::kChar));
+  auto xs = torch::empty({m}, x.options().dtype(at::kFloat));
+  if (m > 0)
+    check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m),
+                                   static_cast<int>(x.size(1)), x.stride(0), static_cast<int>(kp),
+                                   xq.data_ptr<int8_t>(), xs.data_ptr<float>(), nullptr, 0,
+                                   c10::cuda::getCurrentCUDAStream()),
+                 "nxm activation quantizer");
+  return {xq, xs};
+}
+
+// One mma.sp m16n8k64 on explicit fragments (int32 [32, 4] a, b, c; int32 [32] e) -> d [32, 4].
+torch::Tensor mma_sp_probe(const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor& c,
+                           const torch::Tensor& e) {
+  for (const auto* t : {&a, &b, &c})
+    TORCH_CHECK(t->is_cuda() && t->scalar_type() == at::kInt && t->is_contiguous() && t->numel() == 128,
+                "fragments must be contiguous int32 CUDA [32, 4] tensors");
+  TORCH_CHECK(e.is_cuda() && e.scalar_type() == at::kInt && e.numel() == 32, "e must be an int32 CUDA [32] tensor");
+  c10::cuda::CUDAGuard guard(a.device());
+  auto d = torch::empty_like(c);
+  check_status(nxm_mma_sp_probe(reinterpret_cast<const uint32_t*>(a.data_ptr<int32_t>()),
+                                reinterpret_cast<const uint32_t*>(b.data_ptr<int32_t>()), c.data_ptr<int32_t>(),
+                                reinterpret_cast<const uint32_t*>(e.data_ptr<int32_t>()), d.data_ptr<int32_t>(),
+                                c10::cuda::getCurrentCUDAStream()),
+               "nxm mma.sp probe");
+  return d;
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "nxm-kernels CUDA kernels: 2:4 sparse int8/int4 x int8 GEMM on sparse tensor cores";
+  m.def("linear", &linear, "quantize x per token and run the sparse GEMM with the fused epilogue");
+  m.def("int_mm", &int_mm, "raw int32 accumulators of the sparse GEMM");
+  m.def("quantize_rows", &quantize_rows, "per-token int8 quantization");
+  m.def("mma_sp_probe", &mma_sp_probe, "one mma.sp m16n8k64 on explicit fragments");
+}

@@ -1,0 +1,137 @@
+"""The CUDA kernel's prepared weight layout: a pure function of the canonical ``PackedWeight``.
+
+The kernel (``csrc/nxm_sparse_gemm.cuh``) computes ``y^T[N, M] = W[N, K] . x^T[K, M]`` with
+``mma.sp::ordered_metadata.m16n8k64.s32.s8.s8``: the sparse operand *A* is the weight (16 weight rows
+per instruction, 64 dense K = 32 kept codes per row), *B* is the int8 activations (8 tokens).
+This module lays the weight out so that one warp fetches the A operand and the metadata of one
+``(16 rows, 64 K)`` tile with a single contiguous 16-byte load (values) and a 4-byte load (metadata)
+per lane, with no shuffles or byte permutes at run time.
+
+Fragment ownership (PTX ISA, sparse ``mma.m16n8k64`` with ``.s8``; ``g = lane >> 2``, ``t = lane & 3``):
+
+* A register ``r`` (``r = 0..3``) byte ``i`` holds compressed column ``t*4 + 16*(r >> 1) + i`` of row
+  ``g + 8*(r & 1)`` (the compressed 16 x 32 tile has the dense ``m16n8k32`` int8 A layout);
+* the metadata register of lane ``T`` holds row ``(T >> 2) + 8*(T & 1)``, dense columns
+  ``32*((T >> 1) & 1) .. +31``: nibble ``j`` describes the group of dense columns ``4j..4j+3`` of that
+  32-column block, bits 0-1 the first kept offset, bits 2-3 the second. This is exactly the
+  canonical metadata read as a little-endian uint32 (canonical byte ``b`` holds groups ``2b``, ``2b+1``),
+  so the kernel's metadata word is a canonical word, only moved to the lane that needs it.
+
+Prepared tensors (``Np = ceil(N / 128) * 128``, ``KP = ceil(K / 128) * 128``; padding rows/columns hold
+zero codes and metadata offsets ``(0, 1)``):
+
+* int8 ``values``: uint8 ``[Np/16, KP/64, 32, 16]``: tile ``(n16, k64)``, lane, register-ordered bytes;
+* int4 ``values``: uint8 ``[Np/16, KP/128, 32, 16]``: per lane, bytes ``8s .. 8s+7`` serve k64 step ``s``
+  of the 128-K tile as two 32-bit words; word ``w`` holds registers ``2w`` (low nibbles) and
+  ``2w + 1`` (high nibbles), so the kernel unpacks a word into two registers with one mask or shift
+  and a per-byte sign extension;
+* ``meta``: int32 ``[Np/16, KP/64, 32]`` (the uint32 bit pattern);
+* ``scales``: float32 ``[Np]`` (padding rows 1.0).
+
+:func:`restore_canonical` inverts :func:`prepare_layout` (tested round trip).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..format import PackedWeight, _pack_nibbles, padded_k
+
+__all__ = ["N_ALIGN", "K_ALIGN", "prepare_layout", "restore_canonical", "prepared_dims"]
+
+N_ALIGN = 128   # largest weight-row tile of any kernel config
+K_ALIGN = 128   # dense K per pipeline stage
+_PAD_META_BYTE = 0x44  # offsets (0, 1) for both groups of a byte: valid for ordered metadata
+
+
+def prepared_dims(n: int, k: int) -> tuple[int, int]:
+    """``(Np, KP)``: the padded weight rows and dense K of the prepared layout."""
+    return -(-n // N_ALIGN) * N_ALIGN, -(-k // K_ALIGN) * K_ALIGN
+
+
+def _fragment_index(np_: int, kp: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and compressed-column index of every byte of the int8 prepared values ``[Np/16, KP/64, 32, 16]``."""
+    tn = torch.arange(np_ // 16, device=device).view(-1, 1, 1, 1)
+    tk = torch.arange(kp // 64, device=device).view(1, -1, 1, 1)
+    lane = torch.arange(32, device=device).view(1, 1, -1, 1)
+    byte = torch.arange(16, device=device).view(1, 1, 1, -1)
+    r, i = byte // 4, byte % 4
+    row = 16 * tn + (lane >> 2) + 8 * (r & 1)
+    col = 32 * tk + (lane & 3) * 4 + 16 * (r >> 1) + i
+    return row.expand(-1, kp // 64, -1, -1), col.expand(np_ // 16, -1, -1, -1)
+
+
+def _meta_index(np_: int, kp: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and uint32-word index of every metadata word ``[Np/16, KP/64, 32]``."""
+    tn = torch.arange(np_ // 16, device=device).view(-1, 1, 1)
+    tk = torch.arange(kp // 64, device=device).view(1, -1, 1)
+    lane = torch.arange(32, device=device).view(1, 1, -1)
+    row = 16 * tn + (lane >> 2) + 8 * (lane & 1)
+    word = 2 * tk + ((lane >> 1) & 1)
+    return row.expand(-1, kp // 64, -1), word.expand(np_ // 16, -1, -1)
+
+
+def _int4_regroup(v8: torch.Tensor) -> torch.Tensor:
+    """int8-ordered codes ``[Np/16, KP/64, 32, 16]`` -> int4 prepared bytes ``[Np/16, KP/128, 32, 16]``."""
+    t16, t64 = v8.shape[0], v8.shape[1]
+    regs = v8.view(t16, t64 // 2, 2, 32, 4, 4)          # [tn, k128, step, lane, reg, byte]
+    lo = regs[:, :, :, :, 0::2, :].to(torch.int16) & 0xF   # registers 0 and 2 -> low nibbles
+    hi = regs[:, :, :, :, 1::2, :].to(torch.int16) & 0xF   # registers 1 and 3 -> high nibbles
+    words = (lo | (hi << 4)).to(torch.uint8)               # [tn, k128, step, lane, word, byte]
+    return words.permute(0, 1, 3, 2, 4, 5).reshape(t16, t64 // 2, 32, 16).contiguous()
+
+
+def _int4_ungroup(v4: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_int4_regroup` (returns int8 codes in int8-prepared order)."""
+    t16, t128 = v4.shape[0], v4.shape[1]
+    words = v4.view(t16, t128, 32, 2, 2, 4).permute(0, 1, 3, 2, 4, 5).to(torch.int16)  # [tn,k128,step,lane,w,b]
+    lo = ((words & 0xF) ^ 8) - 8
+    hi = (((words >> 4) & 0xF) ^ 8) - 8
+    regs = torch.stack((lo, hi), dim=5)                     # [tn, k128, step, lane, w, lo/hi, byte]
+    return regs.reshape(t16, t128 * 2, 32, 16).to(torch.int8)
+
+
+def prepare_layout(packed: PackedWeight) -> list[torch.Tensor]:
+    """``[values uint8, meta int32, scales float32]`` in the kernel's layout (module docstring)."""
+    if not isinstance(packed, PackedWeight):
+        raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
+    if not packed.sparse:
+        raise ValueError(f"the CUDA kernel runs 2:4 weights only, got pattern {packed.pattern!r}")
+    n, k = packed.shape
+    np_, kp = prepared_dims(n, k)
+    dev = packed.device
+    codes = packed.codes()                                  # [N, K_pad/2] int8
+    codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
+    meta_b = torch.full((np_, kp // 8), _PAD_META_BYTE, dtype=torch.uint8, device=dev)
+    meta_b[:n, : packed.metadata.shape[1]] = packed.metadata
+    words = meta_b.view(np_, kp // 32, 4).to(torch.int64)
+    words = words[..., 0] | (words[..., 1] << 8) | (words[..., 2] << 16) | (words[..., 3] << 24)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)   # uint32 bits as int32
+
+    row, col = _fragment_index(np_, kp, dev)
+    v8 = codes[row, col]                                    # [Np/16, KP/64, 32, 16] int8
+    values = _int4_regroup(v8) if packed.bits == 4 else v8.view(torch.uint8).contiguous()
+    mrow, mword = _meta_index(np_, kp, dev)
+    meta = words[mrow, mword].contiguous()
+    scales = torch.ones(np_, dtype=torch.float32, device=dev)
+    scales[:n] = packed.scales
+    return [values, meta, scales]
+
+
+def restore_canonical(prepared: list[torch.Tensor], n: int, k: int, bits: int) -> PackedWeight:
+    """Rebuild the canonical ``PackedWeight`` from :func:`prepare_layout`'s output."""
+    values, meta, scales = prepared
+    np_, kp = prepared_dims(n, k)
+    v8 = _int4_ungroup(values) if bits == 4 else values.view(torch.int8)
+    row, col = _fragment_index(np_, kp, values.device)
+    codes = torch.zeros(np_, kp // 2, dtype=torch.int8, device=values.device)
+    codes[row, col] = v8
+    mrow, mword = _meta_index(np_, kp, values.device)
+    words = torch.zeros(np_, kp // 32, dtype=torch.int64, device=values.device)
+    words[mrow, mword] = meta.to(torch.int64) & 0xFFFFFFFF
+    meta_b = torch.stack([(words >> s) & 0xFF for s in (0, 8, 16, 24)], dim=-1).reshape(np_, kp // 8)
+    kc = padded_k(k)
+    codes = codes[:n, : kc // 2]
+    vals = _pack_nibbles(codes) if bits == 4 else codes.contiguous()
+    return PackedWeight(vals.contiguous(), meta_b[:n, : kc // 8].to(torch.uint8).contiguous(),
+                        scales[:n].contiguous(), (n, k), bits, "2:4")
