@@ -107,8 +107,9 @@ def sparse_int_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor 
             raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
     check_same_device(x=x, packed=packed.values, bias=bias)
     act = normalize_activation(activation)
-    name = resolve_backend(backend, x.device)
-    return linear_prepared(x, prepared_weights(packed, name), WeightMeta.of(packed), bias, act, name)
+    meta = WeightMeta.of(packed)
+    name = resolve_backend(backend, x.device, meta)
+    return linear_prepared(x, prepared_weights(packed, name), meta, bias, act, name)
 
 
 def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto") -> torch.Tensor:
@@ -121,8 +122,8 @@ def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto")
     if xq.shape[1] != packed.in_features:
         raise ValueError(f"xq must have shape [M, {packed.in_features}], got {tuple(xq.shape)}")
     check_same_device(xq=xq, packed=packed.values)
-    name = resolve_backend(backend, xq.device)
+    meta = WeightMeta.of(packed)
+    name = resolve_backend(backend, xq.device, meta)
     if xq.shape[0] == 0:
         return xq.new_empty(0, packed.out_features, dtype=torch.int32)
-    meta = WeightMeta.of(packed)
     return _int_mm_op(xq.contiguous(), prepared_weights(packed, name), meta.n, meta.k, meta.bits, meta.sparse, name)

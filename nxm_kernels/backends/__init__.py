@@ -12,6 +12,8 @@ Every backend is a module with the same functions, so :mod:`nxm_kernels.ops` can
     The raw accumulator ``xq @ W_codes^T`` (exact; compared with ``torch.equal`` in tests).
 ``linear(x2d, weights, meta, bias, activation) -> [M, N]`` in ``x2d.dtype``
     Quantize, accumulate and apply the epilogue (scales, bias, GELU).
+``weight_unsupported_reason(meta) -> str | None`` (optional)
+    ``None`` when the backend runs this kind of weight (e.g. the cuda backend runs 2:4 only).
 
 ``meta`` is a :class:`WeightMeta`. Backends know the format and nothing above it.
 """
@@ -25,7 +27,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["BACKENDS", "ENV_VAR", "WeightMeta", "get_backend", "unavailable_reason", "available_backends",
-           "resolve_backend"]
+           "resolve_backend", "weight_unsupported_reason"]
 
 #: In order of preference for ``backend="auto"``.
 BACKENDS = ("cuda", "triton", "reference")
@@ -67,16 +69,25 @@ def unavailable_reason(name: str, device: torch.device | str = "cpu") -> str | N
     return backend.unavailable_reason(torch.device(device))
 
 
+def weight_unsupported_reason(name: str, meta: "WeightMeta | None") -> str | None:
+    """``None`` when backend ``name`` runs weights like ``meta`` (or ``meta`` is None), else why not."""
+    if meta is None:
+        return None
+    check = getattr(get_backend(name), "weight_unsupported_reason", None)
+    return None if check is None else check(meta)
+
+
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Backends that can run on ``device``, fastest first."""
     return [b for b in BACKENDS if unavailable_reason(b, device) is None]
 
 
-def resolve_backend(backend: str, device: torch.device | str) -> str:
+def resolve_backend(backend: str, device: torch.device | str, meta: "WeightMeta | None" = None) -> str:
     """Turn ``"auto"`` (or an explicit name) into a backend that can run on ``device``.
 
     ``"auto"`` honours the ``NXM_BACKEND`` environment variable, then picks the fastest available
-    backend. An explicit backend that cannot run raises ``RuntimeError`` saying why.
+    backend that also runs weights like ``meta`` (when given). An explicit backend that cannot run
+    raises ``RuntimeError`` saying why.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
@@ -93,7 +104,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
                 # On a CPU, "auto" means the reference: the Triton interpreter is for testing only.
                 if device.type == "cpu" and name != "reference":
                     continue
-                if unavailable_reason(name, device) is None:
+                if unavailable_reason(name, device) is None and weight_unsupported_reason(name, meta) is None:
                     return name
             raise RuntimeError(f"no backend can run on {device}")
     if backend not in BACKENDS:
