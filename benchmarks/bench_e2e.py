@@ -119,8 +119,9 @@ def prepare_variant(v: Variant, model, device):
 
     info: dict = {}
     if v.kind == "nxm":
-        report = nxm.swap_linears(model, PLANS[v.plan], backend="auto")
-        layer_backends = use_backend(model, v.backend)
+        # Swapped on the reference backend (any weight, any device), then moved layer by layer.
+        report = nxm.swap_linears(model, PLANS[v.plan], backend="reference")
+        layer_backends = use_backend(model, v.backend, device)
         info["swap"] = {"swapped": len(report.swapped), "bytes_before": report.bytes_before,
                         "bytes_after": report.bytes_after, "ratio": report.ratio, "by_spec": report.by_spec(),
                         "fused_gelu": len(report.fused_activations), "layer_backends": layer_backends}
@@ -132,20 +133,27 @@ def prepare_variant(v: Variant, model, device):
     return model, info
 
 
-def use_backend(model, backend: str) -> dict[str, int]:
-    """Put every swapped layer on ``backend``, except layers whose weights it does not run (the
-    cuda backend runs 2:4 only): those stay on ``auto``'s choice, as they would for a user.
+def _runs(name: str, meta) -> bool:
+    from nxm_kernels import backends
+
+    check = getattr(backends.get_backend(name), "weight_unsupported_reason", None)
+    return check is None or check(meta) is None
+
+
+def use_backend(model, backend: str, device: torch.device) -> dict[str, int]:
+    """Put every swapped layer on ``backend``; a layer whose weights it does not run (the cuda
+    backend runs 2:4 only) goes to the fastest available backend that does, as ``auto`` would.
     Returns how many layers run on each backend."""
     from nxm_kernels import backends
     from nxm_kernels.modules import compressed_linears
 
+    fallback = [b for b in backends.BACKENDS if backends.unavailable_reason(b, device) is None]
     counts: dict[str, int] = {}
-    check = getattr(backends.get_backend(backend), "weight_unsupported_reason", None)
     for layer in compressed_linears(model).values():
         meta = backends.WeightMeta(layer.out_features, layer.in_features, layer.spec.weight_bits, layer.spec.sparse)
-        if check is None or check(meta) is None:
-            layer.set_backend(backend)
-        counts[layer.resolved_backend] = counts.get(layer.resolved_backend, 0) + 1
+        name = backend if _runs(backend, meta) else next(b for b in fallback if _runs(b, meta))
+        layer.set_backend(name)
+        counts[name] = counts.get(name, 0) + 1
     return counts
 
 

@@ -97,6 +97,13 @@ def gemm_lines(g: dict, markdown: bool = False) -> list[str]:
             grouped.setdefault(p["unavailable"], []).append(p["name"])
     for why, names in grouped.items():
         out.append(f"  unavailable: {', '.join(names)}: {why}"[:300])
+    point_reasons: dict[str, list[dict]] = {}  # providers that run, but not at some points (shape rules...)
+    for r in recs:
+        if r["status"] == "unavailable" and r["provider"] not in sum(grouped.values(), []):
+            point_reasons.setdefault(r["provider"], []).append(r)
+    for name, rows in point_reasons.items():
+        out.append(f"  unavailable at {len(rows)} points: {name}, e.g. {rows[0]['shape']} M={rows[0]['m']}: "
+                   f"{rows[0].get('reason', '')}"[:300])
     bad = [r for r in recs if r["status"] in ("incorrect", "failed")]
     for r in bad[:8]:
         out.append(f"  {r['status'].upper()}: {r['provider']} {r['shape']} M={r['m']}: {r.get('reason', '')}"[:240])
