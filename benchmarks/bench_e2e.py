@@ -315,19 +315,19 @@ def run_model(model_name, vs, grid, device, dtype, reasons, graphs, iters, resul
             if v.kind == "nxm" and v.plan not in refs:
                 refs[v.plan] = reference_output(model_name, v.plan, device, dtype, inputs[check_shape][0])
             model, info = prepare_variant(v, model, device)
+            result.setdefault("variant_info", {})[f"{model_name}/{v.name}"] = info
+            check = None
+            if v.kind == "nxm":
+                check = check_variant(model, refs[v.plan], inputs[check_shape][0], model_name, v, info)
+                result["checks"].append(check)
         except common.TimeBoxExpired:
             raise
         except Exception as exc:  # noqa: BLE001 - one variant's failure must not end the run
             why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            logger.error("%s %s: could not be built: %s", model_name, v.name, why)
+            logger.error("%s %s: could not be built or run: %s", model_name, v.name, why)
             for b, s in grid:
                 result["records"].append(_rec(model_name, v, b, s, "eager", status="failed", reason=why))
             continue
-        result.setdefault("variant_info", {})[f"{model_name}/{v.name}"] = info
-        check = None
-        if v.kind == "nxm":
-            check = check_variant(model, refs[v.plan], inputs[check_shape][0], model_name, v, info)
-            result["checks"].append(check)
         for b, s in grid:
             for rec in measure_shape(model, v, model_name, b, s, inputs[(b, s)], device, graphs, iters, check):
                 result["records"].append(rec)
@@ -417,7 +417,10 @@ def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, c
                 grec.update(status="unavailable",
                             reason=f"CUDA graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
                 logger.warning("%s %s %dx%d: %s", model_name, v.name, b, s, grec["reason"])
-                torch.cuda.synchronize()
+                try:
+                    torch.cuda.synchronize()
+                except Exception as sync_exc:  # noqa: BLE001 - a sticky error: later variants will say so
+                    logger.error("CUDA context unusable after the failed capture: %s", sync_exc)
             out.append(grec)
     return out
 

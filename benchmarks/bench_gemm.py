@@ -567,7 +567,7 @@ def run(args) -> dict:
         "benchmark": "gemm", "environment": env, "smoke": smoke,
         "peak": None if peak is None else vars(peak),
         "peak_note": None if peak else "card not in the peak table: give --peak-tops/--peak-gbps for percentages",
-        "measured_copy_gbps": common.measure_copy_gbps(device),
+        "measured_copy_gbps": _copy_gbps(device),
         "backends": reasons, "shapes": [{"n": n, "k": k, "where": w} for (n, k), w in shapes.items()], "m": ms,
         "timer": {"name": args.timer if device.type == "cuda" else "wall-clock", "warmup_ms": warmup, "rep_ms": rep,
                   "rotation": "activation and weight copies together >= 3x L2 (max 16 sets); do_bench also "
@@ -598,7 +598,9 @@ def run(args) -> dict:
                     if bar:
                         bar.set_postfix_str(f"{n}x{k} M={m} {prov.name}", refresh=False)
                         bar.update()
-                    rec = {"n": n, "k": k, "shape": f"{n}x{k}", "where": where, "m": m, **prov.record_base()}
+                    # "stopped" until measured: what a time box that expires right here leaves behind
+                    rec = {"n": n, "k": k, "shape": f"{n}x{k}", "where": where, "m": m, **prov.record_base(),
+                           "status": "stopped", "reason": "the run's time box expired before this point"}
                     result["records"].append(rec)
                     if aborted:
                         rec.update(status="skipped", reason=aborted)
@@ -607,10 +609,10 @@ def run(args) -> dict:
                         rec.update(status="unavailable", reason=why_not[prov.name])
                         continue
                     aborted = measure(prov, problem, m, rec, device, peak, warmup, rep, args.timer)
+                write_partial(result, path)
             del problem
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-            write_partial(result, path)
     except common.TimeBoxExpired as exc:
         logger.error("stopped by %s: writing the results measured so far", exc)
         result["stopped"] = f"time box expired ({exc})"
@@ -632,6 +634,14 @@ def run(args) -> dict:
     print(format_table(result))
     logger.info("wrote %s", path)
     return result
+
+
+def _copy_gbps(device: torch.device) -> float | None:
+    try:
+        return common.measure_copy_gbps(device)
+    except Exception as exc:  # noqa: BLE001 - a ceiling we can do without
+        logger.warning("could not measure the copy bandwidth: %s", exc)
+        return None
 
 
 def write_partial(result: dict, path: Path) -> None:
