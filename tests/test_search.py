@@ -426,3 +426,20 @@ def test_cli_search_end_to_end_on_glue_fixture(tiny_task_model, tmp_path, capsys
 
     assert main(args[:-1] + ["--target", "0.99"]) == 2  # unreachable: a one-line error, not a traceback
     assert "cannot be reached" in capsys.readouterr().err
+
+
+def test_example_search_plan_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "python" / "search_plan.py"
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # see one_thread above
+    proc = subprocess.run([sys.executable, str(script), "--model", "tiny", "--out-dir", str(tmp_path / "out"),
+                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "reloaded checkpoint: mean embedding cosine" in proc.stdout
+    plan = Plan.from_json(tmp_path / "out" / "plan.json")
+    assert account(bert_shapes(layers=2, h=128, i=512), plan).nominal_ratio >= 0.875
+    assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
