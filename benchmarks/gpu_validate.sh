@@ -33,7 +33,9 @@ STEPS=$RESULTS/steps.tsv
 FAILED=0
 
 # run_step NAME CAP_SECONDS RESERVE_SECONDS COMMAND
-#   The step may use at most CAP seconds, and never eat into RESERVE (the time the later steps need).
+#   The step may use at most CAP seconds, and never eat into RESERVE: the least the later steps need
+#   (build 120, gpu-tests 60, gemm 90, e2e 60, sanitize 30, summary 15). If every step ran to its cap,
+#   the times would be 30 + 90 + 195 + 60 + 90 + 60 + 30 = 555s of the 570s budget.
 run_step() {
   local name=$1 cap=$2 reserve=$3 cmd=$4
   local now left limit t0 rc status secs note=""
@@ -67,16 +69,16 @@ run_step() {
 }
 
 # 1. What machine is this (also written to environment.json).
-run_step env 30 520 "nvidia-smi; $PY -c 'import json, torch; from benchmarks import common; \
+run_step env 30 405 "nvidia-smi; $PY -c 'import json, torch; from benchmarks import common; \
 d = torch.device(\"cuda\" if torch.cuda.is_available() else \"cpu\"); e = common.environment(d); \
 print(json.dumps(e, indent=1)); common.write_json(common.Path(\"$RESULTS/environment.json\"), e); \
 assert torch.cuda.is_available(), \"no CUDA GPU visible to torch\"'"
 
 # 2. Install without network (the machine has torch, triton, transformers; no package registry).
-run_step install 90 480 "$PY -m pip install --no-deps --no-build-isolation -e . && $PY -c 'import nxm_kernels; print(nxm_kernels.__file__)'"
+run_step install 90 375 "$PY -m pip install --no-deps --no-build-isolation -e . && $PY -c 'import nxm_kernels; print(nxm_kernels.__file__)'"
 
 # 3. Build the CUDA extension (csrc/) through the cuda backend's build function, then show the backends.
-run_step build 240 300 "$PY - <<'EOF'
+run_step build 240 255 "$PY - <<'EOF'
 import torch
 from nxm_kernels.backends import cuda
 if not hasattr(cuda, 'build'):
@@ -89,10 +91,10 @@ assert unavailable_reason('cuda', 'cuda') is None, 'cuda backend still unavailab
 EOF"
 
 # 4. The GPU tests (marked @pytest.mark.gpu; the CPU tests are CI's job).
-run_step gpu-tests 150 260 "$PY -m pytest -m gpu tests -q -rfE -p no:cacheprovider --junitxml='$RESULTS/gpu-tests.xml'"
+run_step gpu-tests 150 195 "$PY -m pytest -m gpu tests -q -rfE -p no:cacheprovider --junitxml='$RESULTS/gpu-tests.xml'"
 
 # 5. Short GEMM microbenchmark (all BERT shapes, a few M; every provider checked before timing).
-run_step gemm 170 120 "$PY benchmarks/bench_gemm.py --quick --out '$RESULTS'"
+run_step gemm 170 105 "$PY benchmarks/bench_gemm.py --quick --out '$RESULTS'"
 
 # 6. Short end-to-end benchmark (BERT-base, a few batch x seq, eager and CUDA graphs).
 run_step e2e 120 45 "$PY benchmarks/bench_e2e.py --quick --out '$RESULTS'"
