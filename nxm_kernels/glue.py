@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["GlueTask", "GLUE_TASKS", "GlueData", "task_info", "load_glue", "glue_metrics", "encode",
-           "EVAL_SPLIT"]
+           "predict", "evaluate", "EVAL_SPLIT"]
 
 logger = logging.getLogger(__name__)
 
@@ -297,3 +297,39 @@ def encode(data: GlueData, tokenizer, max_length: int = 128) -> list[dict]:
             f["labels"] = data.labels[i]
         feats.append(f)
     return feats
+
+
+def predict(model, features: list, tokenizer, batch_size: int = 64, desc: str = "predict"):
+    """Logits ``[n, num_labels]`` (float32, CPU) of a sequence-classification ``model`` on encoded
+    ``features`` (from :func:`encode`), batched and padded with ``tokenizer.pad``; shows a progress bar."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if not features:
+        raise ValueError("features must not be empty")
+    device = next(model.parameters(), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    out = []
+    try:
+        with torch.no_grad():
+            for i in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", disable=None, leave=False):
+                chunk = [{k: v for k, v in f.items() if k != "labels"} for f in features[i:i + batch_size]]
+                batch = tokenizer.pad(chunk, return_tensors="pt")
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out.append(model(**batch).logits.float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model, tokenizer, data: GlueData, *, batch_size: int = 64, max_length: int = 128):
+    """Run ``model`` on a labelled split; returns ``(metrics, logits)`` (see :func:`glue_metrics`)."""
+    if data.labels is None:
+        raise ValueError(f"split {data.split!r} of {data.task.name} has no labels (GLUE test files do not); "
+                         "evaluate on 'dev'")
+    logits = predict(model, encode(data, tokenizer, max_length), tokenizer, batch_size, desc=f"eval {data.task.name}")
+    preds = logits[:, 0].numpy() if data.task.is_regression else logits.argmax(-1).numpy()
+    return glue_metrics(data.task, preds, data.labels), logits

