@@ -427,6 +427,22 @@ def test_cli_search_end_to_end_on_glue_fixture(tiny_task_model, tmp_path, capsys
     assert main(args[:-1] + ["--target", "0.99"]) == 2  # unreachable: a one-line error, not a traceback
     assert "cannot be reached" in capsys.readouterr().err
 
+    # The other commands take the plan file unchanged: a (very) short compression run, then evaluate.
+    ckpt = tmp_path / "compressed"
+    assert main(["compress", "--model", str(tiny_task_model), "--task", "sst2", "--data-dir", str(GLUE),
+                 "--plan", str(out), "--output-dir", str(ckpt), "--max-steps", "2", "--admm-steps", "1",
+                 "--admm-interval", "1", "--batch-size", "8", "--max-train-samples", "16",
+                 "--max-eval-samples", "16", "--cpu", "--backend", "reference"]) == 0
+    metrics = json.loads((ckpt / "metrics.json").read_text())
+    assert metrics["plan"] == Plan.from_json(out).to_dict()
+    compressed_bytes = metrics["bytes_after"]
+    acct = account(sites, Plan.from_json(out))
+    packed = sum(a.bytes["total"] for a in acct.layers if a.spec != "fp")
+    biases = sum(a.bias_params * 4 for a in acct.layers if a.spec != "fp")
+    assert compressed_bytes == packed + biases  # NxMLinear bytes (with bias) = the accounting, exactly
+    assert main(["evaluate", "--model", str(ckpt / "compressed"), "--task", "sst2", "--data-dir", str(GLUE),
+                 "--max-samples", "16", "--backend", "reference"]) == 0
+
 
 def test_example_search_plan_runs(tmp_path):
     import os
