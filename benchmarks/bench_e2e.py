@@ -9,10 +9,10 @@ Variants (each timed eagerly and, on a GPU, replayed from a CUDA graph where cap
 
 =========================  =========================================================================
 ``hf-fp16``                Hugging Face ``BertModel`` in fp16, ``attn_implementation="sdpa"``
-``hf-fp16-compile``        the same under ``torch.compile`` (default mode; ``--compile``)
+``hf-fp16-compile``        the same under ``torch.compile`` (default mode; off in ``--quick``)
 ``nxm-<plan>-<backend>``   the fp16 model with its encoder linears swapped by ``nxm_kernels.swap_linears``
                            (``w8a8``: all 2:4-w8a8; ``w4a8``: all 2:4-w4a8; ``hetero``: a mixed plan)
-``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile`` (``--compile``)
+``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile``, first plan only (off in ``--quick``)
 ``torchao-int8-2:4``       torchao's int8 dynamic-activation + 2:4 semi-sparse weights, when installed
 =========================  =========================================================================
 
@@ -22,7 +22,7 @@ p50/p99/mean latency, tokens/s and sequences/s; speedup over HF fp16 (eager, and
 are not evicted from L2 between forwards (a model run back to back, as in serving).
 
     python benchmarks/bench_e2e.py --quick      # BERT-base, a few shapes (what gpu_validate.sh runs)
-    python benchmarks/bench_e2e.py --compile    # every model, the full grid, with torch.compile
+    python benchmarks/bench_e2e.py              # every model, the full grid, with torch.compile (long)
     python benchmarks/bench_e2e.py --smoke      # CPU: tiny BERT, reference + interpreted Triton
 """
 
@@ -86,7 +86,7 @@ def variants(backends: list[str], plans: list[str], with_compile: bool, smoke: b
     for b in backends:  # backend-major: a run cut short by its time box has every plan of the first backend
         for plan in plans:
             out.append(Variant(f"nxm-{plan}-{b}", "nxm", plan, b))
-            if with_compile:
+            if with_compile and plan == plans[0]:  # compiling is slow: one plan shows what it adds
                 out.append(Variant(f"nxm-{plan}-{b}-compile", "nxm", plan, b, compile=True))
     if not smoke:
         out.append(Variant("torchao-int8-2:4", "torchao"))
@@ -263,7 +263,9 @@ def run(args) -> dict:
                                                                  else ["reference", "triton"])
     plans = args.plans.split(",") if args.plans else (["hetero"] if smoke else QUICK_PLANS if args.quick
                                                         else list(PLANS))
-    vs = [v for v in variants(backends, plans, args.compile, smoke)
+    # torch.compile costs a minute or more per model and shape: part of the full run only, unless asked.
+    with_compile = args.compile if args.compile is not None else not (smoke or args.quick)
+    vs = [v for v in variants(backends, plans, with_compile, smoke)
           if not args.variants or any(fnmatch.fnmatchcase(v.name, g) for g in args.variants.split(","))]
     graphs = device.type == "cuda" and not args.no_graphs
     iters = dict(warmup=0, budget_s=0.0, min_iters=1, max_iters=1) if smoke else \
@@ -488,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--plans", help=f"comma-separated from {', '.join(PLANS)} (default: all)")
     p.add_argument("--variants", help="comma-separated globs over variant names, e.g. 'hf-*,nxm-w8a8-*'")
-    p.add_argument("--compile", action="store_true", help="add the torch.compile variants (slow to build)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="the torch.compile variants (default: on, except with --quick or --smoke)")
     p.add_argument("--no-graphs", action="store_true", help="eager timing only")
     p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
     p.add_argument("--no-plots", action="store_true")
