@@ -32,6 +32,10 @@ FLOATS = (torch.float16, torch.bfloat16, torch.float32)
 TOL = {torch.float32: 1e-5, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
 SENTINEL = -(2 ** 31) + 12345  # poison for int32 outputs: no real accumulator here comes near it
 
+#: Every (BLOCK_M, BLOCK_N, BLOCK_K) the GPU autotuner may pick.
+GPU_TILES = sorted({(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"])
+                    for c in triton_gemm.SMALL_M_CONFIGS + triton_gemm.LARGE_M_CONFIGS})
+
 cpu_ready = pytest.mark.skipif(tb.unavailable_reason(torch.device("cpu")) is not None,
                                reason=f"triton backend unavailable on cpu: {tb.unavailable_reason(torch.device('cpu'))}")
 
@@ -133,18 +137,19 @@ class TestInterpreter:
         check_int_mm(spec, m, 33, 72, self.device)
 
     @pytest.mark.parametrize("spec", SPECS)
-    @pytest.mark.parametrize("n,k", [(1, 1), (16, 16), (5, 300)])
+    @pytest.mark.parametrize("n,k", [(1, 1), (16, 16), (5, 300), (18, 64)])
     def test_int_mm_exact_odd_shapes(self, spec, n, k):
+        # k=64 is a multiple of the interpreter's BLOCK_K: the unmasked (EVEN_K) main loop.
         check_int_mm(spec, 3, n, k, self.device)
 
-    @pytest.mark.parametrize("tile", sorted({(c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"]) for c in
-                                             triton_gemm.SMALL_M_CONFIGS + triton_gemm.LARGE_M_CONFIGS}))
+    @pytest.mark.parametrize("tile", GPU_TILES)
     def test_gpu_tilings(self, tile):
-        # Every tile shape the GPU autotuner may pick decodes the packed weight correctly (masks across
-        # N and K edges, several K steps for the narrow tiles).
+        # Every tile shape the GPU autotuner may pick decodes the packed weight correctly: K=512 runs
+        # the unmasked (EVEN_K) loop over several steps, K=300 the masked one; M, N cross tile edges.
         bm, bn, bk = tile
-        for spec in ("2:4-w8a8", "2:4-w4a8", "dense-w4a8"):
-            check_int_mm(spec, 19, 37, 300, self.device, config=GemmConfig(bm, bn, bk, GROUP_M=2))
+        config = GemmConfig(bm, bn, bk, GROUP_M=2)
+        for spec, k in (("2:4-w8a8", 512), ("2:4-w4a8", 300), ("dense-w4a8", 512), ("dense-w8a8", 300)):
+            check_int_mm(spec, 19, 37, k, self.device, config=config)
 
     def test_grouped_order_covers_every_tile(self):
         # GROUP_M = 3 with 5 tile-rows: the last group is partial.

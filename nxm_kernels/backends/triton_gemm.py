@@ -57,79 +57,98 @@ __all__ = ["GemmConfig", "INTERPRETER_CONFIG", "SMALL_M_CONFIGS", "LARGE_M_CONFI
 # Weight-tile decoder: packed bytes -> dense int8 tile [BLOCK_N, BLOCK_K], all in registers.
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _nibbles(b):
-    """uint8 bytes -> (low, high) nibbles as sign-extended 4-bit two's-complement int32 values."""
-    b = b.to(tl.int32)  # zero-extends the uint8
-    lo = ((b & 0xF) ^ 8) - 8
-    hi = ((b >> 4) ^ 8) - 8
-    return lo, hi
+def _sign_extend_nibble_lanes(t):
+    """int32 whose four bytes each hold a 4-bit two's-complement code (0..15) -> the same codes
+    sign-extended to int8 in place (SWAR: all four byte lanes at once).
+
+    Per lane ``sx(n) = (n ^ 8) - 8``, computed as ``((n ^ 8) + 0x78) ^ 0x80`` so that no lane borrows
+    from or carries into its neighbour (``(n ^ 8) + 0x78 <= 0x87``). A lane holding 0 stays 0.
+    """
+    # -2139062144 is 0x80808080 as an int32 (Triton constants must fit the operand type). The add may
+    # carry into bit 31, which is just the top lane's sign bit here: int32 adds wrap.
+    return ((t ^ 0x08080808) + 0x78787878) ^ -2139062144
+
+
+@triton.jit
+def _bytes_to_tile(word, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """int32 ``[BLOCK_N, BLOCK_K/4]`` words -> int8 ``[BLOCK_N, BLOCK_K]``, byte ``p`` of word ``g``
+    at column ``4g + p`` (little-endian, i.e. the words' memory image).
+
+    ``tl.join`` adds its new axis *last*: ``join(join(b0, b2), join(b1, b3))`` is
+    ``[..., G, 2, 2]`` with ``[..., a, c] = b_{2a+c}``, so row-major flattening gives b0 b1 b2 b3.
+    The four bytes of a word stay in one thread's registers; the compiler re-packs them with byte
+    permutes, no memory traffic.
+    """
+    b0 = word.to(tl.int8)
+    b1 = (word >> 8).to(tl.int8)
+    b2 = (word >> 16).to(tl.int8)
+    b3 = (word >> 24).to(tl.int8)
+    return tl.reshape(tl.join(tl.join(b0, b2), tl.join(b1, b3)), (BLOCK_N, BLOCK_K))
 
 
 @triton.jit
 def _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
-                 BITS: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BITS: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 EVEN_K: tl.constexpr):
     """The dense int8 codes ``W[offs_n, kt*BLOCK_K : (kt+1)*BLOCK_K]`` (zero for rows >= N).
 
-    2:4 layout (format.py): logical group ``g`` (columns ``4g..4g+3``) keeps two values, slot 0 at
+    2:4 layout (format.py): logical group ``g`` (columns ``4g..4g+3``) keeps two codes, slot 0 at
     offset ``i0`` and slot 1 at offset ``i1`` (``i0 < i1``); metadata byte ``b`` holds group ``2b`` in
     its low nibble and group ``2b+1`` in its high nibble, each nibble ``i0 | i1 << 2``.
 
-    Expansion of one tile of ``G = BLOCK_K/4`` groups:
+    Expansion of one tile of ``G = BLOCK_K/4`` groups, one 32-bit word per group (SWAR: the four
+    dense int8 codes of a group are the four bytes of one int32, so every step below is a couple of
+    integer instructions per *group*, not per code):
 
-    1. kept values ``v0, v1 [BLOCK_N, G]`` (slot 0 and slot 1 of each group):
-       int8: load ``[BLOCK_N, 2G]`` contiguous bytes, view as ``[BLOCK_N, G, 2]``, ``tl.split``;
-       int4: load ``[BLOCK_N, G]`` bytes, one group per byte (slot 0 = low nibble, slot 1 = high);
-    2. offsets: load ``[BLOCK_N, G/2]`` metadata bytes, split each into its two nibbles, interleave
-       them with ``tl.join`` + reshape back into group order -> ``nib [BLOCK_N, G]``,
-       ``i0 = nib & 3``, ``i1 = nib >> 2``;
-    3. scatter by comparison: dense column ``4g + p`` is ``v0`` if ``p == i0``, ``v1`` if ``p == i1``,
-       else 0 -> four ``[BLOCK_N, G]`` tiles ``w_p``, interleaved and reshaped to ``[BLOCK_N, 4G]``.
-       ``tl.join`` adds its new axis *last*, so ``join(join(w0, w2), join(w1, w3))`` is
-       ``[BLOCK_N, G, 2, 2]`` with ``[..., a, b] = w_{2a+b}``: row-major flattening gives
-       ``w0, w1, w2, w3`` per group.
+    1. ``pair [BLOCK_N, G]`` = slot 0 code in byte 0, slot 1 code in byte 1:
+       int8: the two kept bytes of a group are adjacent, so load them as one uint16;
+       int4: one byte per group (slot 0 = low nibble, slot 1 = high);
+    2. ``nib [BLOCK_N, G]``: load ``[BLOCK_N, G/2]`` metadata bytes, split each into its two
+       nibbles and interleave them back into group order (``tl.join`` + reshape);
+    3. place the two bytes at their offsets: ``word = lo << 8*i0 | hi << 8*i1`` (the other two
+       bytes stay zero: those are the pruned positions);
+    4. ``_bytes_to_tile``: the words' bytes, in memory order, are the dense ``[BLOCK_N, BLOCK_K]`` tile.
 
-    ``tl.join`` puts the new minor dimension in the same thread's registers, so the interleaves and
-    the reshape cost no memory traffic; each packed byte is loaded once.
+    Each packed byte is loaded once, as contiguous runs per weight row. With ``EVEN_K`` (no K step
+    runs past the end) the loads are masked by row only, so the compiler can issue them as wide
+    asynchronous copies (a K mask limits the provable contiguity to its own granularity).
     """
     n_ok = offs_n[:, None] < N
     k0 = kt * BLOCK_K
     if SPARSE:
-        if BITS == 8:
-            cols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            v = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
-                        mask=n_ok & (cols[None, :] < K_PAD // 2), other=0)
-            v0, v1 = tl.split(tl.reshape(v, (BLOCK_N, BLOCK_K // 4, 2)))
-            v0 = v0.to(tl.int32)
-            v1 = v1.to(tl.int32)
-        else:
-            cols = k0 // 4 + tl.arange(0, BLOCK_K // 4)
-            b = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
-                        mask=n_ok & (cols[None, :] < K_PAD // 4), other=0)
-            v0, v1 = _nibbles(b)
+        gcols = k0 // 4 + tl.arange(0, BLOCK_K // 4)      # group index = column of a 16-bit pair
+        g_ok = n_ok if EVEN_K else n_ok & (gcols[None, :] < K_PAD // 4)
         mcols = k0 // 8 + tl.arange(0, BLOCK_K // 8)
-        mb = tl.load(meta_ptr + offs_n[:, None] * stride_mn + mcols[None, :],
-                     mask=n_ok & (mcols[None, :] < K_PAD // 8), other=0).to(tl.int32)
+        m_ok = n_ok if EVEN_K else n_ok & (mcols[None, :] < K_PAD // 8)
+        mb = tl.load(meta_ptr + offs_n[:, None] * stride_mn + mcols[None, :], mask=m_ok, other=0).to(tl.int32)
         nib = tl.reshape(tl.join(mb & 0xF, mb >> 4), (BLOCK_N, BLOCK_K // 4))
-        i0 = nib & 3
-        i1 = nib >> 2
-        w0 = tl.where(i0 == 0, v0, tl.where(i1 == 0, v1, 0))
-        w1 = tl.where(i0 == 1, v0, tl.where(i1 == 1, v1, 0))
-        w2 = tl.where(i0 == 2, v0, tl.where(i1 == 2, v1, 0))
-        w3 = tl.where(i0 == 3, v0, tl.where(i1 == 3, v1, 0))
-        w = tl.reshape(tl.join(tl.join(w0, w2), tl.join(w1, w3)), (BLOCK_N, BLOCK_K))
+        shift0 = (nib & 3) << 3       # 8 * i0
+        shift1 = (nib & 0xC) << 1     # 8 * i1
+        if BITS == 8:
+            pairs_ptr = w_ptr.to(tl.pointer_type(tl.uint16))
+            pair = tl.load(pairs_ptr + offs_n[:, None] * (stride_wn // 2) + gcols[None, :],
+                           mask=g_ok, other=0).to(tl.int32)       # zero-extended: bytes 2, 3 are 0
+            word = ((pair & 0xFF) << shift0) | ((pair >> 8) << shift1)
+        else:
+            b = tl.load(w_ptr + offs_n[:, None] * stride_wn + gcols[None, :], mask=g_ok, other=0).to(tl.int32)
+            # Place the raw nibbles first, then sign-extend all four lanes at once (empty lanes stay 0).
+            word = _sign_extend_nibble_lanes(((b & 0xF) << shift0) | ((b >> 4) << shift1))
+        w = _bytes_to_tile(word, BLOCK_N, BLOCK_K)
     else:
         if BITS == 8:
             cols = k0 + tl.arange(0, BLOCK_K)
             w = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
-                        mask=n_ok & (cols[None, :] < K_PAD), other=0)
+                        mask=n_ok if EVEN_K else n_ok & (cols[None, :] < K_PAD), other=0)
         else:
-            # Byte j holds codes 2j (low nibble) and 2j+1 (high nibble): interleave them back.
-            cols = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-            b = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
-                        mask=n_ok & (cols[None, :] < K_PAD // 2), other=0)
-            lo, hi = _nibbles(b)
-            w = tl.reshape(tl.join(lo, hi), (BLOCK_N, BLOCK_K))
-    return w.to(tl.int8)
+            # Byte j holds codes 2j (low nibble) and 2j+1 (high nibble), so a little-endian uint16 holds
+            # four consecutive codes, nibble p = code p: spread the nibbles to byte lanes, sign-extend.
+            qcols = k0 // 4 + tl.arange(0, BLOCK_K // 4)
+            quad_ptr = w_ptr.to(tl.pointer_type(tl.uint16))
+            q = tl.load(quad_ptr + offs_n[:, None] * (stride_wn // 2) + qcols[None, :],
+                        mask=n_ok if EVEN_K else n_ok & (qcols[None, :] < K_PAD // 4), other=0).to(tl.int32)
+            t = (q & 0xF) | ((q & 0xF0) << 4) | ((q & 0xF00) << 8) | ((q & 0xF000) << 12)
+            w = _bytes_to_tile(_sign_extend_nibble_lanes(t), BLOCK_N, BLOCK_K)
+    return w
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,6 +168,8 @@ def _nxm_gemm_kernel(
     GELU: tl.constexpr,
     # tiling (set by the autotuner)
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    # K % BLOCK_K == 0 (set by a heuristic): no K masks in the main loop
+    EVEN_K: tl.constexpr,
 ):
     # --- which output tile: grouped ordering (GROUP_M tile-rows share each weight tile in L2) ---
     pid = tl.program_id(0)
@@ -170,10 +191,12 @@ def _nxm_gemm_kernel(
     # --- main loop over K: int8 x int8 -> int32, exact ---
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for kt in range(0, tl.cdiv(K, BLOCK_K)):
-        k_ok = (kt * BLOCK_K + offs_k) < K
-        a = tl.load(x_ptrs, mask=m_ok[:, None] & k_ok[None, :], other=0)
+        if EVEN_K:
+            a = tl.load(x_ptrs, mask=m_ok[:, None], other=0)
+        else:
+            a = tl.load(x_ptrs, mask=m_ok[:, None] & ((kt * BLOCK_K + offs_k) < K)[None, :], other=0)
         w = _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
-                         BITS, SPARSE, BLOCK_N, BLOCK_K)
+                         BITS, SPARSE, BLOCK_N, BLOCK_K, EVEN_K)
         acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
         x_ptrs += BLOCK_K * stride_xk
 
@@ -222,23 +245,27 @@ class GemmConfig(dict):
 #: Largest M served by the small-M (memory-bound) configs.
 SMALL_M_MAX = 64
 
-# Small M (<= 64 tokens): the kernel streams the weight once and is bound by memory bandwidth, so the
-# configs keep BLOCK_M at the (bucketed) M to waste no MMA rows, and vary the weight tile: narrow
-# BLOCK_N gives more programs (more SMs pulling bytes, e.g. N=768 / 16 = 48 programs), wide BLOCK_K
-# gives long contiguous runs per row and fewer loop iterations. Deep pipelines hide DRAM latency.
+# Small M (<= 64 tokens): memory-bound. The kernel streams the packed weight once; what limits it
+# is how many bytes are in flight, about N * BLOCK_K * num_stages * (packed bytes per logical column),
+# independent of BLOCK_N. So: BLOCK_M = the bucketed M (no wasted MMA rows), wide BLOCK_K and deep
+# pipelines (stages sized so the x + weight tiles of all stages fit ~100 KB of shared memory, the
+# sm_86/89 limit), narrow BLOCK_N for more programs on narrow layers (N=768 / 16 = 48 programs).
 SMALL_M_CONFIGS = [
     GemmConfig(bm, bn, bk, GROUP_M=1, num_warps=4, num_stages=st)
     for bm in (16, 32, 64)
-    for bn, bk, st in ((16, 256, 4), (32, 256, 4), (64, 128, 4), (64, 256, 3), (128, 128, 3))
+    for bn, bk, st in ((16, 256, 6 if bm <= 32 else 4), (32, 256, 5 if bm <= 32 else 3),
+                       (16, 512, 4 if bm <= 32 else 2), (64, 128, 4), (64, 256, 3), (128, 128, 3))
 ]
 
-# Large M: compute-bound; 128x128-ish tiles as in dense int8 GEMMs, 3-4 stages, GROUP_M=8 for L2 reuse.
-# The 2:4 expansion is ALU work per weight tile, amortised over BLOCK_M rows: wide BLOCK_M helps.
+# Large M: compute-bound. The 2:4 (and int4) decode is integer ALU work per weight tile, amortised
+# over BLOCK_M rows, so tall tiles help (256x64 decodes half the bytes of 128x128 per MMA). Tiles are
+# sized to avoid register spills with the fused epilogue (checked by compiling for sm_80 and sm_90a:
+# 128x256 and 256x128 spill at 8 warps). GROUP_M=8 for L2 reuse of weight tiles.
 LARGE_M_CONFIGS = [
     GemmConfig(128, 128, 64, num_warps=8, num_stages=4),
     GemmConfig(128, 128, 128, num_warps=8, num_stages=3),
-    GemmConfig(128, 256, 64, num_warps=8, num_stages=3),
-    GemmConfig(256, 128, 64, num_warps=8, num_stages=3),
+    GemmConfig(256, 64, 64, num_warps=8, num_stages=4),
+    GemmConfig(256, 64, 128, num_warps=8, num_stages=3),
     GemmConfig(64, 128, 128, num_warps=4, num_stages=4),
     GemmConfig(128, 64, 128, num_warps=4, num_stages=4),
 ]
@@ -266,11 +293,13 @@ def _prune_large(configs, named_args, **kwargs):
     return kept or configs[:1]
 
 
+# EVEN_K follows from K and the chosen BLOCK_K, so it is derived after the config is picked.
+_gemm = triton.heuristics({"EVEN_K": lambda args: args["K"] % args["BLOCK_K"] == 0})(_nxm_gemm_kernel)
 _KEY = ["M_BUCKET", "N", "K", "BITS", "SPARSE", "EPILOGUE", "HAS_BIAS", "GELU"]
 _small_m_kernel = triton.autotune([c.triton() for c in SMALL_M_CONFIGS], key=_KEY,
-                                  prune_configs_by={"early_config_prune": _prune_small})(_nxm_gemm_kernel)
+                                  prune_configs_by={"early_config_prune": _prune_small})(_gemm)
 _large_m_kernel = triton.autotune([c.triton() for c in LARGE_M_CONFIGS], key=_KEY,
-                                  prune_configs_by={"early_config_prune": _prune_large})(_nxm_gemm_kernel)
+                                  prune_configs_by={"early_config_prune": _prune_large})(_gemm)
 
 
 def is_interpreted() -> bool:
@@ -330,7 +359,7 @@ def int_gemm(xq: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor | No
         config = INTERPRETER_CONFIG
     if config is not None:
         grid = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
-        _nxm_gemm_kernel[grid](*args, **flags, **config)
+        _gemm[grid](*args, **flags, **config)
     else:
         kernel = _small_m_kernel if m <= SMALL_M_MAX else _large_m_kernel
 
