@@ -245,3 +245,63 @@ def test_m_padding_candidates_and_rotation():
     for _ in range(3):
         rot()
     assert calls == [(1, "x"), (2, "y"), (1, "x")]
+
+
+def test_library_baselines_glue_with_stand_ins(monkeypatch):
+    """The cuSPARSELt/CUTLASS providers only run on a GPU; here CPU stand-ins with the same calling
+    conventions (and a row-count rule) exercise their padding, output layout and checks."""
+    calls = []
+
+    def cslt_mm(c, dense_b, bias=None, alpha=None, out_dtype=None, transpose_result=False, alg_id=0):
+        calls.append((tuple(dense_b.shape), out_dtype, transpose_result, alg_id))
+        if dense_b.shape[1] % 8:
+            raise RuntimeError("stand-in: columns of B must be a multiple of 8")
+        if out_dtype == torch.int32 and c.dtype == torch.int8 and os.environ.get("_NO_INT32"):
+            raise RuntimeError("stand-in: no int32 output")
+        res = c.double() @ dense_b.double()
+        res = res.to(out_dtype or dense_b.dtype)
+        return res.t().contiguous() if transpose_result else res
+
+    class Cutlass:
+        @classmethod
+        def from_dense(cls, w):
+            obj = cls()
+            obj.packed, obj.meta = w.clone(), torch.zeros(4, dtype=torch.int16)
+            return obj
+
+    def cutlass_linear(x, packed, meta, bias=None, activation=None, out_dtype=None):
+        if x.shape[0] < 32:
+            raise RuntimeError("stand-in: at least 32 rows")
+        return torch.round(x.double() @ packed.double().t()).to(out_dtype)
+
+    monkeypatch.setattr(torch, "_cslt_compress", lambda w: w.clone(), raising=False)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", cslt_mm, raising=False)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm_search", lambda *a, **k: 3, raising=False)
+    monkeypatch.setattr(torch, "_sparse_semi_structured_linear", cutlass_linear, raising=False)
+    monkeypatch.setattr(torch.sparse, "SparseSemiStructuredTensorCUTLASS", Cutlass, raising=False)
+    p = bench_gemm.Problem(24, 64, torch.device("cpu"), lambda nbytes: 2)
+
+    case = bench_gemm.build_cslt_int8(p, 5)  # 5 columns refused, 8 accepted
+    assert case.padded_m == 8 and "M padded to 8" in case.note and "int32 out" in case.note
+    assert "alg_id 3 (searched)" in case.note and case.check["kind"] == "exact int32"
+    assert case.bytes == 5 * 64 + 24 * 64 + 4 * 5 * 24 and case.n_sets == 2
+    out = case.run()
+    assert out.shape == (8, 24) and out.dtype == torch.int32 and calls[-1] == ((64, 8), torch.int32, True, 3)
+
+    monkeypatch.setenv("_NO_INT32", "1")  # a cuSPARSELt without int32 output: bf16, checked with a tolerance
+    case = bench_gemm.build_cslt_int8(p, 16)
+    assert "bfloat16 out" in case.note and case.check["kind"].startswith("bf16")
+
+    case = bench_gemm.build_cslt_fp16(p, 16)
+    assert case.padded_m == 16 and case.check["ok"] and case.run().dtype == torch.float16
+
+    case = bench_gemm.build_cutlass_int8(p, 3)
+    assert case.padded_m == 32 and case.check["kind"] == "exact int32" and case.run().shape == (32, 24)
+
+    monkeypatch.delenv("_NO_INT32")
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", lambda *a, **k: cslt_mm(*a, **k) + 1)  # a wrong answer
+    with pytest.raises(bench_gemm.Incorrect, match="differs from the exact product"):
+        bench_gemm.build_cslt_int8(p, 16)
+    monkeypatch.setattr(torch, "_cslt_sparse_mm", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("no")))
+    with pytest.raises(bench_gemm.Unsupported, match="refused"):
+        bench_gemm.build_cslt_int8(p, 16)
