@@ -30,6 +30,15 @@ def _grid(n: int):
     return math.ceil(n / cols), cols
 
 
+def _panels(n_panels: int, n_labels: int, ncol: int, plt):
+    """A grid of panels with room below for a legend of ``n_labels`` entries in ``ncol`` columns."""
+    rows, cols = _grid(n_panels)
+    legend_in = 0.22 * math.ceil(n_labels / ncol) + 0.3
+    height = 3.4 * rows + legend_in + 0.6
+    fig, axes = plt.subplots(rows, cols, figsize=(max(9.0, 4.2 * cols), height), squeeze=False)
+    return fig, axes, (0, legend_in / height, 1, 1 - 0.6 / height)
+
+
 def _title(result: dict) -> str:
     env = result["environment"]
     where = env.get("gpu") or "CPU smoke run (no timing claims)"
@@ -52,15 +61,15 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
                        and base in r.get("speedup", {})})
         if not ours:
             continue
-        rows, cols = _grid(len(shapes))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        fig, axes, rect = _panels(len(shapes), len(ours), 4, plt)
         for ax, shape in zip(axes.flat, shapes):
-            for prov in ours:
+            for i, prov in enumerate(ours):
                 pts = sorted((r["m"], r["speedup"][base]) for r in recs
                              if r["provider"] == prov and r["shape"] == shape and base in r.get("speedup", {}))
                 if pts:
                     style = "-" if "2:4" in prov else "--"
-                    ax.plot(*zip(*pts), style, marker="o", ms=3, label=prov.replace("nxm-", "").replace(f"-{mode}", ""))
+                    ax.plot(*zip(*pts), style, marker="o", ms=3, color=plt.cm.tab10(i % 10),
+                            label=prov.replace("nxm-", "").replace(f"-{mode}", ""))
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log", base=2)
@@ -72,8 +81,8 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
         fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
-        fig.suptitle(f"nxm {mode} vs {base}  ({_title(result)})", fontsize=9)
-        fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+        fig.suptitle(f"nxm {mode} vs {base}\n{_title(result)}", fontsize=9)
+        fig.tight_layout(rect=rect)
         path = outdir / f"speedup_vs_{base.replace(':', '')}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -81,15 +90,14 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
 
     provs = list(dict.fromkeys(r["provider"] for r in recs))
     if provs:
-        rows, cols = _grid(len(shapes))
-        fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+        fig, axes, rect = _panels(len(shapes), len(provs), 4, plt)
         for ax, shape in zip(axes.flat, shapes):
-            for prov in provs:
+            for i, prov in enumerate(provs):
                 pts = sorted((r["m"], r["time_us"]) for r in recs if r["provider"] == prov and r["shape"] == shape)
                 if pts:
                     base = next(r for r in recs if r["provider"] == prov)["kind"] == "baseline"
                     ax.plot(*zip(*pts), "-" if base else ":", marker="o", ms=2, lw=2 if base else 1,
-                            label=prov.replace("nxm-", ""))
+                            color=plt.cm.tab20(i % 20), label=prov.replace("nxm-", ""))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(shape, fontsize=9)
@@ -99,9 +107,9 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
         for ax in list(axes.flat)[len(shapes):]:
             ax.axis("off")
         handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(5, max(1, len(labels))), fontsize=7)
-        fig.suptitle(f"GEMM time per call ({_title(result)})", fontsize=9)
-        fig.tight_layout(rect=(0, 0.16, 1, 0.95))
+        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7)
+        fig.suptitle(f"GEMM time per call\n{_title(result)}", fontsize=9)
+        fig.tight_layout(rect=rect)
         path = outdir / "time_vs_m.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -136,7 +144,7 @@ def plot_e2e(result: dict, outdir: Path) -> list[Path]:
             ax.tick_params(labelsize=7)
         ax2.axhline(1.0, color="grey", lw=0.8)
         ax1.legend(fontsize=6, ncol=2)
-        fig.suptitle(f"{model} forward ({_title(result)})", fontsize=9)
+        fig.suptitle(f"{model} forward\n{_title(result)}", fontsize=9)
         fig.tight_layout()
         path = outdir / f"e2e_{model}.png"
         fig.savefig(path, dpi=110)
