@@ -36,7 +36,7 @@ from ..plan import COMPONENTS, Plan
 from ..spec import parse_spec
 from .sensitivity import Sensitivity
 
-__all__ = ["RATIO_KINDS", "PlanCandidate", "SearchResult", "search_plans", "compact_plan"]
+__all__ = ["RATIO_KINDS", "FrontPoint", "PlanCandidate", "SearchResult", "search_plans", "compact_plan"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,13 +109,26 @@ class PlanCandidate:
 
 
 @dataclass
+class FrontPoint:
+    """A plan on the Pareto front, kept light (the front of a per-layer search has thousands):
+    ``ratio`` from the same byte/bit sums the accounting uses, and the group choices."""
+
+    ratio: float
+    predicted_cost: float
+    choices: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return {"ratio": self.ratio, "predicted_cost": self.predicted_cost, "choices": self.choices}
+
+
+@dataclass
 class SearchResult:
     """Ranked plans meeting ``target``, the Pareto front, the greedy plan and uniform references."""
 
     target: float
     ratio_kind: str
     ranked: list[PlanCandidate]
-    front: list[PlanCandidate]
+    front: list[FrontPoint]
     greedy: PlanCandidate | None
     uniform: list[PlanCandidate]
     sensitivity: Sensitivity
@@ -260,10 +273,17 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str 
         if len(states) > max_states:
             exact = False
             states = _prune_front(states, baseline / max_states)
-    front = [candidate(dict(zip(order, ch))) for _, _, ch in states]
-    front.sort(key=lambda c: c.ratio)
-    # The accounting decides "meets the target" (same formula everywhere).
-    ranked = sorted((c for c in front if c.ratio >= target), key=lambda c: (c.predicted_cost, -c.ratio))[:top_k]
+    front = sorted((FrontPoint(1.0 - size / baseline, cost, dict(zip(order, ch))) for size, cost, ch in states),
+                   key=lambda p: p.ratio)
+    # Full candidates (plan + accounting) only for the plans reported; the accounting has the last
+    # word on "meets the target" (a float hair between the two sums cannot sneak a plan through).
+    ranked = []
+    for point in sorted((p for p in front if p.ratio >= target - 1e-9), key=lambda p: (p.predicted_cost, -p.ratio)):
+        c = candidate(point.choices)
+        if c.ratio >= target:
+            ranked.append(c)
+            if len(ranked) == top_k:
+                break
     if not ranked:  # pragma: no cover - the feasibility check above rules this out
         raise RuntimeError("no plan on the front meets the target although the most compressed one does")
 
