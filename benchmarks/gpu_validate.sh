@@ -5,6 +5,7 @@
 #   print a compact summary LAST (a remote caller often sees only the tail of the output).
 #
 #   bash benchmarks/gpu_validate.sh            # results in $OUT if set, else benchmarks/results/<gpu>-<date>-<commit>/
+#   NXM_COMMIT=$(git rev-parse --short=10 HEAD) bash benchmarks/gpu_validate.sh   # a copied tree without .git
 #
 # Every step is time-boxed (`timeout`) against one overall budget (NXM_VALIDATE_BUDGET seconds, default
 # 570), keeping back enough time for the steps after it; a failing step never stops the later ones.
