@@ -355,6 +355,9 @@ def int_gemm(xq: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor | No
             xq.stride(0), xq.stride(1), values.stride(0), meta_t.stride(0), y.stride(0), y.stride(1))
     flags = dict(BITS=bits, SPARSE=bool(sparse), EPILOGUE=epilogue, HAS_BIAS=bias is not None, GELU=bool(gelu))
 
+    # No FMA contraction: the epilogue then rounds after every multiply and add, exactly as the
+    # float32 reference does (only erf's implementation differs).
+    flags["enable_fp_fusion"] = False
     if config is None and is_interpreted():
         config = INTERPRETER_CONFIG
     if config is not None:
