@@ -235,6 +235,24 @@ class TestInterpreter:
             prepared = tb.prepare(p)
             assert ref.as_packed(prepared, WeightMeta.of(p)) == p
 
+    def test_prepare_realigns_values(self):
+        # Values viewed at an odd address (e.g. inside a loaded buffer) are copied to an aligned
+        # tensor: the kernel reads them as 16-bit words. Handing the kernel the odd view is refused.
+        p = make_packed("2:4-w8a8", 9, 40, self.device)
+        buf = torch.empty(p.values.numel() + 1, dtype=torch.int8)
+        odd = buf[1:].view(p.values.shape)
+        odd.copy_(p.values)
+        q = nxm.PackedWeight(odd, p.metadata, p.scales, p.shape, p.bits, p.pattern)
+        prepared = tb.prepare(q)
+        assert prepared[0].data_ptr() % 16 == 0 and torch.equal(prepared[0], p.values)
+        xq = random_codes(3, 40, self.device)
+        meta = WeightMeta.of(q)
+        assert torch.equal(tb.int_mm(xq, prepared, meta), ref.int_mm(xq, ref.prepare(p), meta))
+        with pytest.raises(ValueError, match="even byte address"):
+            tb.int_mm(xq, [odd, p.metadata, p.scales], meta)
+        with pytest.raises(ValueError, match="contiguous"):
+            tb.int_mm(xq, [torch.empty(9, 48, dtype=torch.int8)[:, ::2], p.metadata, p.scales], meta)
+
     def test_bad_inputs(self):
         p = make_packed("2:4-w8a8", 33, 72, self.device)
         meta = WeightMeta.of(p)

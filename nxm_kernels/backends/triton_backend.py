@@ -69,10 +69,16 @@ def _require_available(device: torch.device) -> None:
 
 
 def prepare(packed: PackedWeight) -> list[torch.Tensor]:
-    """The canonical tensors, contiguous: ``[values, metadata, scales]`` (``[values, scales]`` if dense)."""
+    """The canonical tensors, contiguous and 16-byte aligned: ``[values, metadata, scales]``
+    (``[values, scales]`` if dense). No reordering: the kernel decodes the canonical layout."""
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
-    out = [packed.values.contiguous()]
+    values = packed.values.contiguous()
+    if values.data_ptr() % 16:
+        # The kernel reads values as 16-bit words and vectorises 16-byte loads: a fresh allocation is
+        # aligned (a view into, e.g., a loaded file buffer may not be).
+        values = values.clone()
+    out = [values]
     if packed.sparse:
         out.append(packed.metadata.contiguous())
     out.append(packed.scales.contiguous())
@@ -101,9 +107,9 @@ def _split_weights(weights, meta):
     if scales.dtype != torch.float32 or tuple(scales.shape) != (meta.n,):
         raise ValueError(f"scales must be float32 ({meta.n},), got {scales.dtype} {tuple(scales.shape)}")
     for name, t in (("values", values), ("metadata", metadata), ("scales", scales)):
-        # The kernel indexes weight rows with one stride and scales with unit stride.
-        if t is not None and t.dim() and t.stride(-1) != 1:
-            raise ValueError(f"{name} must have unit stride along its last dimension (use prepare())")
+        # The kernel reads values/metadata rows as contiguous runs and scales with unit stride.
+        if t is not None and not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous (use prepare())")
     return values, metadata, scales
 
 
