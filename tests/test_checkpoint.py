@@ -1,0 +1,261 @@
+"""Compressed checkpoints: safetensors + JSON round trips, no pickle, no dense encoder weights on load,
+and clear errors for newer versions, corrupt files and mismatched configs."""
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+
+import nxm_kernels as nxm
+from nxm_kernels.io import CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_config
+from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.modules import NxMLinear, compressed_linears, swap_named_linears
+from _dropin_helpers import random_batch, tiny_bert
+
+PLAN = {"*": "2:4-w8a8", "ffn2": "dense-w4a8", "layer.1.query": "2:4-w4a8", "layer.0.value": "fp"}
+
+
+def _out(model, batch):
+    with torch.no_grad():
+        out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny_bert()
+    nxm.swap_linears(model, PLAN)
+    batch = random_batch(model)
+    path = nxm.save_compressed(model, tmp_path / "ckpt")
+    return model, batch, path
+
+
+def test_round_trip_is_exact(saved):
+    model, batch, path = saved
+    assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    loaded = nxm.load_compressed(path)
+    assert type(loaded) is type(model) and not loaded.training
+    assert torch.equal(_out(loaded, batch), _out(model, batch))
+    specs = {s.name: str(s.module.spec) for s in bert_linears(loaded) if isinstance(s.module, NxMLinear)}
+    assert specs == {s.name: str(s.module.spec) for s in bert_linears(model) if isinstance(s.module, NxMLinear)}
+    assert isinstance(loaded.encoder.layer[0].attention.self.value, nn.Linear)   # "fp" stays float
+    assert isinstance(loaded.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)  # fused GELU
+    for name, layer in compressed_linears(loaded).items():
+        ref = compressed_linears(model)[name]
+        assert torch.equal(layer.values, ref.values) and torch.equal(layer.scales, ref.scales)
+        assert layer.resolved_backend == "reference"
+
+
+def test_config_json_contents(saved):
+    model, _, path = saved
+    cfg = json.loads((path / CONFIG_NAME).read_text())
+    assert cfg["format"] == "nxm-checkpoint" and cfg["format_version"] == CHECKPOINT_VERSION
+    assert cfg["plan"] == PLAN
+    assert cfg["model"]["class"] == "BertModel" and cfg["model"]["config"]["hidden_size"] == 64
+    assert cfg["layers"]["encoder.layer.1.attention.self.query"] == {
+        "spec": "2:4-w4a8", "shape": [64, 64], "bias": True, "activation": "none"}
+    assert cfg["layers"]["encoder.layer.0.intermediate.dense"]["activation"] == "gelu"
+    assert "encoder.layer.0.attention.self.value" not in cfg["layers"]
+    assert len(cfg["weights"]["sha256"]) == 64
+
+
+def test_no_pickle_and_no_dense_encoder_weights(saved, monkeypatch):
+    """Loading neither unpickles anything nor gives any encoder linear a dense weight with data."""
+    model, batch, path = saved
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle-based loading was used")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    import pickle
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    init_devices = []
+    original = nn.Linear.reset_parameters
+
+    def record(self):
+        init_devices.append((tuple(self.weight.shape), self.weight.device.type))
+        original(self)
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", record)
+    loaded = nxm.load_compressed(path)
+    assert init_devices and all(dev == "meta" for _, dev in init_devices), init_devices
+    assert torch.equal(_out(loaded, batch), _out(model, batch))
+
+
+def test_sequence_classification_and_fp16(tmp_path):
+    model = tiny_bert("BertForSequenceClassification", num_labels=3)
+    nxm.swap_linears(model, "dense-w8a8")
+    batch = random_batch(model)
+    path = nxm.save_compressed(model, tmp_path / "cls")
+    loaded = nxm.load_compressed(path)
+    assert torch.equal(_out(loaded, batch), _out(model, batch))
+    assert isinstance(loaded.classifier, nn.Linear)
+    half = nxm.load_compressed(path, dtype=torch.float16)
+    layer = half.bert.encoder.layer[0].output.dense
+    assert layer.bias.dtype == torch.float16 and layer.scales.dtype == torch.float32
+    assert half.classifier.weight.dtype == torch.float16
+    assert torch.isfinite(_out(half, batch)).all()
+
+
+def test_tied_weights_and_no_pooler(tmp_path):
+    model = tiny_bert("BertForMaskedLM")
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    nxm.swap_linears(model, "2:4-w8a8")
+    batch = random_batch(model)
+    loaded = nxm.load_compressed(nxm.save_compressed(model, tmp_path / "mlm"))
+    assert torch.equal(_out(loaded, batch), _out(model, batch))
+    assert loaded.cls.predictions.decoder.weight.data_ptr() == loaded.bert.embeddings.word_embeddings.weight.data_ptr()
+    from transformers import BertModel
+
+    from nxm_kernels.models.zoo import tiny_bert_config
+
+    bare = BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=2, intermediate_size=128),
+                     add_pooling_layer=False).eval()
+    nxm.swap_linears(bare, "dense-w8a8")
+    loaded = nxm.load_compressed(nxm.save_compressed(bare, tmp_path / "bare"))
+    assert loaded.pooler is None
+
+
+def test_generic_model_needs_model_argument(tmp_path):
+    def make():
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8)).eval()
+
+    model = make()
+    swap_named_linears(model, {"0": "2:4-w8a8", "2": "dense-w4a8"})
+    path = nxm.save_compressed(model, tmp_path / "mlp")
+    with pytest.raises(ValueError, match="not a transformers model; pass the model"):
+        nxm.load_compressed(path)
+    target = make()
+    loaded = nxm.load_compressed(path, model=target)
+    assert loaded is target and isinstance(loaded[0], NxMLinear)
+    x = torch.randn(5, 32)
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_tokenizer_saved_alongside(tmp_path):
+    from transformers import BertTokenizerFast
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab))
+    model = tiny_bert()
+    nxm.swap_linears(model, "dense-w8a8")
+    path = nxm.save_compressed(model, tmp_path / "with_tok", tokenizer=tok)
+    from transformers import AutoTokenizer
+
+    again = AutoTokenizer.from_pretrained(str(path))
+    assert again("hello world")["input_ids"] == tok("hello world")["input_ids"]
+    nxm.load_compressed(path)
+
+
+# ---------------------------------------------------------------------------------- errors
+def _edit_config(path, fn):
+    cfg = json.loads((path / CONFIG_NAME).read_text())
+    fn(cfg)
+    (path / CONFIG_NAME).write_text(json.dumps(cfg))
+
+
+def test_newer_format_version_is_refused(saved):
+    _, _, path = saved
+    _edit_config(path, lambda c: c.update(format_version=CHECKPOINT_VERSION + 1, nxm_kernels_version="9.0"))
+    with pytest.raises(ValueError, match=r"format version 2 was written by a newer nxm_kernels \(9.0\).*upgrade"):
+        nxm.load_compressed(path)
+
+
+def test_newer_packed_format_is_refused(saved):
+    _, _, path = saved
+    _edit_config(path, lambda c: c.update(packed_format_version=2))
+    with pytest.raises(ValueError, match="packs weights in format version 2"):
+        nxm.load_compressed(path)
+
+
+def test_corrupt_weights_file(saved):
+    _, _, path = saved
+    data = bytearray((path / WEIGHTS_NAME).read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    (path / WEIGHTS_NAME).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="SHA-256 does not match"):
+        nxm.load_compressed(path)
+    (path / WEIGHTS_NAME).write_bytes(bytes(data[: len(data) // 3]))
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        nxm.load_compressed(path)
+    # without the checksum, safetensors' own parsing rejects the truncated file
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        nxm.load_compressed(path, verify=False)
+
+
+def test_corrupt_packed_contents_caught_without_checksum(saved):
+    """Even when the checksum is skipped, packed data that breaks the format is refused."""
+    from safetensors.torch import load_file, save_file
+
+    _, _, path = saved
+    tensors = load_file(str(path / WEIGHTS_NAME))
+    key = "encoder.layer.0.attention.self.query.metadata"
+    tensors[key] = torch.zeros_like(tensors[key])  # offsets i0 == i1 == 0: invalid
+    save_file(tensors, str(path / WEIGHTS_NAME))
+    with pytest.raises(ValueError, match="layer encoder.layer.0.attention.self.query: metadata is corrupt"):
+        nxm.load_compressed(path, verify=False)
+
+
+def test_corrupt_or_missing_json(saved, tmp_path):
+    _, _, path = saved
+    (path / CONFIG_NAME).write_text("{not json")
+    with pytest.raises(ValueError, match="corrupt"):
+        nxm.load_compressed(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        nxm.load_compressed(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="nxm_config.json is missing"):
+        nxm.load_compressed(tmp_path / "empty")
+    (path / CONFIG_NAME).write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ValueError, match="is not an 'nxm-checkpoint' config"):
+        read_checkpoint_config(path)
+
+
+def test_mismatched_model_config(saved):
+    model, _, path = saved
+    _edit_config(path, lambda c: c["model"]["config"].update(intermediate_size=96))
+    with pytest.raises(ValueError, match="does not match the model config.*intermediate.dense is 128x64 in the "
+                                         r"checkpoint but \(96, 64\)"):
+        nxm.load_compressed(path)
+    _edit_config(path, lambda c: c["model"]["config"].update(intermediate_size=128, num_hidden_layers=3))
+    with pytest.raises(ValueError, match="does not match the model config.*missing from the checkpoint"):
+        nxm.load_compressed(path)
+    _edit_config(path, lambda c: c["model"]["config"].update(num_hidden_layers=2, vocab_size=99))
+    with pytest.raises(ValueError, match="does not match the model config.*shape mismatch"):
+        nxm.load_compressed(path)
+
+
+def test_loading_into_a_model_with_another_config(saved):
+    _, _, path = saved
+    other = tiny_bert(num_hidden_layers=3)
+    with pytest.raises(ValueError, match="num_hidden_layers: model 3 vs checkpoint 2"):
+        nxm.load_compressed(path, model=other)
+
+
+def test_saving_errors(tmp_path):
+    with pytest.raises(ValueError, match="holds no NxMLinear"):
+        nxm.save_compressed(tiny_bert(), tmp_path / "x")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        nxm.save_compressed({}, tmp_path / "x")
+    model = tiny_bert()
+    nxm.swap_linears(model, "dense-w8a8")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="must be a directory"):
+        nxm.save_compressed(model, tmp_path / "file")
+    with pytest.raises(TypeError, match="dtype must be None"):
+        nxm.load_compressed(nxm.save_compressed(model, tmp_path / "ok"), dtype=torch.int8)
+
+
+@pytest.mark.gpu
+def test_load_on_gpu(saved):
+    model, batch, path = saved
+    loaded = nxm.load_compressed(path, device="cuda", dtype=torch.float16)
+    assert all(m.resolved_backend in ("cuda", "triton") for m in compressed_linears(loaded).values())
+    out = _out(loaded, {k: v.cuda() for k, v in batch.items()})
+    ref = _out(model, batch)
+    cos = torch.nn.functional.cosine_similarity(out.float().cpu().flatten(), ref.flatten(), 0)
+    assert cos > 0.99

@@ -1,0 +1,219 @@
+"""swap_linears on Hugging Face BERT models: plans, reports, numerics, task heads, compile, bad input."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+import nxm_kernels as nxm
+from nxm_kernels.models.bert import as_plan, bert_linears
+from nxm_kernels.modules import NxMLinear, compressed_linears
+from _dropin_helpers import FakeQuantLinear, fake_quant_twin, random_batch, tiny_bert
+
+
+def _out(model, batch):
+    with torch.no_grad():
+        return model(**batch).last_hidden_state
+
+
+def test_swap_all_encoder_linears_and_report():
+    model = tiny_bert()
+    dense_bytes = sum(p.numel() * 4 for s in bert_linears(model) for p in s.module.parameters())
+    report = nxm.swap_linears(model, "2:4-w8a8")
+    sites = bert_linears(model)
+    assert len(report.swapped) == len(sites) == 12 and report.kept == []
+    assert all(isinstance(s.module, NxMLinear) and str(s.module.spec) == "2:4-w8a8" for s in sites)
+    assert report.bytes_before == dense_bytes
+    assert report.bytes_after == sum(s.module.nbytes()["total"] for s in sites)
+    assert report.ratio > 5  # int8 2:4: ~1/8 of fp32 values + metadata/scales/bias
+    assert report.backend == "reference"
+    assert report.by_spec() == {"2:4-w8a8": 12}
+    text = str(report)
+    assert "swapped 12 linears" in text and "2:4-w8a8" in text
+    assert report.to_dict()["swapped"]["layer.1.ffn2"] == "2:4-w8a8"
+    # the pooler is not an encoder linear and stays float
+    assert isinstance(model.pooler.dense, nn.Linear)
+
+
+def test_plan_rules_most_specific_then_later_wins():
+    model = tiny_bert()
+    plan = {"*": "2:4-w8a8", "ffn2": "dense-w8a8", "layer.1": "2:4-w4a8", "layer.1.ffn2": "fp", "query": "dense-w4a8"}
+    report = nxm.swap_linears(model, plan)
+    specs = {s.name: (str(s.module.spec) if isinstance(s.module, NxMLinear) else "fp") for s in bert_linears(model)}
+    assert specs["layer.0.key"] == "2:4-w8a8"
+    assert specs["layer.0.ffn2"] == "dense-w8a8"
+    assert specs["layer.0.query"] == "dense-w4a8"
+    assert specs["layer.1.query"] == "2:4-w4a8"      # layer.1 (2 points) beats query (1 point)
+    assert specs["layer.1.ffn2"] == "fp"
+    assert report.kept == ["layer.1.ffn2"] and len(report.swapped) == 11
+    assert isinstance(model.encoder.layer[1].output.dense, nn.Linear)
+
+
+def test_plan_forms_accepted():
+    for plan in ("dense-w8a8", {"*": "dense-w8a8"}, [("*", "dense-w8a8")], nxm.Plan({"*": "dense-w8a8"}),
+                 '{"*": "dense-w8a8"}'):
+        assert as_plan(plan) == nxm.Plan({"*": "dense-w8a8"})
+    with pytest.raises(TypeError, match="plan must be a Plan"):
+        as_plan(3)
+
+
+@pytest.mark.parametrize("plan", ["2:4-w8a8", "2:4-w4a8", "dense-w8a8", "dense-w4a8",
+                                  {"*": "2:4-w4a8", "attn_out": "dense-w8a8", "layer.0.value": "fp"}])
+def test_each_swapped_linear_equals_fake_quant(plan):
+    """Every swapped linear, fed the activations it sees inside the model, equals fake quantization
+    (fake-quantized per-token activations x fake-quantized weights, + bias, GELU where fused) up to
+    float rounding."""
+    model = tiny_bert(intermediate_size=256)
+    twin = fake_quant_twin(model, plan)
+    nxm.swap_linears(model, plan)
+    seen = {}
+    hooks = [s.module.register_forward_hook(lambda m, i, o, n=s.name: seen.__setitem__(n, (i[0], o)))
+             for s in bert_linears(model) if isinstance(s.module, NxMLinear)]
+    _out(model, random_batch(model))
+    for h in hooks:
+        h.remove()
+    assert len(seen) == sum(isinstance(s.module, NxMLinear) for s in bert_linears(model))
+    twins = {s.name: s.module for s in bert_linears(twin)}
+    for name, (x, y) in seen.items():
+        ref = twins[name](x)
+        if name.endswith("ffn1"):
+            ref = torch.nn.functional.gelu(ref)  # fused into the NxMLinear epilogue
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()), msg=name)
+
+
+def test_gelu_fusion():
+    model = tiny_bert()
+    batch = random_batch(model)
+    unfused = tiny_bert()
+    unfused.load_state_dict(model.state_dict())
+    report = nxm.swap_linears(model, "dense-w8a8")
+    nxm.swap_linears(unfused, "dense-w8a8", fuse_gelu=False)
+    inter = model.encoder.layer[0].intermediate
+    assert inter.dense.activation == "gelu" and isinstance(inter.intermediate_act_fn, nn.Identity)
+    assert report.fused_activations == [f"encoder.layer.{i}.intermediate.intermediate_act_fn" for i in range(2)]
+    assert unfused.encoder.layer[0].intermediate.dense.activation == "none"
+    # Same math up to float rounding in the GELU; a rounding difference can move an activation code by
+    # one step in the next layer (then it spreads), so the whole-model check is a loose cosine; the exact
+    # per-layer check is test_each_swapped_linear_equals_fake_quant.
+    a, b = _out(model, batch), _out(unfused, batch)
+    assert torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0) > 0.999
+
+
+def test_gelu_not_fused_for_other_activations():
+    model = tiny_bert(hidden_act="gelu_new")
+    nxm.swap_linears(model, "dense-w8a8")
+    inter = model.encoder.layer[0].intermediate
+    assert inter.dense.activation == "none" and not isinstance(inter.intermediate_act_fn, nn.Identity)
+    model2 = tiny_bert()
+    nxm.swap_linears(model2, {"*": "dense-w8a8", "ffn1": "fp"})
+    assert not isinstance(model2.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)
+
+
+def test_sequence_classification_model():
+    model = tiny_bert("BertForSequenceClassification", num_labels=3)
+    batch = random_batch(model)
+    with torch.no_grad():
+        before = model(**batch).logits
+    report = nxm.swap_linears(model, "dense-w8a8")
+    assert len(report.swapped) == 12
+    assert isinstance(model.classifier, nn.Linear) and isinstance(model.bert.pooler.dense, nn.Linear)
+    assert set(compressed_linears(model)) == {s.qualified_name for s in bert_linears(model)}
+    assert all(n.startswith("bert.encoder.layer.") for n in compressed_linears(model))
+    with torch.no_grad():
+        after = model(**batch).logits
+    assert after.shape == before.shape == (3, 3)
+    assert torch.isfinite(after).all()
+
+
+def test_fp16_model():
+    model = tiny_bert().half()
+    batch = random_batch(model)
+    nxm.swap_linears(model, "2:4-w8a8")
+    layer = model.encoder.layer[0].attention.self.query
+    assert layer.bias.dtype == torch.float16 and layer.scales.dtype == torch.float32
+    out = _out(model, batch)
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
+def test_torch_compile_fullgraph_swapped_bert():
+    """The swapped model traces into one graph (no breaks) and the compiled model matches eager."""
+    torch._dynamo.reset()
+    model = tiny_bert(num_hidden_layers=1)
+    nxm.swap_linears(model, {"*": "2:4-w8a8", "ffn1": "2:4-w4a8", "value": "dense-w8a8"})
+    batch = random_batch(model)
+    eager = _out(model, batch)
+    # aot_eager: full Dynamo + AOTAutograd tracing through the fake implementations, exact results
+    traced = torch.compile(model, fullgraph=True, backend="aot_eager")
+    assert torch.equal(_out(traced, batch), eager)
+    torch._dynamo.reset()
+    # inductor (the default): generated code around the custom op; float rounding may differ
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(_out(compiled, batch), eager, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------- bad input
+def test_glob_matching_nothing_lists_the_layers():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match=r"'layer\.7\.ffn1' matches no layer; layers are: layer\.0\.query"):
+        nxm.swap_linears(model, {"layer.7.ffn1": "2:4-w8a8"})
+    with pytest.raises(ValueError, match="matches no layer"):
+        nxm.swap_linears(model, {"*": "2:4-w8a8", "ffn3": "dense-w8a8"})
+    assert compressed_linears(model) == {}  # nothing was swapped by the failed calls
+    report = nxm.swap_linears(model, {"*": "dense-w8a8", "layer.7": "2:4-w8a8"}, strict=False)
+    assert len(report.swapped) == 12
+
+
+def test_unknown_and_untrainable_specs():
+    model = tiny_bert()
+    with pytest.raises(ValueError, match="spec must look like"):
+        nxm.swap_linears(model, {"*": "2:4-int4"})
+    with pytest.raises(ValueError, match="can be trained but not packed"):
+        nxm.swap_linears(model, {"*": "dense-w8a8", "ffn2": "1:4-w8a8"})
+    assert compressed_linears(model) == {}  # checked before anything changes
+
+
+def test_not_bert_like():
+    with pytest.raises(ValueError, match="does not have a BERT-like encoder.*swap_linears with explicit"):
+        nxm.swap_linears(nn.Sequential(nn.Linear(4, 4)), "2:4-w8a8")
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        nxm.swap_linears("bert", "2:4-w8a8")
+
+
+def test_swapping_twice_is_refused():
+    model = tiny_bert()
+    nxm.swap_linears(model, {"ffn1": "2:4-w8a8"})
+    with pytest.raises(ValueError, match="already is an NxMLinear"):
+        nxm.swap_linears(model, "dense-w8a8")
+    # a second swap of the remaining layers is fine and the recorded plan grows
+    nxm.swap_linears(model, {"*": "dense-w8a8", "ffn1": "fp"})
+    assert len(compressed_linears(model)) == 12
+    assert model._nxm_plan == {"ffn1": "fp", "*": "dense-w8a8"}
+
+
+@pytest.mark.gpu
+def test_cuda_graph_capture_of_swapped_bert():
+    """On a GPU: the swapped fp16 model is captured in a CUDA graph and replays the eager result."""
+    model = tiny_bert(num_hidden_layers=2)
+    nxm.swap_linears(model, {"*": "2:4-w8a8", "ffn2": "2:4-w4a8"})
+    model = model.cuda().half()
+    assert all(m.resolved_backend in ("cuda", "triton") for m in compressed_linears(model).values())
+    batch = {k: v.cuda() for k, v in random_batch(model, batch=8, length=32).items()}
+    with torch.no_grad():
+        eager = model(**batch).last_hidden_state.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                model(**batch)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(**batch).last_hidden_state
+        static_out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(static_out, eager)
+    compiled = torch.compile(model, fullgraph=True, mode="reduce-overhead")
+    with torch.no_grad():
+        for _ in range(3):
+            out = compiled(**batch).last_hidden_state
+    torch.testing.assert_close(out.float(), eager.float(), rtol=1e-2, atol=1e-2)
