@@ -164,3 +164,16 @@ def test_bad_input():
         weight_nbytes((4, 4), "fp", 3)
     with pytest.raises(ValueError, match="kind must be"):
         account(SHAPES, "fp").ratio("bogus")
+
+
+def test_accounting_imports_without_transformers():
+    # Foundation-level knowledge: the demo, benchmarks and tools may use it without the HF stack.
+    import subprocess
+    import sys
+
+    code = ("import sys, nxm_kernels.accounting as a; "
+            "assert 'transformers' not in sys.modules, 'transformers was imported'; "
+            "print(a.account({'layer.0.query': (8, 8)}, '2:4-w8a8').true_bytes_fp32)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == str(8 * 8 + 8 * 2 + 8 * 4)  # K_pad 16: values 8*8, metadata 8*2, scales 8*4

@@ -213,7 +213,11 @@ def test_pareto_search_is_exact_against_brute_force():
 def test_bucketed_search_still_meets_the_target():
     shapes = bert_shapes(layers=12, h=64, i=256)
     sens = random_sensitivity(list(shapes), "layer")
+    for row in sens.costs.values():  # distinct positive costs: a front of hundreds of plans
+        for s in row:
+            row[s] = (1 + random.random()) * 10 ** random.uniform(-4, 0)
     exact = search_plans(sens, shapes, 0.85)
+    assert len(exact.front) > 50
     approx = search_plans(sens, shapes, 0.85, max_states=50)
     assert not approx.exact and exact.exact
     assert all(account(shapes, c.plan).nominal_ratio >= 0.85 for c in approx.ranked)

@@ -182,12 +182,17 @@ def _prune_front(states: list, bucket: float | None) -> list:
     """Keep the (size, cost) states no other state beats on both; optionally one per size bucket."""
     states.sort(key=lambda s: (s[0], s[1]))
     if bucket:
+        # Per size bucket keep the cheapest state and the smallest one: dropping the smallest would
+        # let the most compressed reachable plan drift up, bucket by bucket, until a feasible target
+        # became unreachable.
         best: dict[int, tuple] = {}
-        for s in states:
+        smallest: dict[int, tuple] = {}
+        for s in states:  # sorted by size: the first state seen in a bucket is its smallest
             b = int(s[0] // bucket)
+            smallest.setdefault(b, s)
             if b not in best or s[1] < best[b][1]:
                 best[b] = s
-        states = sorted(best.values(), key=lambda s: (s[0], s[1]))
+        states = sorted(set(best.values()) | set(smallest.values()), key=lambda s: (s[0], s[1]))
     out, best_cost = [], math.inf
     for s in states:
         if s[1] < best_cost:
