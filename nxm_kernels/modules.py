@@ -20,7 +20,9 @@ right then: at construction, after every ``.to()``/``.cuda()``/``.half()``, and 
 ``load_state_dict``. ``forward`` only reads the cached result, which is what lets ``torch.compile``
 trace it without graph breaks. ``model.half()`` casts the bias but never the float32 scales.
 
-The module is for inference: the op has no gradient. Train with the QAT modules of
+The module is for inference: the op has no gradient, so ``forward`` detaches its input (a grad-enabled
+call still runs, eagerly or compiled, with a one-time warning; layers before it get no gradient).
+Train with the QAT modules of
 :mod:`nxm_kernels.train` and export through :meth:`NxMLinear.from_linear` or
 :meth:`NxMLinear.from_packed`.
 """
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
@@ -211,7 +214,7 @@ class NxMLinear(nn.Module):
             self._why = "NxMLinear is on the meta device (a placeholder): load a state dict or a checkpoint first"
             return
         try:
-            name = resolve_backend(self.backend, device)
+            name = resolve_backend(self.backend, device, WeightMeta.of(self.packed))
         except RuntimeError as exc:
             # Not fatal here: a model is often swapped on the CPU for a GPU backend, then moved.
             self._why = f"NxMLinear cannot run on {device}: {exc}"
@@ -238,6 +241,12 @@ class NxMLinear(nn.Module):
             raise ValueError(f"NxMLinear input must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
         if x.device != self.values.device:
             raise ValueError(f"NxMLinear input is on {x.device} but the layer is on {self.values.device}")
+        if x.requires_grad:
+            # The op has no gradient. Detaching lets grad-enabled inference run, eagerly and under
+            # torch.compile (whose AOTAutograd would otherwise try to trace a backward through it).
+            if not torch.compiler.is_compiling():
+                _warn_no_gradient()
+            x = x.detach()
         return linear_prepared(x, self._weights, self._meta, self.bias, self.activation, self._backend_name)
 
     def extra_repr(self) -> str:
@@ -247,6 +256,18 @@ class NxMLinear(nn.Module):
             backend = f"auto->{self._backend_name}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, spec={self.spec}, "
                 f"bias={self.bias is not None}{act}, backend={backend}, packed_bytes={self.nbytes()['total']}")
+
+
+_warned_no_gradient = False
+
+
+def _warn_no_gradient() -> None:
+    global _warned_no_gradient
+    if not _warned_no_gradient:
+        _warned_no_gradient = True
+        warnings.warn("NxMLinear is an inference module: it passes no gradient to its input, so layers before "
+                      "it get none. Run inference under torch.no_grad() / torch.inference_mode() (which also "
+                      "silences this warning); train with nxm_kernels.train.", stacklevel=3)
 
 
 def _refresh_after_load(module: NxMLinear, incompatible_keys) -> None:

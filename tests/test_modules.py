@@ -189,6 +189,29 @@ def test_triton_backend_matches_reference(spec):
     torch.testing.assert_close(tri(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(unavailable_reason("triton", "cpu") is not None,
+                    reason="the triton backend is not available on this machine's CPU")
+def test_triton_prepared_layout_follows_state_dict_and_swap():
+    """A backend whose prepared layout is a derived copy (Triton's) must re-derive it when the weights change."""
+    lin = nn.Linear(64, 32)
+    ref = NxMLinear.from_linear(lin, "2:4-w4a8", backend="reference")
+    placeholder = NxMLinear(64, 32, "2:4-w4a8", backend="triton")
+    placeholder.load_state_dict(ref.state_dict())            # in-place copy_ into the buffers
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(placeholder(x), ref(x), rtol=1e-5, atol=1e-5)
+    from _dropin_helpers import random_batch, tiny_bert
+
+    model = tiny_bert(num_hidden_layers=1)
+    batch = random_batch(model, batch=2, length=8)
+    twin = copy.deepcopy(model)
+    nxm.swap_linears(model, {"*": "2:4-w8a8", "ffn2": "dense-w4a8"}, backend="triton")
+    nxm.swap_linears(twin, {"*": "2:4-w8a8", "ffn2": "dense-w4a8"}, backend="reference")
+    assert all(m.resolved_backend == "triton" for m in compressed_linears(model).values())
+    with torch.no_grad():
+        a, b = model(**batch).last_hidden_state, twin(**batch).last_hidden_state
+    assert F.cosine_similarity(a.flatten(), b.flatten(), 0) > 0.9999
+
+
 def test_torch_compile_fullgraph_single_layer():
     layer = NxMLinear.from_linear(nn.Linear(48, 40), "2:4-w4a8", activation="gelu")
     x = torch.randn(3, 7, 48)
@@ -206,9 +229,24 @@ def test_deepcopy_and_pickle_keep_working():
     assert torch.equal(pickle.loads(pickle.dumps(layer))(x), y)
 
 
-def test_no_gradient_tracking_through_bias():
+def test_grad_enabled_call_runs_and_warns_once(monkeypatch):
+    """The op has no gradient: a grad-enabled call still runs (input detached) and says so once."""
+    import nxm_kernels.modules as modules
+
+    monkeypatch.setattr(modules, "_warned_no_gradient", False)
     layer = NxMLinear.from_linear(nn.Linear(16, 8), "dense-w8a8")
     assert not layer.bias.requires_grad
+    x = torch.randn(3, 16, requires_grad=True)
+    with pytest.warns(UserWarning, match="inference module"):
+        y = layer(x)
+    assert not y.requires_grad
+    with torch.no_grad():
+        assert torch.equal(layer(x), y)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        layer(x)  # only once per process
 
 
 # ---------------------------------------------------------------------------------- bad input

@@ -144,6 +144,8 @@ def test_torch_compile_fullgraph_swapped_bert():
     # aot_eager: full Dynamo + AOTAutograd tracing through the fake implementations, exact results
     traced = torch.compile(model, fullgraph=True, backend="aot_eager")
     assert torch.equal(_out(traced, batch), eager)
+    # also with grad enabled (embeddings require grad): AOTAutograd must not need a backward of the op
+    assert torch.equal(traced(**batch).last_hidden_state, eager)
     torch._dynamo.reset()
     # inductor (the default): generated code around the custom op; float rounding may differ
     compiled = torch.compile(model, fullgraph=True)
