@@ -364,6 +364,26 @@ def test_best_plan_is_taken_unchanged_by_swap_linears(tmp_path):
         assert b["bias"] == a.bias_params * 4
 
 
+def test_plans_with_fp_entries_swap_save_and_load(tmp_path):
+    import nxm_kernels as nxm
+
+    model = tiny_model()
+    names = [s.name for s in bert_linears(model)]
+    plan = compact_plan({n: ("fp" if n.endswith("ffn2") or n == "layer.0.query" else "2:4-w4a8") for n in names},
+                        names)
+    assert "fp" in plan.to_dict().values()
+    x = sample(1)[0]
+    with fake_compressed(model, plan), torch.no_grad():
+        expected = model(**{k: v for k, v in x.items() if k != "labels"}).logits
+    report = nxm.swap_linears(model, Plan.from_json(plan.to_json()), backend="reference")
+    assert len(report.swapped) == 9
+    nxm.save_compressed(model, tmp_path / "ckpt", plan=plan)
+    loaded = nxm.load_compressed(tmp_path / "ckpt", backend="reference")
+    with torch.no_grad():
+        got = loaded(**{k: v for k, v in x.items() if k != "labels"}).logits
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
 def test_short_qat_mode_uses_the_training_path(tmp_path):
     pytest.importorskip("nxm_kernels.train.qat")
     model = tiny_model()
