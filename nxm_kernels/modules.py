@@ -350,7 +350,7 @@ class SwapReport:
         kept = f"; {len(self.kept)} left in fp" if self.kept else ""
         return (f"swapped {len(self.swapped)} linears ({specs}){kept}; "
                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
-                f"({self.ratio:.2f}x), backend {self.backend}")
+                f"({self.ratio:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
 
 
 def _named_patterns(patterns) -> list[tuple[str, LayerSpec]]:

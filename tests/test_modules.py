@@ -168,6 +168,14 @@ def test_extra_repr_is_readable():
 
 def test_backends_and_set_backend(monkeypatch):
     lin = nn.Linear(32, 16)
+    if unavailable_reason("cuda", "cpu") is not None:
+        # a backend that cannot run here is not an error until the layer is used (it may be moved first)
+        cuda_layer = NxMLinear.from_linear(lin, "dense-w8a8", backend="cuda")
+        assert cuda_layer.resolved_backend is None and "unresolved" in repr(cuda_layer)
+        with pytest.raises(RuntimeError, match="cannot run on cpu"):
+            cuda_layer(torch.randn(2, 32))
+        with pytest.raises(RuntimeError, match="cannot run on cpu"):
+            cuda_layer.set_backend("cuda")
     layer = NxMLinear.from_linear(lin, "2:4-w8a8", backend="reference")
     assert layer.resolved_backend == "reference"
     with pytest.raises(ValueError, match="backend must be one of"):
@@ -276,6 +284,8 @@ def test_bad_modules_and_tensors():
         meta_lin = nn.Linear(16, 8)
     with pytest.raises(ValueError, match="meta device"):
         NxMLinear.from_linear(meta_lin, "dense-w8a8")
+    with pytest.raises(ValueError, match="in_features must be <= 131072"):
+        NxMLinear.from_linear(nn.Linear(131072 + 16, 1), "dense-w8a8")
     nan_lin = nn.Linear(16, 8)
     with torch.no_grad():
         nan_lin.weight[0, 0] = float("nan")
