@@ -81,7 +81,13 @@ def linear_prepared(x: torch.Tensor, weights: list[torch.Tensor], meta: WeightMe
         return x.new_empty(*lead, meta.n)
     if bias is not None:
         bias = bias.contiguous()  # kernels index bias with unit stride
-    y = _linear_op(x2d.contiguous(), weights, bias, meta.n, meta.k, meta.bits, meta.sparse, activation, backend)
+    x2d = x2d.contiguous()
+    if torch.compiler.is_compiling():
+        y = _linear_op(x2d, weights, bias, meta.n, meta.k, meta.bits, meta.sparse, activation, backend)
+    else:
+        # Eager: call the backend directly. The custom op's Python dispatch costs tens of microseconds
+        # per call, as much as a small-M GEMM itself; it is only needed for tracing.
+        y = get_backend(backend).linear(x2d, weights, meta, bias, activation)
     return y.reshape(*lead, meta.n)
 
 
@@ -126,4 +132,7 @@ def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto")
     name = resolve_backend(backend, xq.device, meta)
     if xq.shape[0] == 0:
         return xq.new_empty(0, packed.out_features, dtype=torch.int32)
-    return _int_mm_op(xq.contiguous(), prepared_weights(packed, name), meta.n, meta.k, meta.bits, meta.sparse, name)
+    weights = prepared_weights(packed, name)
+    if torch.compiler.is_compiling():
+        return _int_mm_op(xq.contiguous(), weights, meta.n, meta.k, meta.bits, meta.sparse, name)
+    return get_backend(name).int_mm(xq.contiguous(), weights, meta)

@@ -41,7 +41,9 @@ def qmax(bits: int) -> int:
 def _row_scales(v: torch.Tensor, q: int) -> torch.Tensor:
     """float32 scales ``amax / q`` over the last dim; rows whose scale would be 0 get 1.0."""
     amax = v.detach().abs().amax(dim=-1, keepdim=True).float()
-    scale = amax / q
+    # Divide by a tensor, not a Python scalar: PyTorch's CUDA kernels turn "tensor / scalar" into a
+    # multiplication by the reciprocal, which is not the IEEE quotient the CPU and the kernels compute.
+    scale = amax / torch.full_like(amax, q)
     # Test the quotient, not amax: a subnormal amax can underflow to a zero scale.
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 

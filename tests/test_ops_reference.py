@@ -224,7 +224,8 @@ def test_reference_helpers_directly():
     assert torch.equal(reference.int_mm(xq, weights, meta),
                        (xq.long() @ packed.int_weight()[:, :20].long().t()).int())
     y = torch.randn(3, 6)
-    torch.testing.assert_close(reference.gelu(y), torch.nn.functional.gelu(y), rtol=1e-6, atol=1e-7)
+    # Same formula, different float32 evaluation order: a few ulps apart.
+    torch.testing.assert_close(reference.gelu(y), torch.nn.functional.gelu(y), rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -109,7 +109,7 @@ def resolve_backend(backend: str, device: torch.device | str, meta: "WeightMeta 
             raise RuntimeError(f"no backend can run on {device}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
-    why = unavailable_reason(backend, device)
+    why = unavailable_reason(backend, device) or weight_unsupported_reason(backend, meta)
     if why is not None:
         raise RuntimeError(f"backend {backend!r}{source} is unavailable on {device}: {why}")
     return backend
