@@ -1,0 +1,160 @@
+"""The training path inside a Hugging Face Trainer, on a tiny BERT and a synthetic task (CPU, minutes).
+
+The accuracy test prints its numbers (run with ``-s`` to see them): dense vs 2:4-w8a8 after ADMM +
+QAT + distillation, and how the exported NxMLinear model agrees with the QAT model.
+"""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from nxm_kernels.modules import NxMLinear
+from nxm_kernels.sparsity import is_nm
+from nxm_kernels.train import (ADMMConfig, CompressionSchedule, DistillConfig, Distiller, NxMCompression,
+                               qat_layers)
+
+from train_helpers import one_thread  # noqa: F401  (autouse fixture)
+from train_helpers import CountTask, accuracy, predict, tiny_bert, training_args
+
+#: Exported logits may differ from the QAT model's by float rounding only (exact integer accumulation
+#: then scaling vs float products of dequantized values; fused vs separate GELU), which now and then
+#: moves an activation across a rounding boundary. Bound: 1e-4 of the largest logit (measured: 3e-5
+#: to 9e-5 absolute on logits of magnitude ~5-10).
+LOGIT_RTOL = 1e-4
+
+
+def test_compress_tiny_bert_keeps_accuracy_and_exports_exactly(tmp_path):
+    train, test = CountTask(2048), CountTask(1000)
+    model = tiny_bert()
+    Trainer(model=model, args=training_args(tmp_path / "dense", num_train_epochs=2), train_dataset=train).train()
+    dense_acc = accuracy(model, test)
+    assert dense_acc >= 0.9, f"the dense tiny BERT did not learn the task (accuracy {dense_acc})"
+
+    teacher = copy.deepcopy(model)
+    compression = NxMCompression(
+        "2:4-w8a8", teacher=teacher, distill=DistillConfig(alpha=0.5),
+        schedule=CompressionSchedule(admm_fraction=0.5, admm=ADMMConfig(rho=2e-2, rho_growth=1.3, interval=8)))
+    trainer = Trainer(model=model, args=training_args(tmp_path / "qat", num_train_epochs=2, learning_rate=1e-3),
+                      train_dataset=train, callbacks=[compression])
+    trainer.train()
+    updates = [h for h in trainer.state.log_history if "nxm_admm_update" in h]
+    assert len(updates) >= 5
+    assert updates[-1]["nxm_admm_rel_primal"] < 0.6 * updates[0]["nxm_admm_rel_primal"], \
+        [u["nxm_admm_rel_primal"] for u in updates]
+    assert all(set(u["nxm_admm_layers"]) == set(compression.layers) for u in updates)
+    assert compression.phase == "finetune"
+    for name, layer in compression.layers.items():
+        assert is_nm(layer.weight.detach(), 2, 4), name           # the master weight itself
+        assert is_nm(layer.effective_weight().detach(), 2, 4), name
+    qat_acc = accuracy(model, test)
+    qat_logits = predict(model, test)
+
+    compression.export(model)
+    assert not qat_layers(model)
+    assert sum(isinstance(m, NxMLinear) for m in model.modules()) == 12
+    exp_logits = predict(model, test)
+    agreement = float((exp_logits.argmax(-1) == qat_logits.argmax(-1)).float().mean())
+    max_diff = float((exp_logits - qat_logits).abs().max())
+    scale = float(qat_logits.abs().max())
+    exp_acc = accuracy(model, test)
+    print(f"\n[tiny BERT, synthetic task] dense {dense_acc:.4f}, 2:4-w8a8 QAT {qat_acc:.4f}, exported {exp_acc:.4f}; "
+          f"export agreement {agreement:.4f}, max |logit diff| {max_diff:.2e} (max |logit| {scale:.2f}); ADMM relative primal residual "
+          f"{updates[0]['nxm_admm_rel_primal']:.3f} -> {updates[-1]['nxm_admm_rel_primal']:.3f}")
+    assert qat_acc >= dense_acc - 0.02
+    assert agreement >= 0.999
+    assert max_diff <= LOGIT_RTOL * max(scale, 1.0)
+
+
+class _Probe(TrainerCallback):
+    """Records the ADMM state the compression callback resumed with."""
+
+    def __init__(self, compression):
+        self.compression, self.at_begin = compression, None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.at_begin = {"phase": self.compression.phase, "step": state.global_step,
+                         "updates": {n: int(lay.admm_updates) for n, lay in self.compression.layers.items()}}
+
+
+def _run(tmp_path, name, init, max_steps, resume=None, save_steps=None):
+    model = tiny_bert()
+    model.load_state_dict(init)
+    compression = NxMCompression({"*": "2:4-w8a8", "ffn2": "1:4-w4a8"}, schedule=CompressionSchedule(
+        admm_steps=16, admm=ADMMConfig(rho=0.05, rho_growth=1.5, interval=4)))
+    probe = _Probe(compression)
+    kw = dict(save_strategy="steps", save_steps=save_steps) if save_steps else {}
+    args = training_args(tmp_path / name, max_steps=max_steps, seed=1234, learning_rate=1e-3, **kw)
+    trainer = Trainer(model=model, args=args, train_dataset=CountTask(512, generator=torch.Generator().manual_seed(7)),
+                      callbacks=[compression, probe])
+    trainer.train(resume_from_checkpoint=resume)
+    return model, compression, probe
+
+
+def test_resumed_run_continues_the_admm_state(tmp_path):
+    init = tiny_bert().state_dict()
+    full, full_c, _ = _run(tmp_path, "full", init, 24)
+    # The same run, saved at step 12 (mid-ADMM: 3 updates done) and resumed from there by a fresh process.
+    _run(tmp_path, "first", init, 24, save_steps=12)
+    ckpt = tmp_path / "first" / "checkpoint-12"
+    assert ckpt.is_dir()
+    resumed, res_c, probe = _run(tmp_path, "resumed", init, 24, resume=str(ckpt))
+    assert probe.at_begin["step"] == 12 and probe.at_begin["phase"] == "admm"
+    assert set(probe.at_begin["updates"].values()) == {3}
+    assert res_c.phase == full_c.phase == "finetune"
+    for name, layer in full_c.layers.items():
+        other = res_c.layers[name]
+        assert torch.equal(layer.mask, other.mask), name
+        torch.testing.assert_close(other.weight, layer.weight, rtol=1e-5, atol=1e-6)
+    assert is_nm(res_c.layers["layer.0.ffn2"].weight.detach(), 1, 4)
+
+
+def test_phases_by_epochs_and_one_shot(tmp_path):
+    data = CountTask(64)
+    model = tiny_bert()
+    compression = NxMCompression("2:4-w4a8", schedule=CompressionSchedule(admm_epochs=1, admm=ADMMConfig(interval=1)))
+    trainer = Trainer(model=model, args=training_args(tmp_path / "ep", num_train_epochs=2, per_device_train_batch_size=16),
+                      train_dataset=data, callbacks=[compression])
+    trainer.train()
+    pruned_at = [h["step"] for h in trainer.state.log_history if h.get("nxm_phase") == "finetune"]
+    assert pruned_at == [4]  # 64 examples / 16 per step: epoch 1 ends at step 4
+    model = tiny_bert()
+    compression = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=0))
+    trainer = Trainer(model=model, args=training_args(tmp_path / "os", max_steps=2), train_dataset=data,
+                      callbacks=[compression])
+    trainer.train()
+    assert [h["step"] for h in trainer.state.log_history if h.get("nxm_phase") == "finetune"] == [0]
+    assert not any("nxm_admm_update" in h for h in trainer.state.log_history)
+    # A run that ends inside the ADMM phase is pruned at the end, so it can always be exported.
+    model = tiny_bert()
+    compression = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=100))
+    Trainer(model=model, args=training_args(tmp_path / "short", max_steps=2), train_dataset=data,
+            callbacks=[compression]).train()
+    assert compression.phase == "finetune"
+
+
+def test_distiller_loss_terms():
+    student, teacher = tiny_bert(), tiny_bert()
+    cfg = DistillConfig(alpha=0.3, temperature=2.5, hidden_weight=0.7)
+    Distiller(teacher, cfg).attach(student)
+    data = CountTask(8)
+    batch = data[0:8]
+    student.train()
+    out = student(**batch)
+    plain_s = student.__class__.forward(student, **batch, output_hidden_states=True)  # no hooks
+    with torch.no_grad():
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    kd = F.kl_div(F.log_softmax(plain_s.logits / 2.5, -1), F.softmax(t.logits / 2.5, -1), reduction="batchmean") * 2.5 ** 2
+    hid = torch.stack([F.mse_loss(a, b) for a, b in zip(plain_s.hidden_states, t.hidden_states)]).mean()
+    expect = 0.7 * plain_s.loss + 0.3 * kd + 0.7 * hid
+    torch.testing.assert_close(out.loss, expect, rtol=1e-5, atol=1e-6)
+    student.eval()
+    with torch.no_grad():
+        ev = student(**batch)
+    torch.testing.assert_close(ev.loss, student.__class__.forward(student, **batch).loss)
+    with pytest.raises(ValueError, match="alpha"):
+        DistillConfig(alpha=1.5)
+    with pytest.raises(ValueError, match="teacher"):
+        NxMCompression("2:4-w8a8", distill=DistillConfig())
