@@ -98,6 +98,9 @@ def run(args) -> int:
     from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
 
     task = task_info(args.task)
+    for flag, path in (("--model", args.model), ("--teacher", args.teacher)):
+        if path is not None and not Path(path).is_dir():
+            raise FileNotFoundError(f"{flag} must be a model directory, got {path!r}")
     plan = as_plan(args.plan) if args.plan.lstrip().startswith("{") or not Path(args.plan).is_file() \
         else as_plan(Path(args.plan).read_text())
     out = Path(args.output_dir)

