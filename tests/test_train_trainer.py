@@ -158,3 +158,33 @@ def test_distiller_loss_terms():
         DistillConfig(alpha=1.5)
     with pytest.raises(ValueError, match="teacher"):
         NxMCompression("2:4-w8a8", distill=DistillConfig())
+
+
+def test_penalty_gradient_under_fp16_loss_scaling():
+    # Trainer's optimizer (accelerate) carries the GradScaler; gradients may still be scaled when the
+    # callback adds the penalty gradient (no clipping ran): they must be unscaled first.
+    model = tiny_bert()
+    compression = NxMCompression("2:4-w8a8")
+    compression.prepare(model)
+    compression.admm.start()
+    layer = compression.layers["layer.1.ffn1"]
+    layer.admm_u.normal_()
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))  # what the scaled backward did
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    grads = {p: torch.randn_like(p) for p in model.parameters()}
+    for p, g in grads.items():
+        p.grad = g * 1024.0
+
+    class AcceleratedLike:
+        pass
+
+    wrapped = AcceleratedLike()
+    wrapped.scaler, wrapped.optimizer = scaler, opt
+    compression.on_pre_optimizer_step(None, None, None, optimizer=wrapped)
+    expect = grads[layer.weight] + float(layer.admm_rho) * (layer.weight.detach() - layer.admm_z + layer.admm_u)
+    torch.testing.assert_close(layer.weight.grad, expect, rtol=1e-5, atol=1e-6)
+    # Unscaled already (by gradient clipping): only the penalty is added.
+    before = layer.weight.grad.clone()
+    compression.on_pre_optimizer_step(None, None, None, optimizer=wrapped)
+    torch.testing.assert_close(layer.weight.grad - before, expect - grads[layer.weight], rtol=1e-4, atol=1e-6)

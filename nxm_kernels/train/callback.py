@@ -173,6 +173,8 @@ class NxMCompression(TrainerCallback):
                 scaler.unscale_(getattr(optimizer, "optimizer", optimizer))
             except RuntimeError:
                 pass  # unscaled already, by gradient clipping
+            except AssertionError:
+                pass  # nothing was scaled in this iteration
         self.admm.add_penalty_grad()
 
     def on_step_end(self, args, state, control, **kwargs):
