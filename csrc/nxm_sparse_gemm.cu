@@ -8,7 +8,8 @@ namespace nxm {
 namespace {
 
 // The configurations. Index = NxmGemmParams::config.
-//   0..2: small M (memory-bound): 4 warps side by side over 64 weight rows, 16/32/64 tokens, 4 stages.
+//   0..2: small M (memory-bound up to ~64 tokens): 4 warps side by side over 64 weight rows, 16/32/64
+//         tokens, 4 stages; config 2 also serves larger M whenever 128 x 128 tiles would not fill the GPU.
 //   3:    large M (compute-bound): 8 warps as 4 (weight rows) x 2 (tokens) over a 128 x 128 tile, 3 stages.
 using Cfg0 = GemmConfig<64, 16, 4, 1, 4>;
 using Cfg1 = GemmConfig<64, 32, 4, 1, 4>;
@@ -55,14 +56,17 @@ int quantize(const void* x, int M, int K, long long ldx, int KP, int8_t* xq, flo
 extern "C" int nxm_gemm_select(int M, int Np, int N, int KP, int sm_count, int* config, int* splits,
                                int* stages_per_split, int* num_tiles) {
   if (M < 1 || N < 1 || Np < N || Np % 128 || KP < 128 || KP % 128 || sm_count < 1) return NXM_ERR_ARGUMENT;
-  const int cfg = M <= 16 ? 0 : M <= 32 ? 1 : M <= 128 ? 2 : 3;
+  // 128 x 128 tiles only when there are enough of them to fill the GPU; otherwise 64 x 64 tiles
+  // (which may also split K) keep every multiprocessor busy.
+  const long long big_tiles = (long long)((N + nxm::kBN[3] - 1) / nxm::kBN[3]) * ((M + nxm::kBM[3] - 1) / nxm::kBM[3]);
+  const int cfg = M <= 16 ? 0 : M <= 32 ? 1 : (M > 256 && big_tiles >= sm_count) ? 3 : 2;
   const int tiles_n = (N + nxm::kBN[cfg] - 1) / nxm::kBN[cfg];
   const int tiles_m = (M + nxm::kBM[cfg] - 1) / nxm::kBM[cfg];
   const int tiles = tiles_n * tiles_m;
   const int ks_total = KP / nxm::kStageK;
-  // Split K until about two CTAs per multiprocessor are streaming, keeping >= 2 stages per split
-  // so the cp.async ring still overlaps copies with math.
-  int s = std::max(1, std::min((2 * sm_count) / tiles, ks_total / 2));
+  // Split K (small-M configurations) until about two CTAs per multiprocessor are streaming, keeping
+  // >= 2 stages per split so the cp.async ring still overlaps copies with math.
+  int s = cfg == 3 ? 1 : std::max(1, std::min((2 * sm_count) / tiles, ks_total / 2));
   const int per = (ks_total + s - 1) / s;
   s = (ks_total + per - 1) / per;  // no empty splits
   *config = cfg;
@@ -78,7 +82,7 @@ extern "C" int nxm_sparse_gemm(const NxmGemmParams* p, cudaStream_t stream) {
   if (p->config < 0 || p->config >= nxm::kNumConfigs || p->splits < 1 || p->stages_per_split < 1)
     return NXM_ERR_ARGUMENT;
   if ((long long)p->splits * p->stages_per_split < p->KP / nxm::kStageK) return NXM_ERR_ARGUMENT;
-  if (p->splits > 1 && (!p->workspace || !p->counters)) return NXM_ERR_ARGUMENT;
+  if (p->splits > 1 && (!p->workspace || !p->counters || p->config == 3)) return NXM_ERR_ARGUMENT;
   if (p->out_kind != NXM_OUT_INT32 && (!p->x_scale || !p->w_scale)) return NXM_ERR_ARGUMENT;
   if (p->ldo < p->N) return NXM_ERR_ARGUMENT;
   if ((reinterpret_cast<uintptr_t>(p->xq) | reinterpret_cast<uintptr_t>(p->w_values) |

@@ -68,6 +68,7 @@ struct GemmConfig {
   static constexpr int WM = BM / WARPS_M;  // tokens per warp
   static constexpr int FN = WN / 16;       // mma row tiles per warp
   static constexpr int FM = WM / 8;        // mma token tiles per warp
+  static constexpr bool kSplitK = BM <= 64;  // small-M tiles may split K (grid.z)
   static_assert(WN % 16 == 0 && WM % 8 == 0, "warp tile must be a whole number of mma tiles");
   static_assert(BM % 8 == 0 && BN % 16 == 0, "CTA tile must be a whole number of mma tiles");
 
@@ -236,9 +237,15 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
   const int g = lane >> 2, tq = lane & 3;
   auto row_of = [&](int fn, int q) { return warp_n * Cfg::WN + fn * 16 + g + 8 * (q >> 1); };   // local n
   auto tok_of = [&](int fm, int q) { return warp_m * Cfg::WM + fm * 8 + 2 * tq + (q & 1); };     // local m
+  // Token rows past M exist in registers only. Loads for them read a clamped (valid) row and the value
+  // is discarded, so no load sits under a per-element branch: the compiler then issues all of a
+  // thread's loads together instead of waiting for each one in turn (a chain of L2 round trips).
+  auto m_ok = [&](int fm, int q) { return m0 + tok_of(fm, q) < p.M; };
+  auto m_clamped = [&](int fm, int q) { return min(m0 + tok_of(fm, q), p.M - 1); };
 
-  // ---- split-K: publish partials; the last split of this tile reduces them and continues.
-  if (p.splits > 1) {
+  // ---- split-K (small-M configurations only): publish partials; the last split of this tile reduces
+  // them and continues. Large tiles fill the GPU without it and need the registers for accumulators.
+  if constexpr (Cfg::kSplitK) if (p.splits > 1) {
     __shared__ int s_is_last;
     int32_t* ws = p.workspace + (size_t)split * p.M * p.Np;
 #pragma unroll
@@ -246,10 +253,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
 #pragma unroll
       for (int fm = 0; fm < FM; ++fm)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
-          const int m = m0 + tok_of(fm, q);
-          if (m < p.M) __stcg(ws + (size_t)m * p.Np + n0 + row_of(fn, q), acc[fn][fm][q]);
-        }
+        for (int q = 0; q < 4; ++q)
+          if (m_ok(fm, q)) __stcg(ws + (size_t)(m0 + tok_of(fm, q)) * p.Np + n0 + row_of(fn, q), acc[fn][fm][q]);
     __threadfence();
     __syncthreads();
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
@@ -261,18 +266,37 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
       if (o == split) continue;
       const int32_t* wo = p.workspace + (size_t)o * p.M * p.Np;
 #pragma unroll
-      for (int fn = 0; fn < FN; ++fn)
+      for (int fn = 0; fn < FN; ++fn) {  // one row tile at a time bounds the extra registers
+        int part[FM][4];
 #pragma unroll
         for (int fm = 0; fm < FM; ++fm)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const int m = m0 + tok_of(fm, q);
-            if (m < p.M) acc[fn][fm][q] += __ldcg(wo + (size_t)m * p.Np + n0 + row_of(fn, q));
-          }
+          for (int q = 0; q < 4; ++q) part[fm][q] = __ldcg(wo + (size_t)m_clamped(fm, q) * p.Np + n0 + row_of(fn, q));
+#pragma unroll
+        for (int fm = 0; fm < FM; ++fm)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) acc[fn][fm][q] += m_ok(fm, q) ? part[fm][q] : 0;
+      }
     }
   }
 
   // ---- epilogue: dequantize (+bias, +GELU), convert, stage as [BM][BN] in shared memory.
+  // Scales and bias are loaded once per thread up front: x_scale depends on (fm, q & 1), w_scale and
+  // bias on (fn, q >> 1). w_scale is padded to Np rows, so every n read here is in bounds.
+  const bool dequant = p.out_kind != NXM_OUT_INT32;
+  float xs[FM][2], wsc[FN][2], bs[FN][2];
+#pragma unroll
+  for (int fm = 0; fm < FM; ++fm)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) xs[fm][h] = dequant ? __ldg(p.x_scale + m_clamped(fm, h)) : 0.0f;
+#pragma unroll
+  for (int fn = 0; fn < FN; ++fn)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int n = n0 + row_of(fn, 2 * h);
+      wsc[fn][h] = dequant ? __ldg(p.w_scale + n) : 0.0f;
+      bs[fn][h] = p.bias ? load_bias(p.bias, p.bias_kind, min(n, p.N - 1)) : 0.0f;
+    }
   __syncthreads();  // every warp is done reading the pipeline buffers
   const int esize = p.out_kind == NXM_OUT_F16 || p.out_kind == NXM_OUT_BF16 ? 2 : 4;
 #pragma unroll
@@ -281,18 +305,14 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
     for (int fm = 0; fm < FM; ++fm)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const int nl = row_of(fn, q), ml = tok_of(fm, q), n = n0 + nl, m = m0 + ml;
-        uint8_t* dst = smem + ml * S::kOutPitch + nl * esize;
-        if (p.out_kind == NXM_OUT_INT32) {
+        uint8_t* dst = smem + tok_of(fm, q) * S::kOutPitch + row_of(fn, q) * esize;
+        if (!dequant) {
           *reinterpret_cast<int32_t*>(dst) = acc[fn][fm][q];
           continue;
         }
-        float v = 0.0f;
-        if (m < p.M && n < p.N) {
-          v = (float)acc[fn][fm][q] * p.x_scale[m] * p.w_scale[n];
-          if (p.bias) v += load_bias(p.bias, p.bias_kind, n);
-          if (p.act == NXM_ACT_GELU) v = gelu_erf(v);
-        }
+        // Rows m >= M and columns n >= N are computed but never copied out.
+        float v = (float)acc[fn][fm][q] * xs[fm][q & 1] * wsc[fn][q >> 1] + bs[fn][q >> 1];
+        if (p.act == NXM_ACT_GELU) v = gelu_erf(v);
         if (p.out_kind == NXM_OUT_F16) *reinterpret_cast<__half*>(dst) = __float2half_rn(v);
         else if (p.out_kind == NXM_OUT_BF16) *reinterpret_cast<__nv_bfloat16*>(dst) = __float2bfloat16_rn(v);
         else *reinterpret_cast<float*>(dst) = v;
