@@ -5,6 +5,7 @@
 * Every test draws fresh random inputs: an autouse fixture seeds torch with a new seed per test and
   prints it, so a failure shows the seed that reproduces it (``NXM_TEST_SEED=<seed>``).
 * ``@pytest.mark.gpu`` tests skip cleanly without a CUDA device.
+* Under pytest-xdist, one intra-op thread per worker.
 """
 
 import os
@@ -17,6 +18,11 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 HAS_GPU = torch.cuda.is_available()
+
+# Under pytest-xdist each worker gets one intra-op thread: two workers with two threads each on a
+# 2-core CI machine oversubscribe it and make small-model tests several times slower.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

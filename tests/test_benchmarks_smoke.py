@@ -56,7 +56,9 @@ def test_gemm_smoke_runs_end_to_end(tmp_path):
     # the int8 baseline runs on the CPU too (exactly), the GPU-only libraries say why they cannot
     int8 = [r for r in recs if r["provider"] == "int8-mm"]
     assert int8 and all(r["status"] == "ok" and r["check"]["kind"] == "exact int32" for r in int8)
-    for name in ("cslt-int8-2:4", "cutlass-int8-2:4", "cslt-fp16-2:4"):
+    # cuSPARSELt fp16 is opt-in (it crashed the CUDA context on an H100): absent unless named
+    assert not [r for r in recs if r["provider"] == "cslt-fp16-2:4"]
+    for name in ("cslt-int8-2:4", "cutlass-int8-2:4"):
         rows = [r for r in recs if r["provider"] == name]
         assert rows and all(r["status"] == "unavailable" and "CUDA" in r["reason"] for r in rows)
     # ratios to every timed baseline
