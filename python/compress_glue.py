@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     # The one addition to an ordinary Trainer script:
     compression = NxMCompression(
         args.plan,
-        schedule=CompressionSchedule(admm_fraction=0.5, admm=ADMMConfig(rho=1e-2, rho_growth=1.1, interval=10)),
+        schedule=CompressionSchedule(admm_fraction=0.5, admm=ADMMConfig(rho=1e-2, rho_growth=1.25, interval=100)),
         teacher=copy.deepcopy(model), distill=DistillConfig(alpha=0.5, temperature=2.0))
     trainer = Trainer(
         model=model,

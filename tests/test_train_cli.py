@@ -39,7 +39,7 @@ def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "mrpc" and metrics["n_eval"] == 24 and metrics["n_train"] == 40
     assert set(metrics["exported"]) == {"f1", "accuracy", "main"}
-    assert metrics["export_agreement"] >= 0.999 and metrics["export_max_abs_logit_diff"] < 1e-4
+    assert metrics["export_agreement"] >= 0.999 and metrics["export_max_abs_logit_diff"] < 1e-3
     assert metrics["exported"] == metrics["qat"]
     assert metrics["admm"]["updates"] >= 2 and metrics["compression_ratio"] > 4
     model = load_compressed(out / "compressed")
@@ -66,7 +66,7 @@ def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, ca
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["exported"]) == {"pearson", "spearman", "main"} and metrics["export_agreement"] is None
-    assert metrics["export_max_abs_logit_diff"] < 1e-4
+    assert metrics["export_max_abs_logit_diff"] < 1e-3
     capsys.readouterr()
     assert nxm(["compress", "--model", str(tiny_model_dir), "--task", "nope", "--data-dir", str(FIXTURES),
                 "--output-dir", str(out)]) == 2

@@ -21,9 +21,9 @@ from train_helpers import CountTask, accuracy, predict, tiny_bert, training_args
 
 #: Exported logits may differ from the QAT model's by float rounding only (exact integer accumulation
 #: then scaling vs float products of dequantized values; fused vs separate GELU), which now and then
-#: moves an activation across a rounding boundary. Bound: 1e-4 of the largest logit (measured: 3e-5
-#: to 9e-5 absolute on logits of magnitude ~5-10).
-LOGIT_RTOL = 1e-4
+#: moves an activation across a rounding boundary. Bound: 1e-3 of the largest logit (measured over
+#: 14 seeds: typically 1e-5 of it, at worst 1.2e-4).
+LOGIT_RTOL = 1e-3
 
 
 def test_compress_tiny_bert_keeps_accuracy_and_exports_exactly(tmp_path):

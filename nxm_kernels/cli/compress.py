@@ -34,9 +34,10 @@ def register(subparsers) -> None:
     g.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in ADMM (default 0.5)")
     g.add_argument("--admm-steps", type=int, default=None, help="ADMM phase length in optimizer steps")
     g.add_argument("--admm-epochs", type=float, default=None, help="ADMM phase length in epochs")
-    g.add_argument("--admm-interval", type=int, default=10, help="optimizer steps between Z/U updates")
+    g.add_argument("--admm-interval", type=int, default=100,
+                   help="optimizer steps between Z/U updates (interval x lr should reach ~0.01-0.03; default 100)")
     g.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty")
-    g.add_argument("--rho-growth", type=float, default=1.1, help="rho multiplier per update")
+    g.add_argument("--rho-growth", type=float, default=1.25, help="rho multiplier per update")
     g.add_argument("--rho-max", type=float, default=1.0, help="rho cap")
     g.add_argument("--projection", choices=("nm", "nm+quant"), default="nm", help="Z projection")
     g = p.add_argument_group("training")
@@ -133,7 +134,7 @@ def run(args) -> int:
         output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps,
         learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        logging_steps=max(1, args.admm_interval), save_strategy="steps" if args.save_steps > 0 else "no",
+        logging_steps=max(1, min(50, args.admm_interval)), save_strategy="steps" if args.save_steps > 0 else "no",
         save_steps=args.save_steps if args.save_steps > 0 else 500, report_to=[], seed=args.seed,
         use_cpu=args.cpu or not torch.cuda.is_available())
     trainer = Trainer(model=model, args=targs, train_dataset=encode(train, tokenizer, args.max_length),
