@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from nxm_kernels.cli import main as nxm
 from nxm_kernels.io import load_compressed

@@ -34,8 +34,9 @@ def register(subparsers) -> None:
     g.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in ADMM (default 0.5)")
     g.add_argument("--admm-steps", type=int, default=None, help="ADMM phase length in optimizer steps")
     g.add_argument("--admm-epochs", type=float, default=None, help="ADMM phase length in epochs")
-    g.add_argument("--admm-interval", type=int, default=100,
-                   help="optimizer steps between Z/U updates (interval x lr should reach ~0.01-0.03; default 100)")
+    g.add_argument("--admm-interval", type=int, default=None,
+                   help="optimizer steps between Z/U updates (default: 0.02 / lr, so that the weights can "
+                        "move about as far as the pruned ones are large between updates)")
     g.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty")
     g.add_argument("--rho-growth", type=float, default=1.25, help="rho multiplier per update")
     g.add_argument("--rho-max", type=float, default=1.0, help="rho cap")
@@ -124,6 +125,9 @@ def run(args) -> int:
         teacher = _load_model(args.teacher, task)
     elif args.distill:
         teacher = copy.deepcopy(model)
+    if args.admm_interval is None:
+        args.admm_interval = max(1, round(0.02 / args.lr))
+        logger.info("ADMM interval: %d steps (0.02 / lr)", args.admm_interval)
     schedule = CompressionSchedule(
         admm_steps=args.admm_steps, admm_epochs=args.admm_epochs, admm_fraction=args.admm_fraction,
         admm=ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max, interval=args.admm_interval,

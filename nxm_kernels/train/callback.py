@@ -150,6 +150,12 @@ class NxMCompression(TrainerCallback):
         if self.distiller is not None:
             self.distiller.teacher.to(args.device)
         phase = self.phase
+        reach = self.schedule.admm.interval * float(getattr(args, "learning_rate", 0) or 0)
+        if phase in ("init", "admm") and self.admm.layers and 0 < reach < 0.005:
+            logger.warning("ADMM interval (%d steps) x learning rate (%g) = %.2g: the weights can barely move "
+                           "between Z/U updates, U may outgrow them and the primal residual grow; consider "
+                           "interval >= %d (see ADMMConfig)", self.schedule.admm.interval, args.learning_rate, reach,
+                           math.ceil(0.01 / args.learning_rate))
         if phase == "init":
             self.admm.start()
             logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
