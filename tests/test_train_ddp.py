@@ -66,7 +66,7 @@ def test_two_process_ddp_ranks_agree(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    env["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes (gloo), also on a machine with GPUs
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(script), str(tmp_path), str(HERE)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

@@ -42,24 +42,26 @@ logger = logging.getLogger(__name__)
 STATE_BUFFERS = ("mask", "admm_z", "admm_u", "admm_rho", "admm_updates")
 
 
+def _dequantized(v: torch.Tensor, q: int) -> torch.Tensor:
+    """``codes * scale`` with the foundation's scale (``quant._row_scales``) and its code rule
+    ``clamp(round_half_even(v / scale), -q, q)``, kept in float32 instead of a round trip through
+    int8 (the codes are small integers, exact in float32): the same values with fewer passes."""
+    scale = _quant._row_scales(v, q)                      # [..., 1] float32
+    codes = torch.round(v.float() / scale).clamp_(-q, q)
+    return codes.mul_(scale)
+
+
 def fake_quant_weight_fast(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """:func:`nxm_kernels.quant.fake_quant_weight` without its NaN check (a device sync every call).
 
-    Same scale and code arithmetic (the foundation's own helpers), straight-through gradient.
+    Same values bit for bit (tested against it and against ``pack``), straight-through gradient.
     """
-    q = qmax(bits)
-    w = weight.detach()
-    scale = _quant._row_scales(w, q)                      # [out, 1] float32
-    deq = (_quant._codes(w, scale, q).float() * scale).to(weight.dtype)
-    return _quant._STE.apply(weight, deq)
+    return _quant._STE.apply(weight, _dequantized(weight.detach(), qmax(bits)).to(weight.dtype))
 
 
 def _fake_quant_tokens(x: torch.Tensor) -> torch.Tensor:
     """Per-token int8 fake quantization, the kernels' activation math, straight-through."""
-    xd = x.detach()
-    scale = _quant._row_scales(xd, ACT_QMAX)
-    deq = (_quant._codes(xd, scale, ACT_QMAX).float() * scale).to(x.dtype)
-    return _quant._STE.apply(x, deq)
+    return _quant._STE.apply(x, _dequantized(x.detach(), ACT_QMAX).to(x.dtype))
 
 
 class QATLinear(nn.Module):
@@ -185,7 +187,7 @@ class QATLinear(nn.Module):
     def masked_weight(self) -> torch.Tensor:
         """The master weight with the mask applied (differentiable)."""
         if self.pruned:
-            return self.weight * self.mask.to(self.weight.dtype)
+            return self.weight * self.mask  # bool promotes inside the multiply: no float copy of the mask
         return self.weight
 
     def effective_weight(self) -> torch.Tensor:
