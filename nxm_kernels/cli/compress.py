@@ -65,19 +65,13 @@ def register(subparsers) -> None:
 
 
 def _load_model(path: str, task):
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from ..models.hf import load_for_task
 
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"--model must be a model directory, got {path!r}")
-    config = AutoConfig.from_pretrained(path)
-    kw = {}
-    if getattr(config, "num_labels", None) != task.num_labels:
-        logger.warning("model %s has %s labels, task %s needs %d: its classification head is newly initialised",
-                       path, getattr(config, "num_labels", None), task.name, task.num_labels)
-        kw = {"num_labels": task.num_labels, "ignore_mismatched_sizes": True}
-    if task.is_regression:
-        kw["problem_type"] = "regression"
-    return AutoModelForSequenceClassification.from_pretrained(path, **kw)
+    model, fresh = load_for_task(path, task.num_labels, task.is_regression)
+    if fresh:
+        logger.warning("model %s has no trained %s head (%s newly initialised)", path, task.name,
+                       ", ".join(fresh[:3]))
+    return model
 
 
 def _eval_set(task, data_dir, tokenizer, args):

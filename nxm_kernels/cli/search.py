@@ -87,27 +87,17 @@ class GlueMetric:
 def load_task_model(path: str, task, device: str):
     """A sequence-classification model and its tokenizer; warns when the task head is untrained."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from ..glue import task_info
+    from ..models.hf import load_for_task
 
     t = task_info(task)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    # The same loading rules as ``nxm compress``: a head of the wrong size is replaced, regression
-    # tasks (STS-B) get the regression loss.
-    config = AutoConfig.from_pretrained(path)
-    kw = {}
-    if getattr(config, "num_labels", None) != t.num_labels:
-        kw = {"num_labels": t.num_labels, "ignore_mismatched_sizes": True}
-    if t.is_regression:
-        kw["problem_type"] = "regression"
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        path, dtype=torch.float32, output_loading_info=True, **kw)
-    fresh = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
-    fresh += [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", [])]
+    model, fresh = load_for_task(path, t.num_labels, t.is_regression, dtype=torch.float32)
     if fresh:
         logger.warning("%s has no trained %s head (%s newly initialised): sensitivities of an untrained head say "
-                       "little; search a model fine-tuned on the task", path, t.name, ", ".join(sorted(fresh)[:3]))
+                       "little; search a model fine-tuned on the task", path, t.name, ", ".join(fresh[:3]))
     return model.to(device).eval(), tokenizer
 
 

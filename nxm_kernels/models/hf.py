@@ -10,7 +10,7 @@ import logging
 
 import torch.nn as nn
 
-__all__ = ["describe", "build_empty", "config_differences", "parameters_on_meta", "ARCH_KEYS"]
+__all__ = ["describe", "build_empty", "config_differences", "parameters_on_meta", "load_for_task", "ARCH_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,3 +89,29 @@ def config_differences(model: nn.Module, desc: dict | None) -> list[str]:
         if key in mine and key in theirs and mine[key] != theirs[key]:
             out.append(f"{key}: model {mine[key]!r} vs checkpoint {theirs[key]!r}")
     return out
+
+
+def load_for_task(path, num_labels: int, is_regression: bool = False, **kwargs):
+    """A sequence-classification model from a Hugging Face model directory, fitted to a task.
+
+    A classification head of the wrong size is replaced (newly initialised) and regression tasks get
+    the regression loss. Returns ``(model, fresh)`` where ``fresh`` lists the head parameters that were
+    newly initialised (empty for a model already fine-tuned on the task). ``kwargs`` go to
+    ``from_pretrained`` (e.g. ``dtype``).
+    """
+    from pathlib import Path
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"model must be a Hugging Face model directory, got {str(path)!r}")
+    config = AutoConfig.from_pretrained(path)
+    kw = dict(kwargs)
+    if getattr(config, "num_labels", None) != num_labels:
+        kw.update(num_labels=num_labels, ignore_mismatched_sizes=True)
+    if is_regression:
+        kw["problem_type"] = "regression"
+    model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kw)
+    fresh = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
+    fresh += [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", [])]
+    return model, sorted(set(fresh))
