@@ -42,7 +42,8 @@
 // not fill the GPU. Each split writes its int32 partial tile to a workspace, then bumps a per-tile
 // counter; the last split to arrive adds the others' partials and runs the epilogue (no extra launch;
 // the counters are zeroed by the quantizer kernel that runs just before, or by a memset). Large M
-// uses 128 x 128 tiles with 8 warps, which re-use each weight tile across 128 tokens from shared memory.
+// uses 128 x 128 tiles with 8 warps, which re-use each weight tile across 128 tokens from shared memory,
+// once there are enough such tiles to fill the GPU (nxm_gemm_select); they never split K.
 //
 // Epilogue: int32 accumulators -> float ((acc * x_scale[m]) * w_scale[n] + bias[n], then erf-GELU;
 // the reference backend's order) -> output dtype, staged through shared memory as a [BM][BN] tile so
