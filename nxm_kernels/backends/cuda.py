@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from ..format import PackedWeight
+from ..format import PackedWeight, padded_k
 from . import _cuda_build
 from .cuda_layout import prepare_layout, prepared_dims
 
@@ -65,8 +65,9 @@ def prepare(packed: PackedWeight) -> list[torch.Tensor]:
 
 
 def _check_weights(weights, meta):
-    if weight_unsupported_reason(meta):
-        raise ValueError(weight_unsupported_reason(meta))
+    why = weight_unsupported_reason(meta)
+    if why:
+        raise ValueError(why)
     np_, kp = prepared_dims(meta.n, meta.k)
     if weights[2].shape != (np_,):
         raise ValueError("weights are not in the cuda backend's prepared layout (use ops.prepared_weights)")
@@ -74,7 +75,7 @@ def _check_weights(weights, meta):
 
 
 def quantize_per_token(x2d: torch.Tensor):
-    xq, scale = extension().quantize_rows(x2d.contiguous(), -(-x2d.shape[1] // 16) * 16)
+    xq, scale = extension().quantize_rows(x2d.contiguous(), padded_k(x2d.shape[1]))
     return xq[:, : x2d.shape[1]], scale.unsqueeze(-1)
 
 
