@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from nxm_kernels._json import dump_json
 from nxm_kernels.train import ADMM, ADMMConfig, prepare_qat
 
 
@@ -149,8 +149,7 @@ def main(argv=None) -> int:
               "peak_bytes": {n: r[2] for n, r in rows}, "admm_state_bytes_per_layer": state_bytes,
               "mask_bytes_per_layer": mask_bytes}
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        dump_json(result, args.out, make_parents=True)
     return 0
 
 

@@ -29,11 +29,11 @@ demo and the benchmarks can all use it. Layer shapes come in as ``{name: (out, i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple
+from typing import Mapping, NamedTuple
 
+from ._json import dump_json
 from .format import padded_k
 from .plan import Plan
 from .spec import LayerSpec, parse_spec
@@ -290,10 +290,7 @@ class Accounting:
                 "layers": [a.to_dict() for a in self.layers]}
 
     def to_json(self, path: "str | Path | None" = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
+        return dump_json(self.to_dict(), path)
 
     def table(self, per_layer: bool = True) -> str:
         """A fixed-width text table: one row per layer (or per component) and a total row."""

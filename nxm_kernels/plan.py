@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ._json import dump_json
 from .spec import LayerSpec, parse_spec
 
 __all__ = ["COMPONENTS", "Plan", "layer_name"]
@@ -106,10 +107,7 @@ class Plan:
         return out
 
     def to_json(self, path: "str | Path | None" = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
+        return dump_json(self.to_dict(), path)
 
     @classmethod
     def from_json(cls, text_or_path: "str | Path") -> "Plan":

@@ -22,7 +22,6 @@ import argparse
 import copy
 import importlib
 import inspect
-import json
 import logging
 import random
 import re
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import nxm_kernels
+from nxm_kernels._json import dump_json
 from nxm_kernels.train import ADMM, ADMMConfig, export_model, prepare_qat
 
 logger = logging.getLogger("distill_minilm")
@@ -248,8 +248,7 @@ def main(argv=None) -> int:
         after = f"{r['cosine_after']:.4f}" if "cosine_after" in r else "-"
         print(f"{spec:<12} {r['cosine_before']:>9.4f} {after:>9}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        dump_json(results, args.out, make_parents=True)
     return 0
 
 

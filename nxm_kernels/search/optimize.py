@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .._json import dump_json
 from ..accounting import FP16_BYTES, FP32_BYTES, account, layer_shapes, nominal_bits, weight_nbytes
 from ..plan import COMPONENTS, Plan
 from ..spec import parse_spec
@@ -148,10 +149,7 @@ class SearchResult:
                 "sensitivity": self.sensitivity.to_dict()}
 
     def to_json(self, path: "str | Path | None" = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
+        return dump_json(self.to_dict(), path)
 
     def table(self) -> str:
         """The ranked plans (and greedy / uniform references) as text."""

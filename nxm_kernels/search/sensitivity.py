@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .._json import dump_json
 from ..models.bert import bert_linears
 from ..plan import COMPONENTS, Plan
 from ..quant import fake_quant_per_token, fake_quant_weight
@@ -186,10 +187,7 @@ class Sensitivity:
                    reused=int(d.get("reused", 0)), extra=dict(d.get("extra", {})))
 
     def to_json(self, path: "str | Path | None" = None) -> str:
-        text = json.dumps(self.to_dict(), indent=2)
-        if path is not None:
-            Path(path).write_text(text + "\n")
-        return text
+        return dump_json(self.to_dict(), path)
 
     def table(self) -> str:
         """Groups as rows, candidate specs as columns."""
