@@ -12,10 +12,12 @@ Output directory::
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from pathlib import Path
+
+from .._json import dump_json
+from ._args import add_glue_args
 
 logger = logging.getLogger(__name__)
 
@@ -24,8 +26,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("compress", help="compress a BERT model on a GLUE task (ADMM + QAT, export)",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="Hugging Face model directory (ideally fine-tuned on the task)")
-    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli")
-    p.add_argument("--data-dir", default=None, help="folder in the standard GLUE layout (default: the datasets hub)")
+    add_glue_args(p)
     p.add_argument("--plan", default="2:4-w8a8", help="a spec for every layer, plan JSON, or a path to a plan JSON file")
     p.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.json go")
     g = p.add_argument_group("schedule")
@@ -169,7 +170,7 @@ def run(args) -> int:
                  "rel_primal_last": admm_log[-1]["nxm_admm_rel_primal"] if admm_log else None},
         "distilled": teacher is not None, "checkpoint": str(ckpt), "wall_s": round(time.time() - t0, 2),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    dump_json(metrics, out / "metrics.json")
     main = task.metrics[0]
     print(f"{task.name}: {main} dense {dense_metrics['main']:.4f} -> QAT {qat_metrics['main']:.4f} -> exported "
           f"{exp_metrics['main']:.4f}; {report.ratio:.2f}x smaller encoder linears; checkpoint {ckpt}")

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
+
+from .._json import dump_json
+from ._args import add_glue_args
 
 logger = logging.getLogger(__name__)
 
@@ -14,8 +16,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="GLUE metrics of a compressed or plain model directory",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a compressed checkpoint or a Hugging Face model directory")
-    p.add_argument("--task", required=True, help="GLUE task: cola, sst2, mrpc, stsb, qqp, mnli, mnli-mm, qnli, rte, wnli")
-    p.add_argument("--data-dir", default=None, help="folder in the standard GLUE layout (default: the datasets hub)")
+    add_glue_args(p)
     p.add_argument("--split", default="dev", choices=("train", "dev"))
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -61,8 +62,7 @@ def run(args) -> int:
     result = {"task": task.name, "split": args.split, "model": str(args.model), "compressed": compressed,
               "n": len(data), "metrics": metrics}
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2) + "\n")
+        dump_json(result, args.output, make_parents=True)
     print(f"{task.name} {args.split} ({len(data)} examples): " +
           ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "main"))
     return 0

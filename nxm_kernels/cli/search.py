@@ -19,6 +19,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from .._json import dump_json
+from ._args import add_glue_args
+
 __all__ = ["register", "run_search"]
 
 logger = logging.getLogger(__name__)
@@ -34,8 +37,7 @@ def register(subparsers) -> None:
         "search", help="heterogeneous compression search under a compression-ratio budget",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a fine-tuned Hugging Face BERT-family task model (folder or id)")
-    p.add_argument("--task", required=True, help="GLUE task (sst2, mrpc, cola, stsb, qqp, mnli, qnli, rte, ...)")
-    p.add_argument("--data-dir", default=None, help="local GLUE folder (standard layout); default: the datasets hub")
+    add_glue_args(p)
     p.add_argument("--target", type=float, required=True, help="compression ratio to reach, e.g. 0.875 (8x smaller)")
     p.add_argument("--true-ratio", action="store_true",
                    help="target the true ratio (packed bytes incl. metadata, scales, padding) against fp32")
@@ -172,9 +174,7 @@ def run_search(args) -> int:
     data = result.to_dict()
     data["best_accounting"] = acct.to_dict()
     data["model"], data["task"] = str(args.model), str(args.task)
-    import json
-
-    report.write_text(json.dumps(data, indent=2) + "\n")
+    dump_json(data, report)
     written = [str(out), str(report)]
     if (args.plot or "").lower() != "none":
         plot = Path(args.plot) if args.plot else _sibling(out, ".pareto.png")
