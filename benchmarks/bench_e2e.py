@@ -493,9 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="the torch.compile variants (default: on, except with --quick or --smoke)")
     p.add_argument("--no-graphs", action="store_true", help="eager timing only")
-    p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    common.add_output_args(p)
     return p
 
 

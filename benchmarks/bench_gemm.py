@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import logging
-import math
 import sys
 import time
 import warnings
@@ -232,12 +231,15 @@ def _cuda_reason(device: torch.device, min_cap=(8, 0), what: str = "") -> str | 
     return None
 
 
+def _torch_lacks(attr: str) -> str | None:
+    """Why a private torch entry point cannot be used (it is missing from this build), or None."""
+    return None if hasattr(torch, attr) else f"torch {torch.__version__} has no torch.{attr}"
+
+
 def _cslt_reason(device: torch.device) -> str | None:
-    why = _cuda_reason(device, what="cuSPARSELt 2:4")
+    why = _cuda_reason(device, what="cuSPARSELt 2:4") or _torch_lacks("_cslt_sparse_mm")
     if why:
         return why
-    if not hasattr(torch, "_cslt_sparse_mm"):
-        return f"torch {torch.__version__} has no torch._cslt_sparse_mm"
     try:
         available = torch.backends.cusparselt.is_available()
     except AttributeError:
@@ -457,15 +459,14 @@ def unavailable(provider: Provider, device: torch.device, backend_reasons: dict)
     if name == "fp16-mm":
         return None
     if name == "int8-mm":
-        return None if hasattr(torch, "_int_mm") else f"torch {torch.__version__} has no torch._int_mm"
+        return _torch_lacks("_int_mm")
     if name in ("cslt-int8-2:4", "cslt-fp16-2:4"):
         return _cslt_reason(device)
     if name == "cutlass-int8-2:4":
-        why = _cuda_reason(device, what="CUTLASS semi-structured sparsity")
+        why = (_cuda_reason(device, what="CUTLASS semi-structured sparsity")
+               or _torch_lacks("_sparse_semi_structured_linear"))
         if why:
             return why
-        if not hasattr(torch, "_sparse_semi_structured_linear"):
-            return f"torch {torch.__version__} has no torch._sparse_semi_structured_linear"
         try:
             from torch.sparse import SparseSemiStructuredTensorCUTLASS  # noqa: F401
         except ImportError as exc:
@@ -714,7 +715,7 @@ def format_table(result: dict) -> str:
         rows = [(n, b) for n in ours for b in base_names
                 if ("op" if b == "fp16-mm" else "gemm") == n.rsplit("-", 1)[1]]
         if rows:
-            lines.append(f"-- speedup (baseline time / ours)")
+            lines.append("-- speedup (baseline time / ours)")
             for n, b in rows:
                 cells = []
                 for m in ms:
@@ -753,9 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rep-ms", type=float)
     p.add_argument("--peak-tops", type=float, help="dense int8 peak TOPS of this card (overrides the table)")
     p.add_argument("--peak-gbps", type=float, help="memory bandwidth GB/s of this card (overrides the table)")
-    p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("-v", "--verbose", action="store_true")
+    common.add_output_args(p)
     return p
 
 

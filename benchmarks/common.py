@@ -191,6 +191,13 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def add_output_args(p) -> None:
+    """The output options every results-writing benchmark shares (see :func:`results_dir`)."""
+    p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")

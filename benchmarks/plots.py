@@ -39,6 +39,33 @@ def _panels(n_panels: int, n_labels: int, ncol: int, plt):
     return fig, axes, (0, legend_in / height, 1, 1 - 0.6 / height)
 
 
+def _style_m_axes(ax, shape: str, ylabel: str, ybase: int) -> None:
+    """One GEMM panel: log2 M on x, log ``ybase`` on y."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=ybase)
+    ax.set_title(shape, fontsize=9)
+    ax.set_xlabel("M (tokens)", fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def _finish_panels(fig, axes, n_panels: int, rect, title: str, legend_fontsize: int, path: Path, plt) -> Path:
+    """Blank the unused panels, put the first panel's legend below the grid, title, save, close."""
+    for ax in list(axes.flat)[n_panels:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=legend_fontsize)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=rect)
+    return _save(fig, path, plt)
+
+
+def _save(fig, path: Path, plt) -> Path:
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _title(result: dict) -> str:
     env = result["environment"]
     where = env.get("gpu") or "CPU smoke run (no timing claims)"
@@ -71,22 +98,9 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
                     ax.plot(*zip(*pts), style, marker="o", ms=3, color=plt.cm.tab10(i % 10),
                             label=prov.replace("nxm-", "").replace(f"-{mode}", ""))
             ax.axhline(1.0, color="grey", lw=0.8)
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log", base=2)
-            ax.set_title(shape, fontsize=9)
-            ax.set_xlabel("M (tokens)", fontsize=8)
-            ax.set_ylabel(f"speedup vs {base}", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(shapes):]:
-            ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=8)
-        fig.suptitle(f"nxm {mode} vs {base}\n{_title(result)}", fontsize=9)
-        fig.tight_layout(rect=rect)
-        path = outdir / f"speedup_vs_{base.replace(':', '')}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+            _style_m_axes(ax, shape, f"speedup vs {base}", 2)
+        written.append(_finish_panels(fig, axes, len(shapes), rect, f"nxm {mode} vs {base}\n{_title(result)}", 8,
+                                      outdir / f"speedup_vs_{base.replace(':', '')}.png", plt))
 
     provs = list(dict.fromkeys(r["provider"] for r in recs))
     if provs:
@@ -98,22 +112,9 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
                     base = next(r for r in recs if r["provider"] == prov)["kind"] == "baseline"
                     ax.plot(*zip(*pts), "-" if base else ":", marker="o", ms=2, lw=2 if base else 1,
                             color=plt.cm.tab20(i % 20), label=prov.replace("nxm-", ""))
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(shape, fontsize=9)
-            ax.set_xlabel("M (tokens)", fontsize=8)
-            ax.set_ylabel("median time (us)", fontsize=8)
-            ax.tick_params(labelsize=7)
-        for ax in list(axes.flat)[len(shapes):]:
-            ax.axis("off")
-        handles, labels = axes.flat[0].get_legend_handles_labels()
-        fig.legend(handles, labels, loc="lower center", ncol=min(4, max(1, len(labels))), fontsize=7)
-        fig.suptitle(f"GEMM time per call\n{_title(result)}", fontsize=9)
-        fig.tight_layout(rect=rect)
-        path = outdir / "time_vs_m.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+            _style_m_axes(ax, shape, "median time (us)", 10)
+        written.append(_finish_panels(fig, axes, len(shapes), rect, f"GEMM time per call\n{_title(result)}", 7,
+                                      outdir / "time_vs_m.png", plt))
     return written
 
 
@@ -146,8 +147,5 @@ def plot_e2e(result: dict, outdir: Path) -> list[Path]:
         ax1.legend(fontsize=6, ncol=2)
         fig.suptitle(f"{model} forward\n{_title(result)}", fontsize=9)
         fig.tight_layout()
-        path = outdir / f"e2e_{model}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, outdir / f"e2e_{model}.png", plt))
     return written
