@@ -32,6 +32,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test, also without xdist (modules of tiny models opt in with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``): on a shared 2-core machine more threads
+    spin against each other and a tiny forward pass runs 10-100x slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def fresh_seed():
     seed = int(os.environ.get("NXM_TEST_SEED", random.SystemRandom().randrange(2**31)))

@@ -23,14 +23,8 @@ GLUE = Path(__file__).parent / "fixtures" / "glue"
 SPECS = ["dense-w8a8", "2:4-w8a8", "dense-w4a8", "2:4-w4a8"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: with two intra-op threads per xdist worker on a loaded 2-core machine a forward
-    # pass takes ~100x longer than with one (measured 180 ms vs 2 ms). Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models: one intra-op thread (see conftest.one_thread; measured 180 ms vs 2 ms per forward).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_model(num_labels=3, layers=2):
@@ -474,7 +468,7 @@ def test_example_search_plan_runs(tmp_path):
     import sys
 
     script = Path(__file__).resolve().parents[1] / "python" / "search_plan.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # see one_thread above
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # see one_thread in conftest
     proc = subprocess.run([sys.executable, str(script), "--model", "tiny", "--out-dir", str(tmp_path / "out"),
                            "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
                           timeout=600)

@@ -8,8 +8,9 @@ import torch
 import torch.nn as nn
 
 from nxm_kernels.sparsity import is_nm, prune_nm
-from train_helpers import one_thread  # noqa: F401  (autouse fixture)
 from nxm_kernels.train import ADMM, ADMMConfig, QATLinear, project
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 
 def _layers(spec="2:4-w8a8", n=3):

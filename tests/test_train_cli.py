@@ -14,8 +14,9 @@ from nxm_kernels.cli import main as nxm
 from nxm_kernels.io import load_compressed
 from nxm_kernels.modules import NxMLinear
 
-from train_helpers import one_thread  # noqa: F401  (autouse fixture)
 from train_helpers import FIXTURES, fixture_tokenizer, tiny_bert
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,8 +10,9 @@ from nxm_kernels.sparsity import is_nm, nm_mask
 from nxm_kernels.train import QATLinear, prepare_qat, qat_layers
 from nxm_kernels.train.qat import fake_quant_weight_fast
 
-from train_helpers import one_thread  # noqa: F401  (autouse fixture)
 from train_helpers import tiny_bert
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 SPECS = ["2:4-w8a8", "2:4-w4a8", "dense-w8a8", "dense-w4a8"]
 

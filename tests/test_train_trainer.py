@@ -16,8 +16,9 @@ from nxm_kernels.sparsity import is_nm
 from nxm_kernels.train import (ADMMConfig, CompressionSchedule, DistillConfig, Distiller, NxMCompression,
                                qat_layers)
 
-from train_helpers import one_thread  # noqa: F401  (autouse fixture)
 from train_helpers import CountTask, accuracy, predict, tiny_bert, training_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
 #: Exported logits may differ from the QAT model's by float rounding only (exact integer accumulation
 #: then scaling vs float products of dequantized values; fused vs separate GELU), which now and then

@@ -8,22 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from torch.utils.data import Dataset
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread per test process: these models are tiny, and on a shared 2-core machine
-    (pytest -n 2) more threads spin against each other and run ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_config(vocab_size: int = 64, hidden: int = 64, layers: int = 2, num_labels: int = 2, **kw):
