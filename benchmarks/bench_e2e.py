@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import torch
 
-from benchmarks import common
+from benchmarks import common, plots
 
 logger = logging.getLogger("benchmarks.e2e")
 
@@ -133,13 +133,6 @@ def prepare_variant(v: Variant, model, device):
     return model, info
 
 
-def _runs(name: str, meta) -> bool:
-    from nxm_kernels import backends
-
-    check = getattr(backends.get_backend(name), "weight_unsupported_reason", None)
-    return check is None or check(meta) is None
-
-
 def use_backend(model, backend: str, device: torch.device) -> dict[str, int]:
     """Put every swapped layer on ``backend``; a layer whose weights it does not run (the cuda
     backend runs 2:4 only) goes to the fastest available backend that does, as ``auto`` would.
@@ -147,11 +140,14 @@ def use_backend(model, backend: str, device: torch.device) -> dict[str, int]:
     from nxm_kernels import backends
     from nxm_kernels.modules import compressed_linears
 
-    fallback = [b for b in backends.BACKENDS if backends.unavailable_reason(b, device) is None]
+    def runs(name: str, meta) -> bool:
+        return backends.weight_unsupported_reason(name, meta) is None
+
+    fallback = backends.available_backends(device)
     counts: dict[str, int] = {}
     for layer in compressed_linears(model).values():
         meta = backends.WeightMeta(layer.out_features, layer.in_features, layer.spec.weight_bits, layer.spec.sparse)
-        name = backend if _runs(backend, meta) else next(b for b in fallback if _runs(b, meta))
+        name = backend if runs(backend, meta) else next(b for b in fallback if runs(b, meta))
         layer.set_backend(name)
         counts[name] = counts.get(name, 0) + 1
     return counts
@@ -259,8 +255,7 @@ def run(args) -> dict:
     for m in models:
         if m not in MODELS:
             raise SystemExit(f"--models: unknown model {m!r}; choose from {', '.join(MODELS)}")
-    backends = args.backends.split(",") if args.backends else (["cuda", "triton"] if device.type == "cuda"
-                                                                 else ["reference", "triton"])
+    backends = common.our_backends(args.backends, device)
     plans = args.plans.split(",") if args.plans else (["hetero"] if smoke else QUICK_PLANS if args.quick
                                                         else list(PLANS))
     # torch.compile costs a minute or more per model and shape: part of the full run only, unless asked.
@@ -286,14 +281,8 @@ def run(args) -> dict:
         result["stopped"] = f"time box expired ({exc})"
     add_speedups(result["records"])
     result["complete"] = "stopped" not in result
-    common.write_json(path, result)
-    if not args.no_plots:
-        from benchmarks import plots
-
-        result["plots"] = [p.name for p in plots.plot_e2e(result, outdir)]
-        common.write_json(path, result)
-    print(format_table(result))
-    logger.info("wrote %s", path)
+    common.finish_results(path, outdir, result, plot=None if args.no_plots else plots.plot_e2e,
+                          table=format_table)
     return result
 
 
@@ -325,7 +314,7 @@ def run_model(model_name, vs, grid, device, dtype, reasons, graphs, iters, resul
         except common.TimeBoxExpired:
             raise
         except Exception as exc:  # noqa: BLE001 - one variant's failure must not end the run
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            why = common.error_line(exc)
             logger.error("%s %s: could not be built or run: %s", model_name, v.name, why)
             for b, s in grid:
                 result["records"].append(_rec(model_name, v, b, s, "eager", status="failed", reason=why))
@@ -396,7 +385,7 @@ def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, c
         except common.TimeBoxExpired:
             raise
         except Exception as exc:  # noqa: BLE001
-            rec.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+            rec.update(status="failed", reason=common.error_line(exc))
             logger.error("%s %s %dx%d eager failed: %s", model_name, v.name, b, s, rec["reason"])
         out.append(rec)
         logger.info("%s %s %dx%d eager: %s", model_name, v.name, b, s,
@@ -416,8 +405,7 @@ def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, c
             except common.TimeBoxExpired:
                 raise
             except Exception as exc:  # noqa: BLE001 - capture is "where it applies"
-                grec.update(status="unavailable",
-                            reason=f"CUDA graph capture failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                grec.update(status="unavailable", reason=f"CUDA graph capture failed: {common.error_line(exc)}")
                 logger.warning("%s %s %dx%d: %s", model_name, v.name, b, s, grec["reason"])
                 try:
                     torch.cuda.synchronize()

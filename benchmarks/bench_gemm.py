@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 
 import torch
 
-from benchmarks import common
+from benchmarks import common, plots
 
 logger = logging.getLogger("benchmarks.gemm")
 
@@ -478,11 +478,10 @@ def unavailable(provider: Provider, device: torch.device, backend_reasons: dict)
 def weight_reason(backend: str, spec: str) -> str | None:
     """Why ``backend`` does not run ``spec`` weights at all (e.g. the cuda backend runs 2:4 only)."""
     from nxm_kernels import parse_spec
-    from nxm_kernels.backends import WeightMeta, get_backend
+    from nxm_kernels.backends import WeightMeta, weight_unsupported_reason
 
     s = parse_spec(spec)
-    check = getattr(get_backend(backend), "weight_unsupported_reason", None)
-    return None if check is None else check(WeightMeta(64, 64, s.weight_bits, s.sparse))
+    return weight_unsupported_reason(backend, WeightMeta(64, 64, s.weight_bits, s.sparse))
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -552,8 +551,7 @@ def run(args) -> dict:
     peak = common.card_peak(env["gpu"], args.peak_tops, args.peak_gbps) if env.get("gpu") else None
     outdir = common.results_dir(args.out, env)
     reasons = common.backend_status(device)
-    backends = args.backends.split(",") if args.backends else (["cuda", "triton"] if device.type == "cuda"
-                                                                 else ["reference", "triton"])
+    backends = common.our_backends(args.backends, device)
     specs = args.specs.split(",") if args.specs else list(QUICK_SPECS if args.quick and not smoke else SPECS)
     if smoke:
         shapes = dict(SMOKE_SHAPES)
@@ -571,6 +569,7 @@ def run(args) -> dict:
                      else p.name not in OPT_IN_PROVIDERS)]
     warmup, rep = (10, 30) if args.quick or smoke else (25, 100)
     warmup, rep = args.warmup_ms or warmup, args.rep_ms or rep
+    why_not = {p.name: unavailable(p, device, reasons) for p in providers}
     result = {
         "benchmark": "gemm", "environment": env, "smoke": smoke,
         "peak": None if peak is None else vars(peak),
@@ -583,7 +582,7 @@ def run(args) -> dict:
         "tolerances": {"op": {"rtol": OP_RTOL, "atol_frac_of_max": OP_ATOL},
                        "float": {"rtol": FLOAT_RTOL, "atol_frac_of_max": FLOAT_ATOL}},
         "providers": [{"name": p.name, "label": p.label, "kind": p.kind, "mode": p.mode,
-                       "unavailable": unavailable(p, device, reasons)} for p in providers],
+                       "unavailable": why_not[p.name]} for p in providers],
         "records": [], "complete": False,
     }
     path = outdir / "gemm.json"
@@ -596,7 +595,6 @@ def run(args) -> dict:
     except ImportError:  # pragma: no cover
         tqdm = None
     bar = tqdm(total=total, desc="gemm", disable=None, file=sys.stderr) if tqdm else None
-    why_not = {p.name: unavailable(p, device, reasons) for p in providers}
     aborted = None
     try:
         for (n, k), where in shapes.items():
@@ -633,14 +631,8 @@ def run(args) -> dict:
     # Smoke numbers (CPU, interpreter) say nothing about the goals: leave them unevaluated.
     result["goals"] = [] if smoke else evaluate_goals(result["records"])
     result["complete"] = "stopped" not in result and not aborted
-    common.write_json(path, result)
-    if not args.no_plots:
-        from benchmarks import plots
-
-        result["plots"] = [str(p.name) for p in plots.plot_gemm(result, outdir)]
-        common.write_json(path, result)
-    print(format_table(result))
-    logger.info("wrote %s", path)
+    common.finish_results(path, outdir, result, plot=None if args.no_plots else plots.plot_gemm,
+                          table=format_table)
     return result
 
 
@@ -675,7 +667,7 @@ def measure(prov: Provider, problem: Problem, m: int, rec: dict, device, peak, w
     except common.TimeBoxExpired:
         raise
     except Exception as exc:  # noqa: BLE001 - one provider's failure must not end the run
-        rec.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        rec.update(status="failed", reason=common.error_line(exc))
         logger.error("%s %dx%d M=%d failed: %s", prov.name, problem.n, problem.k, m, rec["reason"])
         if device.type == "cuda":
             try:  # a sticky CUDA error (illegal address, ...) poisons every later call: stop measuring

@@ -191,11 +191,35 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def error_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` for a record's reason (the message may be empty)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def add_output_args(p) -> None:
     """The output options every results-writing benchmark shares (see :func:`results_dir`)."""
     p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def our_backends(text: str | None, device: torch.device) -> list[str]:
+    """``--backends`` as a list; by default cuda,triton on a GPU and reference,triton on a CPU."""
+    if text:
+        return text.split(",")
+    return ["cuda", "triton"] if device.type == "cuda" else ["reference", "triton"]
+
+
+def finish_results(path: Path, outdir: Path, result: dict, *, plot: Callable | None,
+                   table: Callable[[dict], str]) -> None:
+    """Write the results JSON, then (``plot`` given) the plots and the JSON again listing them; print the table."""
+    write_json(path, result)
+    if plot is not None:
+        result["plots"] = [p.name for p in plot(result, outdir)]
+        write_json(path, result)
+    print(table(result))
+    logger.info("wrote %s", path)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -98,8 +98,9 @@ def gemm_lines(g: dict, markdown: bool = False) -> list[str]:
     for why, names in grouped.items():
         out.append(f"  unavailable: {', '.join(names)}: {why}"[:300])
     point_reasons: dict[str, list[dict]] = {}  # providers that run, but not at some points (shape rules...)
+    never_run = {name for names in grouped.values() for name in names}
     for r in recs:
-        if r["status"] == "unavailable" and r["provider"] not in sum(grouped.values(), []):
+        if r["status"] == "unavailable" and r["provider"] not in never_run:
             point_reasons.setdefault(r["provider"], []).append(r)
     for name, rows in point_reasons.items():
         out.append(f"  unavailable at {len(rows)} points: {name}, e.g. {rows[0]['shape']} M={rows[0]['m']}: "

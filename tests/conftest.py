@@ -14,10 +14,10 @@ import random
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
 HAS_GPU = torch.cuda.is_available()
+
+if not HAS_GPU:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Under pytest-xdist each worker gets one intra-op thread: two workers with two threads each on a
 # 2-core CI machine oversubscribe it and make small-model tests several times slower.
