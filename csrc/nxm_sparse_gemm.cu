@@ -18,17 +18,30 @@ using Cfg3 = GemmConfig<128, 128, 4, 2, 3>;
 constexpr int kNumConfigs = 4;
 constexpr int kBN[kNumConfigs] = {Cfg0::BN, Cfg1::BN, Cfg2::BN, Cfg3::BN};
 constexpr int kBM[kNumConfigs] = {Cfg0::BM, Cfg1::BM, Cfg2::BM, Cfg3::BM};
+constexpr bool kSplitK[kNumConfigs] = {Cfg0::kSplitK, Cfg1::kSplitK, Cfg2::kSplitK, Cfg3::kSplitK};
+
+// The launch grid of configuration `cfg` (x: weight-row tiles, y: token tiles). nxm_gemm_select sizes
+// the split-K counters from the same numbers the kernel indexes them by (blockIdx.y * gridDim.x + x).
+dim3 tile_grid(int cfg, int M, int N, int splits = 1) {
+  return dim3(ceil_div(N, kBN[cfg]), ceil_div(M, kBM[cfg]), splits);
+}
+
+// The problem-size rules of the prepared layout (cuda_layout.py): Np, KP padded to 128.
+bool bad_dims(int M, int N, int Np, int KP) {
+  return M < 1 || N < 1 || Np < N || Np % 128 || KP < 128 || KP % 128;
+}
 
 template <class Cfg, bool W4>
 int launch(const NxmGemmParams& p, cudaStream_t stream) {
   constexpr int smem = Cfg::template Smem<W4>::kTotal;
   static_assert(Cfg::template Smem<W4>::kOut <= Cfg::template Smem<W4>::kTotal, "staging must fit");
   auto kernel = sparse_gemm_kernel<Cfg, W4>;
-  // Opt in to more than 48 KB of dynamic shared memory (idempotent; cheap after the first call).
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (err != cudaSuccess) return static_cast<int>(err);
-  const dim3 grid((p.N + Cfg::BN - 1) / Cfg::BN, (p.M + Cfg::BM - 1) / Cfg::BM, p.splits);
-  kernel<<<grid, Cfg::kThreads, smem, stream>>>(p);
+  // Opt in to more than 48 KB of dynamic shared memory (per device, idempotent), only where needed.
+  if constexpr (smem > 48 * 1024) {
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return static_cast<int>(err);
+  }
+  kernel<<<tile_grid(p.config, p.M, p.N, p.splits), Cfg::kThreads, smem, stream>>>(p);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -55,20 +68,20 @@ int quantize(const void* x, int M, int K, long long ldx, int KP, int8_t* xq, flo
 
 extern "C" int nxm_gemm_select(int M, int Np, int N, int KP, int sm_count, int* config, int* splits,
                                int* stages_per_split, int* num_tiles) {
-  if (M < 1 || N < 1 || Np < N || Np % 128 || KP < 128 || KP % 128 || sm_count < 1) return NXM_ERR_ARGUMENT;
+  if (nxm::bad_dims(M, N, Np, KP) || sm_count < 1) return NXM_ERR_ARGUMENT;
   // 128 x 128 tiles only when there are enough of them to fill the GPU; otherwise 64 x 64 tiles
   // (which may also split K) keep every multiprocessor busy.
-  const long long big_tiles = (long long)((N + nxm::kBN[3] - 1) / nxm::kBN[3]) * ((M + nxm::kBM[3] - 1) / nxm::kBM[3]);
+  const dim3 big = nxm::tile_grid(3, M, N);
+  const long long big_tiles = (long long)big.x * big.y;
   const int cfg = M <= 16 ? 0 : M <= 32 ? 1 : (M > 256 && big_tiles >= sm_count) ? 3 : 2;
-  const int tiles_n = (N + nxm::kBN[cfg] - 1) / nxm::kBN[cfg];
-  const int tiles_m = (M + nxm::kBM[cfg] - 1) / nxm::kBM[cfg];
-  const int tiles = tiles_n * tiles_m;
+  const dim3 grid = nxm::tile_grid(cfg, M, N);
+  const int tiles = grid.x * grid.y;
   const int ks_total = KP / nxm::kStageK;
   // Split K (small-M configurations) until about two CTAs per multiprocessor are streaming, keeping
   // >= 2 stages per split so the cp.async ring still overlaps copies with math.
-  int s = cfg == 3 ? 1 : std::max(1, std::min((2 * sm_count) / tiles, ks_total / 2));
-  const int per = (ks_total + s - 1) / s;
-  s = (ks_total + per - 1) / per;  // no empty splits
+  int s = !nxm::kSplitK[cfg] ? 1 : std::max(1, std::min((2 * sm_count) / tiles, ks_total / 2));
+  const int per = nxm::ceil_div(ks_total, s);
+  s = nxm::ceil_div(ks_total, per);  // no empty splits
   *config = cfg;
   *splits = s;
   *stages_per_split = per;
@@ -78,17 +91,17 @@ extern "C" int nxm_gemm_select(int M, int Np, int N, int KP, int sm_count, int* 
 
 extern "C" int nxm_sparse_gemm(const NxmGemmParams* p, cudaStream_t stream) {
   if (!p || !p->xq || !p->w_values || !p->w_meta || !p->out) return NXM_ERR_ARGUMENT;
-  if (p->M < 1 || p->N < 1 || p->Np < p->N || p->Np % 128 || p->KP < 128 || p->KP % 128) return NXM_ERR_ARGUMENT;
+  if (nxm::bad_dims(p->M, p->N, p->Np, p->KP)) return NXM_ERR_ARGUMENT;
   if (p->config < 0 || p->config >= nxm::kNumConfigs || p->splits < 1 || p->stages_per_split < 1)
     return NXM_ERR_ARGUMENT;
   if ((long long)p->splits * p->stages_per_split < p->KP / nxm::kStageK) return NXM_ERR_ARGUMENT;
-  if (p->splits > 1 && (!p->workspace || !p->counters || p->config == 3)) return NXM_ERR_ARGUMENT;
+  if (p->splits > 1 && (!p->workspace || !p->counters || !nxm::kSplitK[p->config])) return NXM_ERR_ARGUMENT;
   if (p->out_kind != NXM_OUT_INT32 && (!p->x_scale || !p->w_scale)) return NXM_ERR_ARGUMENT;
   if (p->ldo < p->N) return NXM_ERR_ARGUMENT;
   if ((reinterpret_cast<uintptr_t>(p->xq) | reinterpret_cast<uintptr_t>(p->w_values) |
        reinterpret_cast<uintptr_t>(p->w_meta)) & 15)
     return NXM_ERR_ALIGNMENT;
-  if ((p->M + nxm::kBM[p->config] - 1) / nxm::kBM[p->config] > 65535) return NXM_ERR_ARGUMENT;
+  if (nxm::tile_grid(p->config, p->M, p->N).y > 65535) return NXM_ERR_ARGUMENT;
   return p->w4 ? nxm::dispatch<true>(*p, stream) : nxm::dispatch<false>(*p, stream);
 }
 

@@ -61,6 +61,15 @@ namespace nxm {
 
 constexpr int kStageK = 128;  // dense K per pipeline stage (two mma k64 steps)
 
+constexpr __host__ __device__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
+
+// Address of 16-byte chunk `ch` of token row `row` in a stage's B tile at `tile`: the XOR swizzle of
+// the header comment. The cp.async store and the ldmatrix read must agree, so both use this.
+template <typename T>
+__device__ __forceinline__ T* b_swizzled(T* tile, int row, int ch) {
+  return tile + row * kStageK + ((ch ^ (row & 7)) << 4);
+}
+
 template <int BN_, int BM_, int WARPS_N_, int WARPS_M_, int STAGES_>
 struct GemmConfig {
   static constexpr int BN = BN_, BM = BM_, WARPS_N = WARPS_N_, WARPS_M = WARPS_M_, STAGES = STAGES_;
@@ -147,27 +156,27 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
   const int ks_end = min(ks_total, ks_begin + p.stages_per_split);
   const int n_ks = max(0, ks_end - ks_begin);
 
+  // Index of (this CTA's 16-row tile t, stage ks) in the prepared layout's [Np/16][KP/128] tile grid.
+  auto a_tile = [&](int t, int ks) { return (size_t)(n0 / 16 + t) * ks_total + ks; };
   // Issue the cp.async copies of stage `ks` (global K offset ks * 128) into ring slot `slot`.
   auto load_stage = [&](int ks, int slot) {
     uint8_t* s = smem + slot * S::kStage;
     // A values: BN/16 row tiles, each one contiguous run of kRun bytes in the prepared layout.
     for (int c = tid; c < S::kAValues / 16; c += kThreads) {
       const int t = c / (kRun / 16), off = (c % (kRun / 16)) * 16;
-      const uint8_t* src = p.w_values + ((size_t)(n0 / 16 + t) * ks_total + ks) * kRun + off;
-      cp_async16(s + t * kRun + off, src, 16);
+      cp_async16(s + t * kRun + off, p.w_values + a_tile(t, ks) * kRun + off, 16);
     }
     // A metadata: BN/16 row tiles x 256 contiguous bytes (two k64 steps x 32 lanes x 4 bytes).
     for (int c = tid; c < S::kAMeta / 16; c += kThreads) {
       const int t = c / 16, off = (c % 16) * 16;
-      const uint8_t* src =
-          reinterpret_cast<const uint8_t*>(p.w_meta) + ((size_t)(n0 / 16 + t) * ks_total + ks) * 256 + off;
+      const uint8_t* src = reinterpret_cast<const uint8_t*>(p.w_meta) + a_tile(t, ks) * 256 + off;
       cp_async16(s + S::kAValues + t * 256 + off, src, 16);
     }
     // B: BM token rows x 8 chunks of 16 bytes, XOR-swizzled (see the header comment).
     for (int c = tid; c < Cfg::BM * 8; c += kThreads) {
       const int r = c >> 3, ch = c & 7, m = m0 + r;
       const int8_t* src = p.xq + (size_t)min(m, p.M - 1) * p.KP + ks * kStageK + ch * 16;
-      cp_async16(s + S::kAValues + S::kAMeta + r * kStageK + ((ch ^ (r & 7)) << 4), src, m < p.M ? 16 : 0);
+      cp_async16(b_swizzled(s + S::kAValues + S::kAMeta, r, ch), src, m < p.M ? 16 : 0);
     }
   };
 
@@ -226,7 +235,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
         uint32_t b[4];
         const int row = warp_m * Cfg::WM + fm * 8 + (lane & 7);
         const int ch = kk * 4 + (lane >> 3);
-        ldmatrix_x4(b, sb + row * kStageK + ((ch ^ (row & 7)) << 4));
+        ldmatrix_x4(b, b_swizzled(sb, row, ch));
 #pragma unroll
         for (int fn = 0; fn < FN; ++fn) mma_sp_16864(acc[fn][fm], a[fn], b, e[fn]);
       }
@@ -243,6 +252,8 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
   // thread's loads together instead of waiting for each one in turn (a chain of L2 round trips).
   auto m_ok = [&](int fm, int q) { return m0 + tok_of(fm, q) < p.M; };
   auto m_clamped = [&](int fm, int q) { return min(m0 + tok_of(fm, q), p.M - 1); };
+  // Element (token m, local weight row of (fn, q)) of one split's [M][Np] int32 workspace at `ws`.
+  auto ws_at = [&](auto* ws, int m, int fn, int q) { return ws + (size_t)m * p.Np + n0 + row_of(fn, q); };
 
   // ---- split-K (small-M configurations only): publish partials; the last split of this tile reduces
   // them and continues. Large tiles fill the GPU without it and need the registers for accumulators.
@@ -255,7 +266,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
       for (int fm = 0; fm < FM; ++fm)
 #pragma unroll
         for (int q = 0; q < 4; ++q)
-          if (m_ok(fm, q)) __stcg(ws + (size_t)(m0 + tok_of(fm, q)) * p.Np + n0 + row_of(fn, q), acc[fn][fm][q]);
+          if (m_ok(fm, q)) __stcg(ws_at(ws, m0 + tok_of(fm, q), fn, q), acc[fn][fm][q]);
     __threadfence();
     __syncthreads();
     const int tile = blockIdx.y * gridDim.x + blockIdx.x;
@@ -272,7 +283,7 @@ __global__ void __launch_bounds__(Cfg::kThreads, 1) sparse_gemm_kernel(const Nxm
 #pragma unroll
         for (int fm = 0; fm < FM; ++fm)
 #pragma unroll
-          for (int q = 0; q < 4; ++q) part[fm][q] = __ldcg(wo + (size_t)m_clamped(fm, q) * p.Np + n0 + row_of(fn, q));
+          for (int q = 0; q < 4; ++q) part[fm][q] = __ldcg(ws_at(wo, m_clamped(fm, q), fn, q));
 #pragma unroll
         for (int fm = 0; fm < FM; ++fm)
 #pragma unroll
