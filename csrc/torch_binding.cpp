@@ -42,46 +42,7 @@ void check_weights(const torch::Tensor& values, const torch::Tensor& meta, const
   TORCH_CHECK(meta.numel() == np * kp / 32, "meta size does not match the prepared shape");
 }
 
-// Runs the GEMM. `zero_counters_in_quantizer` tells whether the quantizer launched just before already
-// zeroed the split-K counters (saves a memset launch on the latency-critical small-M path).
-torch::Tensor run_gemm(const torch::Tensor& xq, const float* x_scale, const torch::Tensor& values,
-                       const torch::Tensor& meta, const torch::Tensor& w_scale, const c10::optional<torch::Tensor>& bias,
-                       int64_t n, bool w4, int out_kind, at::ScalarType out_dtype, int64_t act, int32_t* counters,
-                       const torch::Tensor& workspace, int config, int splits, int per) {
-  const int64_t m = xq.size(0), kp = xq.size(1), np = w_scale.size(0);
-  auto out = torch::empty({m, n}, xq.options().dtype(out_dtype));
-  NxmGemmParams p{};
-  p.xq = xq.data_ptr<int8_t>();
-  p.x_scale = x_scale;
-  p.w_values = values.data_ptr<uint8_t>();
-  p.w_meta = reinterpret_cast<const uint32_t*>(meta.data_ptr<int32_t>());
-  p.w_scale = w_scale.data_ptr<float>();
-  p.bias = nullptr;
-  p.bias_kind = NXM_BIAS_NONE;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->is_cuda() && bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
-                "bias must be a contiguous CUDA vector of length N");
-    p.bias = bias->data_ptr();
-    p.bias_kind = kind_of(bias->scalar_type());
-  }
-  p.out = out.data_ptr();
-  p.workspace = splits > 1 ? workspace.data_ptr<int32_t>() : nullptr;
-  p.counters = counters;
-  p.M = static_cast<int>(m);
-  p.N = static_cast<int>(n);
-  p.KP = static_cast<int>(kp);
-  p.Np = static_cast<int>(np);
-  p.ldo = static_cast<int>(n);
-  p.w4 = w4 ? 1 : 0;
-  p.out_kind = out_kind;
-  p.act = static_cast<int>(act);
-  p.config = config;
-  p.splits = splits;
-  p.stages_per_split = per;
-  check_status(nxm_sparse_gemm(&p, c10::cuda::getCurrentCUDAStream()), "nxm sparse GEMM");
-  return out;
-}
-
+// The kernel configuration and split-K workspace of one GEMM (nxm_gemm_select).
 struct Plan {
   int config, splits, per, tiles;
   torch::Tensor workspace;  // partials then counters (int32)
@@ -101,6 +62,59 @@ Plan plan_for(int64_t m, int64_t n, int64_t np, int64_t kp, const torch::Tensor&
   return pl;
 }
 
+// Quantizes x per token into fresh (codes [M, KP], scales [M]); also zeroes `zero_count` split-K
+// counters of the GEMM that follows (saves a memset launch on the latency-critical small-M path).
+std::pair<torch::Tensor, torch::Tensor> quantize(const torch::Tensor& x, int64_t kp, int32_t* zero, int zero_count) {
+  const int64_t m = x.size(0);
+  auto xq = torch::empty({m, kp}, x.options().dtype(at::kChar));
+  auto xs = torch::empty({m}, x.options().dtype(at::kFloat));
+  if (m > 0)
+    check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m),
+                                   static_cast<int>(x.size(1)), x.stride(0), static_cast<int>(kp),
+                                   xq.data_ptr<int8_t>(), xs.data_ptr<float>(), zero, zero_count,
+                                   c10::cuda::getCurrentCUDAStream()),
+                 "nxm activation quantizer");
+  return {xq, xs};
+}
+
+// Runs the GEMM planned by `pl`; its split-K counters must be zero already.
+torch::Tensor run_gemm(const torch::Tensor& xq, const float* x_scale, const torch::Tensor& values,
+                       const torch::Tensor& meta, const torch::Tensor& w_scale, const c10::optional<torch::Tensor>& bias,
+                       int64_t n, bool w4, int out_kind, at::ScalarType out_dtype, int64_t act, const Plan& pl) {
+  const int64_t m = xq.size(0), kp = xq.size(1), np = w_scale.size(0);
+  auto out = torch::empty({m, n}, xq.options().dtype(out_dtype));
+  NxmGemmParams p{};
+  p.xq = xq.data_ptr<int8_t>();
+  p.x_scale = x_scale;
+  p.w_values = values.data_ptr<uint8_t>();
+  p.w_meta = reinterpret_cast<const uint32_t*>(meta.data_ptr<int32_t>());
+  p.w_scale = w_scale.data_ptr<float>();
+  p.bias = nullptr;
+  p.bias_kind = NXM_BIAS_NONE;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->is_cuda() && bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
+                "bias must be a contiguous CUDA vector of length N");
+    p.bias = bias->data_ptr();
+    p.bias_kind = kind_of(bias->scalar_type());
+  }
+  p.out = out.data_ptr();
+  p.workspace = pl.splits > 1 ? pl.workspace.data_ptr<int32_t>() : nullptr;
+  p.counters = pl.counters();
+  p.M = static_cast<int>(m);
+  p.N = static_cast<int>(n);
+  p.KP = static_cast<int>(kp);
+  p.Np = static_cast<int>(np);
+  p.ldo = static_cast<int>(n);
+  p.w4 = w4 ? 1 : 0;
+  p.out_kind = out_kind;
+  p.act = static_cast<int>(act);
+  p.config = pl.config;
+  p.splits = pl.splits;
+  p.stages_per_split = pl.per;
+  check_status(nxm_sparse_gemm(&p, c10::cuda::getCurrentCUDAStream()), "nxm sparse GEMM");
+  return out;
+}
+
 }  // namespace
 
 // x[M, K] (fp16/bf16/fp32, unit column stride) -> y[M, N] in x's dtype.
@@ -110,17 +124,10 @@ torch::Tensor linear(const torch::Tensor& x, const torch::Tensor& values, const 
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1 && x.size(1) == k, "x must be a CUDA [M, K] tensor");
   check_weights(values, meta, w_scale, kp, w4);
   c10::cuda::CUDAGuard guard(x.device());
-  const int64_t m = x.size(0);
-  auto xq = torch::empty({m, kp}, x.options().dtype(at::kChar));
-  auto xs = torch::empty({m}, x.options().dtype(at::kFloat));
-  Plan pl = plan_for(m, n, w_scale.size(0), kp, x);
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m), static_cast<int>(k),
-                                 x.stride(0), static_cast<int>(kp), xq.data_ptr<int8_t>(), xs.data_ptr<float>(),
-                                 pl.counters(), pl.splits > 1 ? pl.tiles : 0, stream),
-               "nxm activation quantizer");
+  Plan pl = plan_for(x.size(0), n, w_scale.size(0), kp, x);
+  auto [xq, xs] = quantize(x, kp, pl.counters(), pl.splits > 1 ? pl.tiles : 0);
   return run_gemm(xq, xs.data_ptr<float>(), values, meta, w_scale, bias, n, w4, kind_of(x.scalar_type()),
-                  x.scalar_type(), act, pl.counters(), pl.workspace, pl.config, pl.splits, pl.per);
+                  x.scalar_type(), act, pl);
 }
 
 // xq[M, KP] int8 (already padded) -> raw int32 accumulators [M, N].
@@ -136,23 +143,14 @@ torch::Tensor int_mm(const torch::Tensor& xq, const torch::Tensor& values, const
     cudaError_t err = cudaMemsetAsync(pl.counters(), 0, sizeof(int32_t) * pl.tiles, c10::cuda::getCurrentCUDAStream());
     check_status(static_cast<int>(err), "nxm split-K counters");
   }
-  return run_gemm(xq, nullptr, values, meta, w_scale, c10::nullopt, n, w4, NXM_OUT_INT32, at::kInt, NXM_ACT_NONE,
-                  pl.counters(), pl.workspace, pl.config, pl.splits, pl.per);
+  return run_gemm(xq, nullptr, values, meta, w_scale, c10::nullopt, n, w4, NXM_OUT_INT32, at::kInt, NXM_ACT_NONE, pl);
 }
 
 // x[M, K] -> (codes int8 [M, KP], scale float32 [M]).
 std::vector<torch::Tensor> quantize_rows(const torch::Tensor& x, int64_t kp) {
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "x must be a CUDA [M, K] tensor with unit stride");
   c10::cuda::CUDAGuard guard(x.device());
-  const int64_t m = x.size(0);
-  auto xq = torch::empty({m, kp}, x.options().dtype(at::kChar));
-  auto xs = torch::empty({m}, x.options().dtype(at::kFloat));
-  if (m > 0)
-    check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m),
-                                   static_cast<int>(x.size(1)), x.stride(0), static_cast<int>(kp),
-                                   xq.data_ptr<int8_t>(), xs.data_ptr<float>(), nullptr, 0,
-                                   c10::cuda::getCurrentCUDAStream()),
-                 "nxm activation quantizer");
+  auto [xq, xs] = quantize(x, kp, nullptr, 0);
   return {xq, xs};
 }
 
