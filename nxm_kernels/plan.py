@@ -126,6 +126,24 @@ class Plan:
             raise ValueError(f"plan JSON must be an object mapping patterns to specs, got {type(data).__name__}")
         return cls(data)
 
+    @classmethod
+    def coerce(cls, plan: "Plan | Mapping[str, str] | Iterable[tuple[str, str]] | str") -> "Plan":
+        """The one way a user-supplied plan becomes a :class:`Plan`.
+
+        A :class:`Plan` is returned as is; text starting with ``{`` or ending in ``.json`` is plan JSON
+        or a path to a JSON file (:meth:`from_json`); any other string is one spec for every layer; a
+        ``{pattern: spec}`` mapping or a list/tuple of ``(pattern, spec)`` pairs is read as entries.
+        Anything else is a ``TypeError``.
+        """
+        if isinstance(plan, Plan):
+            return plan
+        if isinstance(plan, str) and (plan.lstrip().startswith("{") or plan.endswith(".json")):
+            return cls.from_json(plan)
+        if isinstance(plan, (str, Mapping, list, tuple)):
+            return cls(plan)
+        raise TypeError(f"plan must be a Plan, a {{pattern: spec}} mapping, a list of (pattern, spec) pairs, "
+                        f"a spec string, plan JSON or a path to a .json file, got {type(plan).__name__}")
+
     def __eq__(self, other) -> bool:
         return isinstance(other, Plan) and self.to_dict() == other.to_dict()
 

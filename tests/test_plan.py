@@ -158,3 +158,27 @@ def test_equality_and_repr():
     assert Plan({"*": "fp"}) != Plan({"*": "2:4-w8a8"})
     assert Plan({"*": "fp"}) != {"*": "fp"}
     assert repr(Plan({"ffn1": "dense-w8a8"})) == "Plan({'ffn1': 'dense-w8a8'})"
+
+
+def test_coerce_accepts_every_plan_form(tmp_path):
+    want = Plan({"*": "2:4-w8a8", "ffn2": "dense-w8a8"})
+    path = tmp_path / "plan.json"
+    want.to_json(path)
+    assert Plan.coerce(want) is want
+    for plan in (want.to_dict(), list(want.to_dict().items()), tuple(want.to_dict().items()), want.to_json(),
+                 "  " + want.to_json(), str(path)):
+        assert Plan.coerce(plan) == want, plan
+    assert Plan.coerce("2:4-w8a8") == Plan({"*": "2:4-w8a8"})
+
+
+@pytest.mark.parametrize("plan,exc,match", [
+    (3, TypeError, "plan must be a Plan"),
+    (None, TypeError, "plan must be a Plan"),
+    (b'{"*": "fp"}', TypeError, "plan must be a Plan"),
+    ("no_such_file.json", ValueError, "plan must be a JSON object or a path to one"),
+    ("{not json", ValueError, "plan is not valid JSON"),
+    ("2:4", ValueError, "spec must look like"),
+])
+def test_coerce_errors(plan, exc, match):
+    with pytest.raises(exc, match=match):
+        Plan.coerce(plan)

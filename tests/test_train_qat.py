@@ -112,6 +112,15 @@ def test_prepare_qat_follows_the_plan():
         prepare_qat(tiny_bert(), {"layer.9.ffn1": "2:4-w8a8"})
 
 
+def test_prepare_qat_reads_a_plan_json_path(tmp_path):
+    # The docstring promises a JSON path works; it used to be read as a spec string (ValueError).
+    path = tmp_path / "plan.json"
+    path.write_text('{"*": "2:4-w8a8", "ffn2": "dense-w4a8"}')
+    layers = prepare_qat(tiny_bert(), str(path))
+    assert len(layers) == 12 and str(layers["layer.1.ffn2"].spec) == "dense-w4a8"
+    assert str(layers["layer.0.query"].spec) == "2:4-w8a8"
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="fp"):
         QATLinear(8, 8, "fp")

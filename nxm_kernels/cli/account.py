@@ -50,11 +50,8 @@ def model_sites(name: str):
 
 def run_account(args) -> int:
     from ..accounting import account
-    from ..plan import Plan
 
-    plan = args.plan
-    plan = Plan.from_json(plan) if plan.lstrip().startswith("{") or plan.endswith(".json") else Plan(plan)
-    acct = account(model_sites(args.model), plan)
+    acct = account(model_sites(args.model), args.plan)
     print(acct.table(per_layer=args.per_layer))
     if args.json:
         acct.to_json(args.json)

@@ -91,15 +91,17 @@ def run(args) -> int:
 
     from ..glue import encode, evaluate, load_glue, task_info
     from ..io import save_compressed
-    from ..models.bert import as_plan
+    from ..plan import Plan
     from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
 
     task = task_info(args.task)
     for flag, path in (("--model", args.model), ("--teacher", args.teacher)):
         if path is not None and not Path(path).is_dir():
             raise FileNotFoundError(f"{flag} must be a model directory, got {path!r}")
-    plan = as_plan(args.plan) if args.plan.lstrip().startswith("{") or not Path(args.plan).is_file() \
-        else as_plan(Path(args.plan).read_text())
+    plan_text = args.plan  # a plan file may have any name (its text is JSON or a spec)
+    if not plan_text.lstrip().startswith("{") and Path(plan_text).is_file():
+        plan_text = Path(plan_text).read_text()
+    plan = Plan.coerce(plan_text)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)

@@ -66,17 +66,9 @@ def plan_label(plan) -> str:
 
 
 def _parse_plans(values):
-    from ..models.bert import as_plan
     from ..plan import Plan
 
-    plans = []
-    for text in values or DEFAULT_PLANS:
-        text = text.strip()
-        if text.startswith("{") or text.endswith(".json"):
-            plans.append(Plan.from_json(text))
-        else:
-            plans.append(as_plan(text))
-    return plans
+    return [Plan.coerce(text.strip()) for text in values or DEFAULT_PLANS]
 
 
 def _device(name: str) -> torch.device:

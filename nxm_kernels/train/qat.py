@@ -236,8 +236,7 @@ def prepare_qat(model: nn.Module, plan, *, strict: bool = True) -> dict[str, QAT
     synchronized weights (and :class:`~nxm_kernels.train.admm.ADMM` re-broadcasts them from rank 0 at
     every update), so DDP need not send two weight copies per step.
     """
-    if not isinstance(plan, Plan):
-        plan = Plan.from_json(plan) if isinstance(plan, str) and plan.lstrip().startswith("{") else Plan(plan)
+    plan = Plan.coerce(plan)
     sites = bert_linears(model)
     if any(isinstance(s.module, QATLinear) for s in sites):
         raise ValueError("model already holds QATLinear layers (prepare_qat was called before)")
