@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .._checks import check_choice
+
 __all__ = ["MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
            "load_builtin", "tiny_bert_config", "mean_pool"]
 
@@ -100,8 +102,7 @@ class BuiltinModel:
 
 def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
     """Load a built-in model (see the module docstring) in float32, eval mode, on the CPU."""
-    if name not in MODELS:
-        raise ValueError(f"name must be one of {MODELS}, got {name!r}")
+    check_choice("name", name, MODELS)
     if name == "auto":
         name = "minilm" if minilm_available() else "tiny"
     if name == "minilm":

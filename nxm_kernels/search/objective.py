@@ -26,6 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import check_choice
+
 __all__ = ["OBJECTIVES", "Evaluator", "check_batches", "fingerprint_model", "fingerprint_batches"]
 
 logger = logging.getLogger(__name__)
@@ -98,8 +100,7 @@ class Evaluator:
                  objective: str = "divergence", metric_fn: Callable | None = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        check_choice("objective", objective, OBJECTIVES)
         if objective == "metric" and not callable(metric_fn):
             raise ValueError("objective 'metric' needs metric_fn(logits, labels) -> float (higher is better)")
         self.objective = objective

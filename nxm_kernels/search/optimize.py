@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from .._checks import check_choice
 from .._json import dump_json
 from ..accounting import FP16_BYTES, FP32_BYTES, account, layer_shapes, nominal_bits, weight_nbytes
 from ..plan import COMPONENTS, Plan
@@ -220,8 +221,7 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str 
         raise TypeError(f"sensitivity must be a Sensitivity, got {type(sensitivity).__name__}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not (0.0 <= target < 1.0):
         raise ValueError(f"target must be a compression ratio in [0, 1) (e.g. 0.875), got {target!r}")
-    if ratio not in RATIO_KINDS:
-        raise ValueError(f"ratio must be one of {RATIO_KINDS}, got {ratio!r}")
+    check_choice("ratio", ratio, RATIO_KINDS)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
     kind = "true-fp32" if ratio == "true" else ratio

@@ -37,6 +37,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from .._checks import check_choice
 from .._json import dump_json
 from ..models.bert import bert_linears
 from ..plan import COMPONENTS, Plan
@@ -124,8 +125,7 @@ def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec]
 # ------------------------------------------------------------------------------- groups
 def group_sites(names: Iterable[str], granularity: str = "component") -> dict[str, list[str]]:
     """``{group: [layer names]}``: per component type (``query`` ...) or one group per layer."""
-    if granularity not in GRANULARITIES:
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    check_choice("granularity", granularity, GRANULARITIES)
     names = list(names)
     if granularity == "layer":
         return {n: [n] for n in names}
@@ -279,8 +279,7 @@ def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = D
             specs.append(str(s))
     if not specs:
         raise ValueError(f"candidates must name at least one spec other than 'fp', got {list(candidates)!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    check_choice("mode", mode, MODES)
     batches = check_batches(batches)
     sites = bert_linears(model)
     groups = group_sites([s.name for s in sites], granularity)
