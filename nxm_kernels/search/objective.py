@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .._checks import check_choice
+from ..models.zoo import mean_pool
 
 __all__ = ["OBJECTIVES", "Evaluator", "check_batches", "fingerprint_model", "fingerprint_batches"]
 
@@ -80,14 +81,6 @@ def fingerprint_batches(batches: list[dict]) -> str:
     return h.hexdigest()
 
 
-def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over real tokens (sentence-transformers' pooling), plain mean without a mask."""
-    if mask is None:
-        return hidden.mean(dim=1)
-    m = mask.to(hidden.dtype).unsqueeze(-1)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
 class Evaluator:
     """Scores models on a fixed sample against the uncompressed model's outputs (see module docstring).
 
@@ -133,9 +126,10 @@ class Evaluator:
                     if hidden is None:
                         raise ValueError(f"{type(model).__name__} returned neither logits nor last_hidden_state; "
                                          "the search needs a Hugging Face encoder or task model")
-                    mask = b.get("attention_mask")
-                    rec["pooled"] = _mean_pool(hidden.detach().float(),
-                                               None if mask is None else mask.to(hidden.device)).cpu()
+                    hidden, mask = hidden.detach().float(), b.get("attention_mask")
+                    # Mean over real tokens (sentence-transformers' pooling), plain mean without a mask.
+                    pooled = hidden.mean(dim=1) if mask is None else mean_pool(hidden, mask.to(hidden.device))
+                    rec["pooled"] = pooled.cpu()
                 loss = getattr(out, "loss", None)
                 if loss is not None:
                     rec["loss"] = float(loss)
