@@ -80,19 +80,11 @@ class QATLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, spec="2:4-w8a8", bias: bool = True, *,
                  name: str = "", device=None, dtype=None):
         super().__init__()
-        spec = parse_spec(spec)
-        if spec.is_fp:
-            raise ValueError("spec 'fp' means 'leave the layer as nn.Linear'; QATLinear needs a compressed spec "
-                             "such as '2:4-w8a8'")
+        self._setup(spec, name, in_features, out_features)
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
         if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
             raise ValueError(f"out_features must be an int >= 1, got {out_features!r}")
-        self.in_features, self.out_features = in_features, out_features
-        self.spec: LayerSpec = spec
-        self.name = str(name)
-        self.quantize_weights = True
-        self.quantize_activations = True
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
@@ -100,6 +92,17 @@ class QATLinear(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
         self._init_state_buffers(self.weight.device)
+
+    def _setup(self, spec, name, in_features: int, out_features: int) -> None:
+        """The attributes both constructors set: the spec (``fp`` refused), name, sizes and fake-quant switches."""
+        spec = parse_spec(spec)
+        if spec.is_fp:
+            raise ValueError("spec 'fp' means 'leave the layer as nn.Linear'; QATLinear needs a compressed spec "
+                             "such as '2:4-w8a8'")
+        self.in_features, self.out_features = in_features, out_features
+        self.spec: LayerSpec = spec
+        self.name = str(name)
+        self.quantize_weights = self.quantize_activations = True
 
     def _init_state_buffers(self, device) -> None:
         self.register_buffer("mask", torch.zeros(0, dtype=torch.bool, device=device))
@@ -117,12 +120,7 @@ class QATLinear(nn.Module):
             raise TypeError(f"linear.weight must be floating point, got {linear.weight.dtype}")
         layer = cls.__new__(cls)
         nn.Module.__init__(layer)
-        spec = parse_spec(spec)
-        if spec.is_fp:
-            raise ValueError("spec 'fp' means 'leave the layer as nn.Linear'; QATLinear needs a compressed spec")
-        layer.in_features, layer.out_features = linear.in_features, linear.out_features
-        layer.spec, layer.name = spec, str(name)
-        layer.quantize_weights = layer.quantize_activations = True
+        layer._setup(spec, name, linear.in_features, linear.out_features)
         layer.weight = linear.weight
         layer.bias = linear.bias
         layer._init_state_buffers(linear.weight.device)
