@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 
 from .._checks import check_choice
-from ..quant import quantize_weight
+from ..quant import fake_quant_weight
 from ..sparsity import prune_nm
 from .qat import QATLinear
 
@@ -86,8 +86,7 @@ def project(v: torch.Tensor, layer: QATLinear, projection: str = "nm") -> torch.
         raise ValueError(f"layer {layer.name or '?'} is dense ({layer.spec}); ADMM needs an N:M pattern")
     z = prune_nm(v.float(), *layer.nm)
     if projection == "nm+quant" and layer.spec.weight_bits:
-        codes, scale = quantize_weight(z, layer.spec.weight_bits)
-        z = codes.float() * scale.unsqueeze(-1)
+        z = fake_quant_weight(z, layer.spec.weight_bits, ste=False)
     return z
 
 
