@@ -45,7 +45,9 @@ STATE_BUFFERS = ("mask", "admm_z", "admm_u", "admm_rho", "admm_updates")
 def _dequantized(v: torch.Tensor, q: int) -> torch.Tensor:
     """``codes * scale`` with the foundation's scale (``quant._row_scales``) and its code rule
     ``clamp(round_half_even(v / scale), -q, q)``, kept in float32 instead of a round trip through
-    int8 (the codes are small integers, exact in float32): the same values with fewer passes."""
+    int8 (the codes are small integers, exact in float32): the same values with fewer passes. Not the
+    same bits everywhere: a code rounded to zero from below stays ``-0.0`` here (``+0.0`` after the
+    int8 round trip; ``torch.equal`` holds), and a NaN/Inf row gives NaN rather than arbitrary codes."""
     scale = _quant._row_scales(v, q)                      # [..., 1] float32
     codes = torch.round(v.float() / scale).clamp_(-q, q)
     return codes.mul_(scale)
@@ -54,7 +56,8 @@ def _dequantized(v: torch.Tensor, q: int) -> torch.Tensor:
 def fake_quant_weight_fast(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """:func:`nxm_kernels.quant.fake_quant_weight` without its NaN check (a device sync every call).
 
-    Same values bit for bit (tested against it and against ``pack``), straight-through gradient.
+    Same values (``torch.equal``; tested against it and against ``pack``; see :func:`_dequantized` for the
+    sign of zero), straight-through gradient.
     """
     return _quant._STE.apply(weight, _dequantized(weight.detach(), qmax(bits)).to(weight.dtype))
 
