@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import statistics
 import tempfile
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
+
+from .._json import dump_json
 
 logger = logging.getLogger(__name__)
 
@@ -96,11 +97,13 @@ def _backends(arg: str | None, device: torch.device) -> list[str]:
         return names
     if device.type == "cpu":
         return ["reference"]  # Triton on a CPU is an interpreter for testing, far too slow to time
-    found = [b for b in ("triton", "cuda") if unavailable_reason(b, device) is None]
+    found = []
     for b in ("triton", "cuda"):
         why = unavailable_reason(b, device)
         if why:
             logger.warning("backend %s is not timed: %s", b, why)
+        else:
+            found.append(b)
     return found or ["reference"]
 
 
@@ -163,8 +166,9 @@ def run(args) -> int:
     steps.set_postfix_str("loading model")
     builtin = load_builtin(args.model)
     base = builtin.model
-    dense_linear_bytes = sum(linear_nbytes(s.module) for s in bert_linears(base))
-    n_linears = len(bert_linears(base))
+    base_sites = bert_linears(base)
+    dense_linear_bytes = sum(linear_nbytes(s.module) for s in base_sites)
+    n_linears = len(base_sites)
     inputs = {k: v.to(device) for k, v in builtin.inputs.items()}
     _, ref_emb = _embed(base, builtin.inputs)          # the float32 CPU reference for fidelity
     steps.update()
@@ -224,10 +228,10 @@ def run(args) -> int:
 
     _print_report(builtin, device, backends, n_linears, dense_linear_bytes, baseline_ms, work_dtype, results, args)
     if args.json:
-        Path(args.json).write_text(json.dumps({
+        dump_json({
             "model": builtin.name, "device": _device_name(device), "torch": torch.__version__,
             "dense_linear_bytes_fp32": dense_linear_bytes, "baseline": {"dtype": str(work_dtype), "latency_ms": baseline_ms},
-            "backends": backends, "results": results}, indent=2) + "\n")
+            "backends": backends, "results": results}, args.json)
     bad = [r["label"] for r in results if not r["reload_exact"]]
     if bad:
         print(f"error: reloading the checkpoint changed the outputs for {bad}")
