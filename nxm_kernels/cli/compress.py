@@ -75,15 +75,6 @@ def _load_model(path: str, task):
     return model
 
 
-def _eval_set(task, data_dir, tokenizer, args):
-    from ..glue import load_glue
-
-    dev = load_glue(task, "dev", data_dir)
-    if args.max_eval_samples:
-        dev = dev.subset(args.max_eval_samples)
-    return dev
-
-
 def run(args) -> int:
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
@@ -110,7 +101,9 @@ def run(args) -> int:
     train = load_glue(task, "train", args.data_dir)
     if args.max_train_samples:
         train = train.subset(args.max_train_samples)
-    dev = _eval_set(task, args.data_dir, tokenizer, args)
+    dev = load_glue(task, "dev", args.data_dir)
+    if args.max_eval_samples:
+        dev = dev.subset(args.max_eval_samples)
     logger.info("task %s: %d training, %d evaluation examples; plan %s", task.name, len(train), len(dev), plan)
 
     t0 = time.time()
