@@ -212,9 +212,8 @@ def _read_hub(task: GlueTask, split: str) -> GlueData:
         raise RuntimeError("no data_dir given and the 'datasets' package is not installed; pass data_dir "
                            "(a folder in the standard GLUE layout) or pip install datasets") from None
     config, dev_split, *fields = task.hub
-    hub_split = dev_split if split in ("dev", "validation", "eval") else split
-    if split == "test" and task.folder == "MNLI":
-        hub_split = "test_matched" if task.name == "mnli" else "test_mismatched"
+    # The hub's evaluation split has its own name; train and test (MNLI's two) are named as the files are.
+    hub_split = dev_split if split in ("dev", "validation", "eval") else _split_file(task, split)
     ds = datasets.load_dataset("nyu-mll/glue", config, split=hub_split)
     labels = None if split == "test" else [float(v) if task.is_regression else int(v) for v in ds["label"]]
     return GlueData(task, split, list(ds[fields[0]]), list(ds[fields[1]]) if len(fields) > 1 else None, labels)

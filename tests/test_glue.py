@@ -106,3 +106,27 @@ def test_encode_pairs_and_labels():
     assert tok.unk_token_id not in feats[0]["input_ids"]  # the fixture vocabulary covers the text
     with pytest.raises(ValueError, match="max_length"):
         encode(d, tok, max_length=2)
+
+
+@pytest.mark.parametrize("task,split,hub_split", [
+    ("sst2", "dev", "validation"), ("sst2", "eval", "validation"), ("sst2", "train", "train"),
+    ("sst2", "test", "test"), ("mnli", "dev", "validation_matched"), ("mnli-mm", "validation", "validation_mismatched"),
+    ("mnli", "test", "test_matched"), ("mnli-mm", "test", "test_mismatched"), ("mnli", "train", "train"),
+])
+def test_hub_split_names(task, split, hub_split, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(path, config, split):
+        calls.append((path, config, split))
+        t = task_info(task)
+        rows = {f: ["a", "b"] for f in t.hub[2:]}
+        rows["label"] = [0, 1]
+        return rows
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    data = load_glue(task, split)
+    assert calls == [("nyu-mll/glue", task_info(task).hub[0], hub_split)]
+    assert len(data) == 2 and (data.labels is None) == (split == "test")
