@@ -29,12 +29,13 @@ demo and the benchmarks can all use it. Layer shapes come in as ``{name: (out, i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
 from ._json import dump_json
-from .format import padded_k
+from .format import packed_shapes
 from .plan import Plan
 from .spec import LayerSpec, parse_spec
 
@@ -92,12 +93,11 @@ def packed_nbytes(shape, spec: "str | LayerSpec") -> dict:
     if s.is_fp or not s.kernel_ready:
         raise ValueError(f"spec must be a packable spec (2:4-w8a8, 2:4-w4a8, dense-w8a8, dense-w4a8) to have "
                          f"a packed size, got {str(s)!r}")
-    n, kp = shape.out_features, padded_k(shape.in_features)
-    kept = kp // 2 if s.sparse else kp          # 2:4 keeps two codes per group of four
-    b = {
-        "values": n * kept * s.weight_bits // 8,  # int4: two codes per byte (kp is a multiple of 16)
-        "metadata": n * kp // 8 if s.sparse else 0,  # 4 bits per group of 4 -> one byte per 8 columns
-        "scales": n * SCALE_BYTES,
+    shapes = packed_shapes(shape.out_features, shape.in_features, s.weight_bits, s.sparse)
+    b = {  # values and metadata hold one byte per element
+        "values": math.prod(shapes["values"]),
+        "metadata": math.prod(shapes["metadata"]) if s.sparse else 0,
+        "scales": math.prod(shapes["scales"]) * SCALE_BYTES,
     }
     b["total"] = sum(b.values())
     return b

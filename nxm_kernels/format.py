@@ -29,7 +29,8 @@ from .quant import quantize_weight
 from .sparsity import check_nm, prune_nm
 from .spec import KERNEL_PATTERNS, WEIGHT_BITS, parse_spec
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "K_ALIGN", "MAX_K", "PackedWeight", "pack", "padded_k"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "K_ALIGN", "MAX_K", "PAD_METADATA_BYTE", "PackedWeight", "pack",
+           "packed_shapes", "padded_k", "values_dtype"]
 
 FORMAT_NAME = "nxm-packed"
 FORMAT_VERSION = 1
@@ -37,10 +38,30 @@ FORMAT_VERSION = 1
 K_ALIGN = 16
 #: |acc| <= 127 * 127 * K must fit in int32.
 MAX_K = 131072
+#: A valid 2:4 metadata byte, offsets ``(0, 1)`` in both of its groups (``0b0100`` per nibble): what
+#: placeholders and padding rows/columns hold.
+PAD_METADATA_BYTE = 0x44
 
 
 def padded_k(k: int) -> int:
     return -(-k // K_ALIGN) * K_ALIGN
+
+
+def values_dtype(bits: int) -> torch.dtype:
+    """The dtype of ``values``: int8 for ``bits=8``, uint8 (two codes per byte) for ``bits=4``."""
+    return torch.int8 if bits == 8 else torch.uint8
+
+
+def packed_shapes(n: int, k: int, bits: int, sparse: bool) -> dict:
+    """Shapes of the packed tensors of a weight ``[n, k]``: ``{"values", "metadata", "scales"}``
+    (``metadata`` is ``None`` when dense). Every element of ``values`` and ``metadata`` is one byte."""
+    kp = padded_k(k)
+    kept = kp // 2 if sparse else kp      # 2:4 keeps two codes per group of four
+    return {
+        "values": (n, kept if bits == 8 else kept // 2),  # int4: two codes per byte
+        "metadata": (n, kp // 8) if sparse else None,     # 4 bits per group of 4: one byte per 8 columns
+        "scales": (n,),
+    }
 
 
 def _check_version(version) -> None:
@@ -145,13 +166,7 @@ class PackedWeight:
         return self.values.device
 
     def expected_shapes(self) -> dict:
-        n, kp = self.shape[0], self.padded_in_features
-        kept = kp // 2 if self.sparse else kp
-        return {
-            "values": (n, kept if self.bits == 8 else kept // 2),
-            "metadata": (n, kp // 8) if self.sparse else None,
-            "scales": (n,),
-        }
+        return packed_shapes(self.shape[0], self.shape[1], self.bits, self.sparse)
 
     def validate(self, deep: bool = False) -> None:
         """Check the fields agree with each other (shapes, dtypes, devices, version).
@@ -168,7 +183,7 @@ class PackedWeight:
             raise ValueError(f"in_features must be <= {MAX_K} so int32 accumulators cannot overflow, "
                              f"got {self.shape[1]}")
         exp = self.expected_shapes()
-        check_tensor("values", self.values, dtypes=(torch.int8,) if self.bits == 8 else (torch.uint8,))
+        check_tensor("values", self.values, dtypes=(values_dtype(self.bits),))
         if tuple(self.values.shape) != exp["values"]:
             raise ValueError(f"values must have shape {exp['values']} for {self.spec} {self.shape}, "
                              f"got {tuple(self.values.shape)}")

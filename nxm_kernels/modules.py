@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from ._checks import FLOAT_DTYPES, check_tensor
 from .backends import WeightMeta, resolve_backend
-from .format import PackedWeight, pack, padded_k
+from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype
 from .ops import linear_prepared, normalize_activation, prepared_weights
 from .sparsity import is_nm
 from .spec import KERNEL_SPECS, LayerSpec, parse_spec
@@ -65,15 +65,11 @@ def kernel_spec(spec: "str | LayerSpec", name: str = "spec") -> LayerSpec:
 
 def _placeholder_tensors(out_features: int, in_features: int, spec: LayerSpec, device) -> dict:
     """Well-formed packed tensors of the right shapes (zero codes, unit scales) to load real ones into."""
-    kp = padded_k(in_features)
-    kept = kp // 2 if spec.sparse else kp
-    cols = kept if spec.weight_bits == 8 else kept // 2
-    dtype = torch.int8 if spec.weight_bits == 8 else torch.uint8
-    out = {"values": torch.zeros(out_features, cols, dtype=dtype, device=device),
-           "scales": torch.ones(out_features, dtype=torch.float32, device=device)}
+    shapes = packed_shapes(out_features, in_features, spec.weight_bits, spec.sparse)
+    out = {"values": torch.zeros(shapes["values"], dtype=values_dtype(spec.weight_bits), device=device),
+           "scales": torch.ones(shapes["scales"], dtype=torch.float32, device=device)}
     if spec.sparse:
-        # Offsets (0, 1) in both groups of a byte: 0b0100 per nibble, a valid i0 < i1 metadata byte.
-        out["metadata"] = torch.full((out_features, kp // 8), 0x44, dtype=torch.uint8, device=device)
+        out["metadata"] = torch.full(shapes["metadata"], PAD_METADATA_BYTE, dtype=torch.uint8, device=device)
     return out
 
 

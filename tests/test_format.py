@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import nxm_kernels as nxm
-from nxm_kernels.format import FORMAT_NAME, FORMAT_VERSION, K_ALIGN, MAX_K, PackedWeight, pack, padded_k
+from nxm_kernels.format import (FORMAT_NAME, FORMAT_VERSION, K_ALIGN, MAX_K, PAD_METADATA_BYTE, PackedWeight, pack,
+                                packed_shapes, padded_k, values_dtype)
 from nxm_kernels.quant import fake_quant_weight, quantize_weight
 from nxm_kernels.sparsity import is_nm, prune_nm
 
@@ -474,6 +475,27 @@ def test_padded_k():
     assert [padded_k(k) for k in (1, 15, 16, 17, 72, 768)] == [16, 16, 16, 32, 80, 768]
     assert all(padded_k(k) % K_ALIGN == 0 and padded_k(k) - k < K_ALIGN for k in range(1, 100))
     assert math.gcd(K_ALIGN, 16) == 16
+
+
+@pytest.mark.parametrize("bits,pattern", CASES)
+@pytest.mark.parametrize("shape", [(3, 5), (33, 72), (2, 17), (8, 768)])
+def test_packed_shapes_match_pack(bits, pattern, shape):
+    n, k = shape
+    p = pack(torch.randn(shape), bits, pattern, prune=True)
+    shapes = packed_shapes(n, k, bits, pattern == "2:4")
+    assert shapes == p.expected_shapes()
+    assert shapes["values"] == tuple(p.values.shape) and p.values.dtype == values_dtype(bits)
+    assert shapes["scales"] == tuple(p.scales.shape)
+    assert shapes["metadata"] == (None if p.metadata is None else tuple(p.metadata.shape))
+
+
+def test_pad_metadata_byte_is_offsets_0_1():
+    """The placeholder/padding metadata byte decodes to offsets (0, 1) in both of its groups."""
+    values = torch.zeros(1, 8, dtype=torch.int8)
+    p = PackedWeight(values, torch.full((1, 2), PAD_METADATA_BYTE, dtype=torch.uint8), torch.ones(1), (1, 16), 8,
+                     "2:4")
+    p.validate(deep=True)
+    assert p.slot_offsets().tolist() == [[[0, 1]] * 4]
 
 
 def test_public_names():

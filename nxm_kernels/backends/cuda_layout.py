@@ -35,13 +35,12 @@ from __future__ import annotations
 
 import torch
 
-from ..format import PackedWeight, _pack_nibbles, padded_k
+from ..format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
 
 __all__ = ["N_ALIGN", "K_ALIGN", "prepare_layout", "restore_canonical", "prepared_dims"]
 
 N_ALIGN = 128   # largest weight-row tile of any kernel config
 K_ALIGN = 128   # dense K per pipeline stage
-_PAD_META_BYTE = 0x44  # offsets (0, 1) for both groups of a byte: valid for ordered metadata
 
 
 def prepared_dims(n: int, k: int) -> tuple[int, int]:
@@ -102,7 +101,7 @@ def prepare_layout(packed: PackedWeight) -> list[torch.Tensor]:
     dev = packed.device
     codes = packed.codes()                                  # [N, K_pad/2] int8
     codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
-    meta_b = torch.full((np_, kp // 8), _PAD_META_BYTE, dtype=torch.uint8, device=dev)
+    meta_b = torch.full((np_, kp // 8), PAD_METADATA_BYTE, dtype=torch.uint8, device=dev)
     meta_b[:n, : packed.metadata.shape[1]] = packed.metadata
     words = meta_b.view(np_, kp // 32, 4).to(torch.int64)
     words = words[..., 0] | (words[..., 1] << 8) | (words[..., 2] << 16) | (words[..., 3] << 24)

@@ -24,6 +24,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
+from ..format import packed_shapes, padded_k
+
 __all__ = ["AotResult", "compile_gemm", "compile_quantizer", "main"]
 
 
@@ -127,9 +129,8 @@ def compile_gemm(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, 
 
     if out_dtype not in _TORCH_TO_TRITON:
         raise ValueError(f"out_dtype must be one of {tuple(_TORCH_TO_TRITON)}, got {out_dtype!r}")
-    kp = -(-k // 16) * 16
-    kept = kp // 2 if sparse else kp
-    wcols = kept if bits == 8 else kept // 2
+    kp = padded_k(k)
+    wcols = packed_shapes(n, k, bits, sparse)["values"][1]
     ints = dict(M=m, N=n, K=k, K_PAD=kp, M_BUCKET=g.m_bucket(m), stride_xm=k, stride_xk=1, stride_wn=wcols,
                 stride_mn=kp // 8, stride_ym=n, stride_yn=1)
     ydt = _TORCH_TO_TRITON[out_dtype]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from ..format import PackedWeight
+from ..format import PackedWeight, packed_shapes, values_dtype
 
 NAME = "triton"
 ACTIVATIONS = ("none", "gelu")
@@ -95,17 +95,16 @@ def _split_weights(weights, meta):
                          f"weight (values{', metadata' if meta.sparse else ''}, scales), got {len(weights)}")
     values, scales = weights[0], weights[-1]
     metadata = weights[1] if meta.sparse else None
-    kp = -(-meta.k // 16) * 16
-    kept = kp // 2 if meta.sparse else kp
-    want = (meta.n, kept if meta.bits == 8 else kept // 2)
-    vdtype = torch.int8 if meta.bits == 8 else torch.uint8
+    shapes = packed_shapes(meta.n, meta.k, meta.bits, meta.sparse)
+    want = shapes["values"]
+    vdtype = values_dtype(meta.bits)
     if values.dtype != vdtype or tuple(values.shape) != want:
         raise ValueError(f"values must be {vdtype} {want} for n={meta.n}, k={meta.k}, bits={meta.bits}, "
                          f"sparse={meta.sparse}; got {values.dtype} {tuple(values.shape)}")
-    if metadata is not None and (metadata.dtype != torch.uint8 or tuple(metadata.shape) != (meta.n, kp // 8)):
-        raise ValueError(f"metadata must be uint8 {(meta.n, kp // 8)}, got {metadata.dtype} {tuple(metadata.shape)}")
-    if scales.dtype != torch.float32 or tuple(scales.shape) != (meta.n,):
-        raise ValueError(f"scales must be float32 ({meta.n},), got {scales.dtype} {tuple(scales.shape)}")
+    if metadata is not None and (metadata.dtype != torch.uint8 or tuple(metadata.shape) != shapes["metadata"]):
+        raise ValueError(f"metadata must be uint8 {shapes['metadata']}, got {metadata.dtype} {tuple(metadata.shape)}")
+    if scales.dtype != torch.float32 or tuple(scales.shape) != shapes["scales"]:
+        raise ValueError(f"scales must be float32 {shapes['scales']}, got {scales.dtype} {tuple(scales.shape)}")
     for name, t in (("values", values), ("metadata", metadata), ("scales", scales)):
         # The kernel reads values/metadata rows as contiguous runs and scales with unit stride.
         if t is not None and not t.is_contiguous():

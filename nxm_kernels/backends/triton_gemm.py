@@ -58,6 +58,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ..format import padded_k
+
 __all__ = ["GemmConfig", "INTERPRETER_CONFIG", "SMALL_M_CONFIGS", "LARGE_M_CONFIGS", "SMALL_M_MAX",
            "int_gemm", "is_interpreted", "m_bucket"]
 
@@ -355,7 +357,7 @@ def int_gemm(xq: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor | No
     if values.data_ptr() % 2:
         # int8 2:4 and dense int4 values are read as 16-bit words.
         raise ValueError("values must start at an even byte address (prepare() copies it if not)")
-    kp = -(-k // 16) * 16
+    kp = padded_k(k)
     y_dtype = out_dtype if epilogue else torch.int32
     if out is None:
         y = torch.empty((m, n), dtype=y_dtype, device=xq.device)
