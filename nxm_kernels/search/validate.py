@@ -68,6 +68,7 @@ def validate_plans(model: nn.Module, batches, plans: "SearchResult | Iterable[Pl
         train_batches = check_batches(train_batches)
     if evaluator is None:
         evaluator = Evaluator(model, batches, objective or "divergence", metric_fn)
+    names = [s.name for s in bert_linears(model)] if "qat" in modes else None
     jobs = [(c, m) for c in candidates for m in modes]
     for c, m in tqdm(jobs, desc="validating plans", disable=not progress):
         if m == "oneshot":
@@ -81,7 +82,6 @@ def validate_plans(model: nn.Module, batches, plans: "SearchResult | Iterable[Pl
             del swapped
         else:
             from .qat import short_qat_cost
-            names = [s.name for s in bert_linears(model)]
             assignment = {n: str(s) for n, s in c.plan.resolve(names).items() if not s.is_fp}
             cost = short_qat_cost(model, assignment, evaluator, train_batches, steps=qat_steps, lr=qat_lr)
         c.measured[m] = float(cost)
