@@ -90,7 +90,7 @@ def packed_nbytes(shape, spec: "str | LayerSpec") -> dict:
     """
     shape = _check_shape("shape", shape)
     s = parse_spec(spec)
-    if s.is_fp or not s.kernel_ready:
+    if not s.packable:
         raise ValueError(f"spec must be a packable spec (2:4-w8a8, 2:4-w4a8, dense-w8a8, dense-w4a8) to have "
                          f"a packed size, got {str(s)!r}")
     shapes = packed_shapes(shape.out_features, shape.in_features, s.weight_bits, s.sparse)
@@ -361,7 +361,7 @@ def account(layers, plan: "Plan | Mapping[str, str] | str", *, strict: bool = Tr
     for name, shape in shapes.items():
         spec = specs[name]
         params = shape.out_features * shape.in_features
-        packable = spec.is_fp or spec.kernel_ready
+        packable = spec.kernel_ready  # fp counts as dense float bytes
         out.append(LayerAccount(
             name=name, out_features=shape.out_features, in_features=shape.in_features, spec=str(spec),
             params=params, nominal_bits=nominal_bits(spec),

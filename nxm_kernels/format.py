@@ -308,7 +308,7 @@ def pack(weight: torch.Tensor, bits: int = 8, pattern: str = "2:4", *, prune: bo
     """
     if isinstance(pattern, str) and "-w" in pattern:
         s = parse_spec(pattern)
-        if not s.kernel_ready or s.is_fp:
+        if not s.packable:
             raise ValueError(f"spec must be one of the packable specs, got {pattern!r}")
         pattern, bits = s.pattern, s.weight_bits
     _check_bits(bits)

@@ -43,24 +43,12 @@ from .backends import WeightMeta, resolve_backend
 from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype
 from .ops import linear_prepared, normalize_activation, prepared_weights
 from .sparsity import is_nm
-from .spec import KERNEL_SPECS, LayerSpec, parse_spec
+from .spec import LayerSpec, kernel_spec, parse_spec
 
 __all__ = ["NxMLinear", "SwapReport", "SwappedLayer", "kernel_spec", "set_backend", "swap_named_linears",
            "compressed_linears", "linear_nbytes"]
 
 logger = logging.getLogger(__name__)
-
-
-def kernel_spec(spec: "str | LayerSpec", name: str = "spec") -> LayerSpec:
-    """Parse ``spec`` and require one the kernels run (``fp`` and training-only N:M patterns are refused)."""
-    s = parse_spec(spec)
-    if s.is_fp:
-        raise ValueError(f"{name} 'fp' means 'leave the layer as nn.Linear'; an NxMLinear needs one of "
-                         f"{KERNEL_SPECS}")
-    if str(s) not in KERNEL_SPECS:
-        raise ValueError(f"{name} {str(s)!r} can be trained but not packed for the kernels; kernel specs are "
-                         f"{KERNEL_SPECS}")
-    return s
 
 
 def _placeholder_tensors(out_features: int, in_features: int, spec: LayerSpec, device) -> dict:

@@ -66,9 +66,14 @@ class LayerSpec:
         return None if self.pattern is None else parse_pattern(self.pattern)
 
     @property
+    def packable(self) -> bool:
+        """True for the specs the packed format stores and the kernels run (:data:`KERNEL_SPECS`; not ``fp``)."""
+        return str(self) in KERNEL_SPECS
+
+    @property
     def kernel_ready(self) -> bool:
-        """True when the packed format and the kernels can run this spec."""
-        return self.is_fp or str(self) in KERNEL_SPECS
+        """True when the packed format and the kernels can run this spec (``fp`` included: it stays float)."""
+        return self.is_fp or self.packable
 
     def __str__(self) -> str:
         if self.is_fp:
@@ -97,3 +102,15 @@ def parse_spec(spec: "str | LayerSpec") -> LayerSpec:
     if a not in ACT_BITS:
         raise ValueError(f"spec {spec!r}: activation bits must be one of {ACT_BITS}, got {a}")
     return LayerSpec(pattern, w, a)
+
+
+def kernel_spec(spec: "str | LayerSpec", name: str = "spec") -> LayerSpec:
+    """Parse ``spec`` and require one the kernels run (``fp`` and training-only N:M patterns are refused)."""
+    s = parse_spec(spec)
+    if s.is_fp:
+        raise ValueError(f"{name} 'fp' means 'leave the layer as nn.Linear'; an NxMLinear needs one of "
+                         f"{KERNEL_SPECS}")
+    if not s.packable:
+        raise ValueError(f"{name} {str(s)!r} can be trained but not packed for the kernels; kernel specs are "
+                         f"{KERNEL_SPECS}")
+    return s

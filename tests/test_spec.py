@@ -3,7 +3,7 @@
 import pytest
 
 import nxm_kernels as nxm
-from nxm_kernels.spec import KERNEL_PATTERNS, KERNEL_SPECS, LayerSpec, parse_pattern, parse_spec
+from nxm_kernels.spec import KERNEL_PATTERNS, KERNEL_SPECS, LayerSpec, kernel_spec, parse_pattern, parse_spec
 
 
 @pytest.mark.parametrize("text,pattern,wbits,sparse", [
@@ -16,7 +16,8 @@ def test_kernel_specs(text, pattern, wbits, sparse):
     s = parse_spec(text)
     assert (s.pattern, s.weight_bits, s.act_bits) == (pattern, wbits, 8)
     assert str(s) == text
-    assert s.sparse is sparse and not s.is_fp and s.kernel_ready
+    assert s.sparse is sparse and not s.is_fp and s.kernel_ready and s.packable
+    assert kernel_spec(text) == s and kernel_spec(s) is s
     assert s.nm == ((2, 4) if sparse else None)
     assert parse_spec(s) is s
     assert text in KERNEL_SPECS
@@ -24,7 +25,9 @@ def test_kernel_specs(text, pattern, wbits, sparse):
 
 def test_fp():
     s = parse_spec("fp")
-    assert s == LayerSpec(None, None, None) and s.is_fp and not s.sparse and s.kernel_ready
+    assert s == LayerSpec(None, None, None) and s.is_fp and not s.sparse and s.kernel_ready and not s.packable
+    with pytest.raises(ValueError, match="'fp' means 'leave the layer as nn.Linear'"):
+        kernel_spec(s)
     assert str(s) == "fp" and s.nm is None
     assert parse_spec("  fp\n") == s
 
@@ -33,13 +36,18 @@ def test_fp():
 def test_training_only_nm_patterns(text, nm):
     s = parse_spec(text)
     assert s.nm == nm and s.sparse and str(s) == text
-    assert not s.kernel_ready
+    assert not s.kernel_ready and not s.packable
+    with pytest.raises(ValueError, match=f"spec for x '{text}' can be trained but not packed"):
+        kernel_spec(text, name="spec for x")
 
 
 def test_vocabulary_is_closed_and_consistent():
     assert KERNEL_PATTERNS == ("2:4", "dense")
     assert {str(parse_spec(t)) for t in KERNEL_SPECS} == set(KERNEL_SPECS)
     assert nxm.parse_spec is parse_spec and nxm.LayerSpec is LayerSpec
+    from nxm_kernels import modules
+
+    assert modules.kernel_spec is kernel_spec  # still importable from its old home
     # Specs are hashable values (dict keys in plans and searches).
     assert len({parse_spec("2:4-w8a8"), parse_spec("2:4-w8a8"), parse_spec("fp")}) == 2
 

@@ -16,8 +16,9 @@ from typing import Mapping, NamedTuple
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..modules import NxMLinear, SwappedLayer, SwapReport, kernel_spec, linear_nbytes
+from ..modules import NxMLinear, SwappedLayer, SwapReport, linear_nbytes
 from ..plan import COMPONENTS, Plan, layer_name
+from ..spec import kernel_spec
 
 __all__ = ["COMPONENT_PATHS", "LinearSite", "find_encoder_layers", "bert_linears", "as_plan", "swap_linears"]
 
