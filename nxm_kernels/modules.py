@@ -197,13 +197,14 @@ class NxMLinear(nn.Module):
         if device.type == "meta":
             self._why = "NxMLinear is on the meta device (a placeholder): load a state dict or a checkpoint first"
             return
+        packed = self.packed  # validates the buffers, before any backend question
         try:
-            name = resolve_backend(self.backend, device, WeightMeta.of(self.packed))
+            name = resolve_backend(self.backend, device, self._meta)
         except RuntimeError as exc:
             # Not fatal here: a model is often swapped on the CPU for a GPU backend, then moved.
             self._why = f"NxMLinear cannot run on {device}: {exc}"
             return
-        self._weights = prepared_weights(self.packed, name)
+        self._weights = prepared_weights(packed, name)
         self._backend_name = name
 
     def _apply(self, fn, recurse: bool = True):
