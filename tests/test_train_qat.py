@@ -121,6 +121,21 @@ def test_prepare_qat_reads_a_plan_json_path(tmp_path):
     assert str(layers["layer.0.query"].spec) == "2:4-w8a8"
 
 
+def test_export_keeps_the_users_ddp_ignore_entries():
+    from nxm_kernels.train import export_model
+
+    model = tiny_bert()
+    model._ddp_params_and_buffers_to_ignore = ["bert.pooler.dense.bias"]  # the user's own entry
+    prepare_qat(model, {"*": "dense-w8a8", "layer.1": "fp"})
+    assert len(model._ddp_params_and_buffers_to_ignore) == 1 + 6 * 5  # 6 layers x 5 state buffers
+    export_model(model, backend="reference")
+    assert model._ddp_params_and_buffers_to_ignore == ["bert.pooler.dense.bias"]
+    fresh = tiny_bert()
+    prepare_qat(fresh, "dense-w4a8")
+    export_model(fresh, backend="reference")
+    assert fresh._ddp_params_and_buffers_to_ignore == []
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="fp"):
         QATLinear(8, 8, "fp")

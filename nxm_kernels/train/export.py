@@ -26,7 +26,7 @@ import torch.nn as nn
 from ..models.bert import bert_linears, swap_linears
 from ..plan import Plan
 from ..sparsity import count_nm_violations
-from .qat import QATLinear, qat_layers
+from .qat import QATLinear, _ddp_ignored, qat_layers
 
 __all__ = ["export_spec", "export_model", "to_linear"]
 
@@ -97,7 +97,10 @@ def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True)
                 diff = float((got - trained[site.name]).abs().max())
                 raise RuntimeError(f"export of {site.name} is not exact: packed weight differs from the QAT weight "
                                    f"by up to {diff:g} (please report this bug)")
-    model._ddp_params_and_buffers_to_ignore = []
+    # Drop the state-buffer entries prepare_qat added (those buffers are gone); keep the user's own.
+    added = {key for name in layers for key in _ddp_ignored(sites[name].qualified_name)}
+    model._ddp_params_and_buffers_to_ignore = [key for key in getattr(model, "_ddp_params_and_buffers_to_ignore", [])
+                                               if key not in added]
     logger.info("exported %d QAT layers to NxMLinear (%s)", len(layers), report)
     model.eval()
     return report

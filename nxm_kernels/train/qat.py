@@ -215,6 +215,11 @@ class QATLinear(nn.Module):
                 f"bias={self.bias is not None}, spec={self.spec}, state={state}")
 
 
+def _ddp_ignored(qualified_name: str) -> list[str]:
+    """The ``_ddp_params_and_buffers_to_ignore`` entries of the QATLinear at ``qualified_name``."""
+    return [f"{qualified_name}.{b}" for b in STATE_BUFFERS]
+
+
 def qat_layers(model: nn.Module) -> dict[str, QATLinear]:
     """The model's ``QATLinear`` layers by plan name, in module order."""
     if not isinstance(model, nn.Module):
@@ -257,7 +262,7 @@ def prepare_qat(model: nn.Module, plan, *, strict: bool = True) -> dict[str, QAT
         logger.warning("plan %s compresses no layer: every encoder linear stays fp", plan)
     qualified = {s.name: s.qualified_name for s in sites}
     ignore = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-    ignore += [f"{qualified[n]}.{b}" for n in layers for b in STATE_BUFFERS]
+    ignore += [key for n in layers for key in _ddp_ignored(qualified[n])]
     model._ddp_params_and_buffers_to_ignore = ignore
     logger.info("QAT: %d of %d encoder linears compressed (%s)", len(layers), len(sites),
                 ", ".join(sorted({str(layer.spec) for layer in layers.values()})))
