@@ -205,7 +205,6 @@ class _Cache:
 
     def __init__(self, cache_dir: "str | Path | None", key: str, meta: dict):
         self.path = None if cache_dir is None else Path(cache_dir).expanduser() / f"sensitivity-{key[:32]}.json"
-        self.meta = meta
         self.data = {"meta": meta, "base_value": None, "costs": {}}
         if self.path is not None and self.path.is_file():
             try:
