@@ -338,6 +338,18 @@ class SwapReport:
                 f"({self.ratio:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
 
 
+def swap_in(report: SwapReport, parent: nn.Module, attr: str, linear: nn.Linear, spec: LayerSpec, *, name: str,
+            qualified_name: str, backend: str, activation: str | None = None) -> NxMLinear:
+    """Replace ``parent.<attr>`` (``linear``) by ``NxMLinear.from_linear(linear, spec, ...)`` and record it in
+    ``report``; the one swap step of :func:`swap_named_linears` and :func:`nxm_kernels.swap_linears`."""
+    new = NxMLinear.from_linear(linear, spec, backend=backend, activation=activation)
+    report.swapped.append(SwappedLayer(name, qualified_name, str(spec), tuple(linear.weight.shape),
+                                       linear_nbytes(linear), new.nbytes()["total"], new.activation))
+    setattr(parent, attr, new)
+    report.backend = new.resolved_backend
+    return new
+
+
 def _named_patterns(patterns) -> list[tuple[str, LayerSpec]]:
     if isinstance(patterns, str):
         patterns = {"*": patterns}
@@ -391,10 +403,6 @@ def swap_named_linears(model: nn.Module, patterns, backend: str = "auto") -> Swa
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        new = NxMLinear.from_linear(module, spec, backend=backend)
-        report.swapped.append(SwappedLayer(name, name, str(spec), tuple(module.weight.shape), linear_nbytes(module),
-                                           new.nbytes()["total"]))
-        setattr(parent, attr, new)
-        report.backend = new.resolved_backend
+        swap_in(report, parent, attr, module, spec, name=name, qualified_name=name, backend=backend)
     logger.info("%s", report)
     return report

@@ -16,7 +16,7 @@ from typing import Mapping, NamedTuple
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..modules import NxMLinear, SwappedLayer, SwapReport, linear_nbytes
+from ..modules import NxMLinear, SwapReport, swap_in
 from ..plan import COMPONENTS, Plan, layer_name
 from ..spec import kernel_spec
 
@@ -150,14 +150,11 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
             act = getattr(site.parent, GELU_ATTR, None)
             if _is_exact_gelu(act):
                 activation, act_site = "gelu", site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR
-        new = NxMLinear.from_linear(site.module, spec, backend=backend, activation=activation)
-        report.swapped.append(SwappedLayer(site.name, site.qualified_name, str(spec), tuple(site.module.weight.shape),
-                                           linear_nbytes(site.module), new.nbytes()["total"], new.activation))
-        setattr(site.parent, site.attr, new)
+        swap_in(report, site.parent, site.attr, site.module, spec, name=site.name, qualified_name=site.qualified_name,
+                backend=backend, activation=activation)
         if act_site is not None:
             setattr(site.parent, GELU_ATTR, nn.Identity())
             report.fused_activations.append(act_site)
-        report.backend = new.resolved_backend
     # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
     previous = getattr(model, "_nxm_plan", None)
     model._nxm_plan = Plan(list(Plan(previous).entries if previous else []) + plan.entries).to_dict()
