@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import FLOAT_DTYPES, check_same_device
 from ..format import PackedWeight, packed_shapes, values_dtype
 
 NAME = "triton"
@@ -33,9 +34,6 @@ try:
 except Exception as exc:  # noqa: BLE001 - ImportError, or a broken triton install
     triton_gemm = triton_quant = None
     _IMPORT_ERROR = exc
-
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
 
 def unavailable_reason(device: torch.device) -> str | None:
     """``None`` when the Triton kernels can run on ``device``, else a sentence saying why not."""
@@ -112,14 +110,6 @@ def _split_weights(weights, meta):
     return values, metadata, scales
 
 
-def _check_devices(**tensors) -> torch.device:
-    devices = {name: t.device for name, t in tensors.items() if t is not None}
-    if len(set(devices.values())) > 1:
-        listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"tensors must be on the same device, got {listing}")
-    return next(iter(devices.values()))
-
-
 def quantize_per_token(x2d: torch.Tensor):
     """Per-token int8 codes and float32 scales of ``x2d[M, K]``, exactly as the reference computes them."""
     if isinstance(x2d, torch.Tensor):
@@ -140,25 +130,25 @@ def int_mm(xq: torch.Tensor, weights: list[torch.Tensor], meta) -> torch.Tensor:
     """Exact int32 ``xq[M, K] @ codes[N, K]^T`` computed by the Triton GEMM (no epilogue)."""
     _check_x("xq", xq, (torch.int8,), meta.k)
     values, metadata, _ = _split_weights(weights, meta)
-    device = _check_devices(xq=xq, values=values, metadata=metadata)
-    _require_available(device)
+    check_same_device(xq=xq, values=values, metadata=metadata)
+    _require_available(xq.device)
     return triton_gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse)
 
 
 def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
            activation: str) -> torch.Tensor:
     """Quantize ``x2d`` per token, multiply by the packed weight, apply scales, bias and GELU; ``x2d``'s dtype."""
-    _check_x("x2d", x2d, _FLOAT_DTYPES, meta.k)
+    _check_x("x2d", x2d, FLOAT_DTYPES, meta.k)
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     values, metadata, scales = _split_weights(weights, meta)
     if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dtype not in _FLOAT_DTYPES or tuple(bias.shape) != (meta.n,):
+        if not isinstance(bias, torch.Tensor) or bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (meta.n,):
             raise ValueError(f"bias must be a float16/bfloat16/float32 tensor of shape ({meta.n},), got "
                              f"{getattr(bias, 'dtype', type(bias).__name__)} {tuple(getattr(bias, 'shape', ()))}")
         bias = bias.contiguous()
-    device = _check_devices(x2d=x2d, values=values, metadata=metadata, scales=scales, bias=bias)
-    _require_available(device)
+    check_same_device(x2d=x2d, values=values, metadata=metadata, scales=scales, bias=bias)
+    _require_available(x2d.device)
     if x2d.shape[0] == 0:
         return x2d.new_empty(0, meta.n)
     xq, x_scale = triton_quant.quantize_per_token(x2d)
