@@ -259,6 +259,20 @@ def test_bad_input(packed_and_x, call, exc, match):
         call(packed, x)
 
 
+@pytest.mark.parametrize("activation", ["relu", "GELU", "", None])
+def test_reference_backend_refuses_unknown_activation(packed_and_x, activation):
+    """The custom op and the backend's ``linear`` refuse an activation they do not compute (they used to
+    return the no-activation result), with the triton backend's ValueError."""
+    packed, x = packed_and_x
+    meta = nxm.backends.WeightMeta.of(packed)
+    weights = reference.prepare(packed)
+    with pytest.raises(ValueError, match=r"activation must be one of \('none', 'gelu'\)"):
+        reference.linear(x, weights, meta, None, activation)
+    if activation is not None:  # the op's schema takes a str
+        with pytest.raises(ValueError, match="activation must be one of"):
+            torch.ops.nxm.linear(x, weights, None, *meta, activation, "reference")
+
+
 def test_different_devices(packed_and_x):
     """The meta device stands in for a second device on a CPU-only machine."""
     packed, x = packed_and_x

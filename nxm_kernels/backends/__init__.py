@@ -11,7 +11,8 @@ Every backend is a module with the same functions, so :mod:`nxm_kernels.ops` can
 ``int_mm(xq, weights, meta) -> int32 [M, N]``
     The raw accumulator ``xq @ W_codes^T`` (exact; compared with ``torch.equal`` in tests).
 ``linear(x2d, weights, meta, bias, activation) -> [M, N]`` in ``x2d.dtype``
-    Quantize, accumulate and apply the epilogue (scales, bias, GELU).
+    Quantize, accumulate and apply the epilogue (scales, bias, GELU); ``activation`` is one of
+    :data:`ACTIVATIONS`.
 ``weight_unsupported_reason(meta) -> str | None`` (optional)
     ``None`` when the backend runs this kind of weight (e.g. the cuda backend runs 2:4 only).
 
@@ -26,13 +27,15 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["BACKENDS", "ENV_VAR", "WeightMeta", "get_backend", "unavailable_reason", "available_backends",
+__all__ = ["ACTIVATIONS", "BACKENDS", "ENV_VAR", "WeightMeta", "get_backend", "unavailable_reason", "available_backends",
            "resolve_backend", "weight_unsupported_reason"]
 
 #: In order of preference for ``backend="auto"``.
 BACKENDS = ("cuda", "triton", "reference")
 #: Overrides ``backend="auto"`` (e.g. ``NXM_BACKEND=reference``).
 ENV_VAR = "NXM_BACKEND"
+#: The ``activation`` values every backend's ``linear`` takes.
+ACTIVATIONS = ("none", "gelu")
 
 _MODULES = {"cuda": ".cuda", "triton": ".triton_backend", "reference": ".reference"}
 

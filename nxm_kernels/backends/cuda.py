@@ -15,7 +15,6 @@ from ..format import PackedWeight, padded_k
 from . import _cuda_build
 from .cuda_layout import prepare_layout, prepared_dims
 
-NAME = "cuda"
 _ACT = {"none": 0, "gelu": 1}
 
 

@@ -14,11 +14,10 @@ import math
 
 import torch
 
+from .._checks import check_choice
 from ..format import PackedWeight, padded_k
 from ..quant import quantize_per_token as _quantize_per_token
-
-NAME = "reference"
-ACTIVATIONS = ("none", "gelu")
+from . import ACTIVATIONS
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -27,7 +26,8 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 def prepare(packed: PackedWeight) -> list[torch.Tensor]:
     """The canonical tensors themselves: ``[values, metadata, scales]`` (``[values, scales]`` if dense)."""
-    return list(packed.tensors()[k] for k in ("values", "metadata", "scales") if k in packed.tensors())
+    tensors = packed.tensors()
+    return [tensors[k] for k in ("values", "metadata", "scales") if k in tensors]
 
 
 def as_packed(weights: list[torch.Tensor], meta) -> PackedWeight:
@@ -67,6 +67,7 @@ def epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bi
 
 def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
            activation: str) -> torch.Tensor:
+    check_choice("activation", activation, ACTIVATIONS)
     xq, x_scale = quantize_per_token(x2d)
     acc = int_mm(xq, weights, meta)
     return epilogue(acc, x_scale, weights[-1], bias, activation, x2d.dtype)

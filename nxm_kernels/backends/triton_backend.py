@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_same_device
+from .._checks import FLOAT_DTYPES, check_choice, check_same_device
 from ..format import PackedWeight, packed_shapes, values_dtype
+from . import ACTIVATIONS
 
-NAME = "triton"
-ACTIVATIONS = ("none", "gelu")
 #: int8 ``tl.dot`` (mma.sync s8) needs Ampere or newer.
 MIN_CAPABILITY = (8, 0)
 
@@ -139,8 +138,7 @@ def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Ten
            activation: str) -> torch.Tensor:
     """Quantize ``x2d`` per token, multiply by the packed weight, apply scales, bias and GELU; ``x2d``'s dtype."""
     _check_x("x2d", x2d, FLOAT_DTYPES, meta.k)
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    check_choice("activation", activation, ACTIVATIONS)
     values, metadata, scales = _split_weights(weights, meta)
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (meta.n,):
