@@ -103,9 +103,7 @@ def prepare_layout(packed: PackedWeight) -> list[torch.Tensor]:
     codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
     meta_b = torch.full((np_, kp // 8), PAD_METADATA_BYTE, dtype=torch.uint8, device=dev)
     meta_b[:n, : packed.metadata.shape[1]] = packed.metadata
-    words = meta_b.view(np_, kp // 32, 4).to(torch.int64)
-    words = words[..., 0] | (words[..., 1] << 8) | (words[..., 2] << 16) | (words[..., 3] << 24)
-    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)   # uint32 bits as int32
+    words = meta_b.view(torch.int32)                        # [Np, KP/32]: little-endian uint32 bits as int32
 
     row, col = _fragment_index(np_, kp, dev)
     v8 = codes[row, col]                                    # [Np/16, KP/64, 32, 16] int8
@@ -126,11 +124,11 @@ def restore_canonical(prepared: list[torch.Tensor], n: int, k: int, bits: int) -
     codes = torch.zeros(np_, kp // 2, dtype=torch.int8, device=values.device)
     codes[row, col] = v8
     mrow, mword = _meta_index(np_, kp, values.device)
-    words = torch.zeros(np_, kp // 32, dtype=torch.int64, device=values.device)
-    words[mrow, mword] = meta.to(torch.int64) & 0xFFFFFFFF
-    meta_b = torch.stack([(words >> s) & 0xFF for s in (0, 8, 16, 24)], dim=-1).reshape(np_, kp // 8)
+    words = torch.zeros(np_, kp // 32, dtype=torch.int32, device=values.device)
+    words[mrow, mword] = meta
+    meta_b = words.view(torch.uint8)                        # [Np, KP/8], little-endian bytes
     kc = padded_k(k)
     codes = codes[:n, : kc // 2]
     vals = _pack_nibbles(codes) if bits == 4 else codes.contiguous()
-    return PackedWeight(vals.contiguous(), meta_b[:n, : kc // 8].to(torch.uint8).contiguous(),
+    return PackedWeight(vals.contiguous(), meta_b[:n, : kc // 8].contiguous(),
                         scales[:n].contiguous(), (n, k), bits, "2:4")
