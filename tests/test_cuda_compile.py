@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from nxm_kernels.backends._cuda_build import CI_ARCHS, csrc_dir, nvcc_flags
+from nxm_kernels.backends._cuda_build import (CI_ARCHS, csrc_dir, device_archs, extension_kwargs, gencode_flags,
+                                              nvcc_flags, parse_archs)
 
 NVCC = shutil.which("nvcc")
 
@@ -127,3 +128,18 @@ def test_torch_binding_compiles():
            "-DTORCH_EXTENSION_NAME=nxm_syntax_check", str(csrc_dir() / "torch_binding.cpp")]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
+
+
+def test_cuda_archs_env_is_parsed_alike_for_setup_and_jit(monkeypatch):
+    """``NXM_CUDA_ARCHS`` with spaces (``"80; 90a"``) gives clean -gencode flags for setup.py's ahead-of-time
+    build too (it used to pass ``compute_ 90a``), and the same list as the first-use build."""
+    assert parse_archs(" 80; 86,,90a ;") == ["80", "86", "90a"]
+    monkeypatch.setenv("NXM_CUDA_ARCHS", "80; 90a , 86")
+    assert device_archs() == ["80", "90a", "86"]
+    flags = extension_kwargs()["extra_compile_args"]["nvcc"]
+    assert [f for f in flags if f.startswith("-gencode")] == [
+        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90a,code=sm_90a",
+        "-gencode=arch=compute_86,code=sm_86"]
+    monkeypatch.delenv("NXM_CUDA_ARCHS")
+    flags = extension_kwargs()["extra_compile_args"]["nvcc"]
+    assert [f for f in flags if f.startswith("-gencode")] == gencode_flags(CI_ARCHS)

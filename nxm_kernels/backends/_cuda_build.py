@@ -42,11 +42,16 @@ def nvcc_flags(archs) -> list[str]:
     return ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", *gencode_flags(archs)]
 
 
+def parse_archs(text: str) -> list[str]:
+    """``"80; 86,90a"`` -> ``["80", "86", "90a"]`` (``;`` or ``,`` separated, spaces and empty items dropped)."""
+    return [a.strip() for a in text.replace(",", ";").split(";") if a.strip()]
+
+
 def device_archs() -> list[str]:
     """Architectures to build for: ``NXM_CUDA_ARCHS`` or the current device's."""
     env = os.environ.get("NXM_CUDA_ARCHS")
     if env:
-        return [a.strip() for a in env.replace(",", ";").split(";") if a.strip()]
+        return parse_archs(env)
     import torch
 
     major, minor = torch.cuda.get_device_capability()
@@ -56,12 +61,12 @@ def device_archs() -> list[str]:
 def extension_kwargs() -> dict:
     """Arguments of ``CUDAExtension`` for an ahead-of-time build (used by setup.py)."""
     src = csrc_dir()
-    archs = os.environ.get("NXM_CUDA_ARCHS", ";".join(CI_ARCHS)).replace(",", ";").split(";")
+    archs = parse_archs(os.environ.get("NXM_CUDA_ARCHS", ";".join(CI_ARCHS)))
     return {
         "name": "nxm_kernels._cuda_ext",
         "sources": [str(src / s) for s in SOURCES],
         "include_dirs": [str(src)],
-        "extra_compile_args": {"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags(a for a in archs if a)},
+        "extra_compile_args": {"cxx": ["-O3", "-std=c++17"], "nvcc": nvcc_flags(archs)},
     }
 
 
