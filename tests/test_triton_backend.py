@@ -342,6 +342,24 @@ def test_kernels_compile_for_real_gpus():
     assert res["quant"]["stack"] in (0, None)
 
 
+def test_small_m_block_m_covers_m_with_one_small_config_height():
+    """The small-M autotuner keeps one BLOCK_M per bucket (the AOT CLI asks the same function)."""
+    heights = {c["BLOCK_M"] for c in triton_gemm.SMALL_M_CONFIGS}
+    for m in range(1, triton_gemm.SMALL_M_MAX + 1):
+        block_m = triton_gemm.small_m_block_m(triton_gemm.m_bucket(m))
+        assert block_m in heights and block_m >= m and (block_m == 16 or block_m // 2 < m)
+
+
+@pytest.mark.parametrize("spec", ["1:4-w8a8", "fp", "2:4-w8"])
+def test_aot_cli_refuses_specs_the_kernels_do_not_run(spec):
+    """``--specs`` entries are parsed as specs before anything is compiled (``1:4-w8a8`` used to be
+    compiled as a dense kernel)."""
+    from nxm_kernels.backends.triton_aot import main
+
+    with pytest.raises(ValueError, match="spec"):
+        main(["--specs", f"2:4-w8a8,{spec}"])
+
+
 # ------------------------------------------------------------------------------------------ GPU
 @pytest.mark.gpu
 class TestOnGPU:

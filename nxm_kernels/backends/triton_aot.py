@@ -25,6 +25,7 @@ import tempfile
 from dataclasses import dataclass
 
 from ..format import packed_shapes, padded_k
+from ..spec import kernel_spec
 
 __all__ = ["AotResult", "compile_gemm", "compile_quantizer", "main"]
 
@@ -116,7 +117,8 @@ def _specialise(fn, pointers: dict, ints: dict, constexprs: dict):
     return signature, constexprs, attrs
 
 
-_TORCH_TO_TRITON = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32"}
+#: Float types the kernels take, as Triton names them (``*fp16`` pointers).
+_FLOAT_TYPES = ("fp16", "bf16", "fp32")
 
 
 def compile_gemm(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, epilogue: bool = True,
@@ -127,15 +129,14 @@ def compile_gemm(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, 
     _require_compiled_kernels()
     from . import triton_gemm as g
 
-    if out_dtype not in _TORCH_TO_TRITON:
-        raise ValueError(f"out_dtype must be one of {tuple(_TORCH_TO_TRITON)}, got {out_dtype!r}")
+    if out_dtype not in _FLOAT_TYPES:
+        raise ValueError(f"out_dtype must be one of {_FLOAT_TYPES}, got {out_dtype!r}")
     kp = padded_k(k)
     wcols = packed_shapes(n, k, bits, sparse)["values"][1]
     ints = dict(M=m, N=n, K=k, K_PAD=kp, M_BUCKET=g.m_bucket(m), stride_xm=k, stride_xk=1, stride_wn=wcols,
                 stride_mn=kp // 8, stride_ym=n, stride_yn=1)
-    ydt = _TORCH_TO_TRITON[out_dtype]
     pointers = dict(x_ptr="*i8", w_ptr="*i8" if bits == 8 else "*u8", meta_ptr="*u8", xs_ptr="*fp32",
-                    ws_ptr="*fp32", bias_ptr="*" + ydt, y_ptr=("*" + ydt) if epilogue else "*i32")
+                    ws_ptr="*fp32", bias_ptr="*" + out_dtype, y_ptr=("*" + out_dtype) if epilogue else "*i32")
     cons = dict(BITS=bits, SPARSE=sparse, EPILOGUE=epilogue, HAS_BIAS=epilogue and bias, GELU=epilogue and gelu,
                 BLOCK_M=config["BLOCK_M"], BLOCK_N=config["BLOCK_N"], BLOCK_K=config["BLOCK_K"],
                 GROUP_M=config["GROUP_M"], EVEN_K=k % config["BLOCK_K"] == 0)
@@ -153,12 +154,12 @@ def compile_quantizer(*, arch: int = 90, x_dtype: str = "fp16", k: int = 768) ->
     from . import triton_quant as q
     from ..quant import ACT_QMAX
 
-    if x_dtype not in _TORCH_TO_TRITON:
-        raise ValueError(f"x_dtype must be one of {tuple(_TORCH_TO_TRITON)}, got {x_dtype!r}")
+    if x_dtype not in _FLOAT_TYPES:
+        raise ValueError(f"x_dtype must be one of {_FLOAT_TYPES}, got {x_dtype!r}")
     block_k = q.quant_block_k(k)
     fn = q._quantize_per_token_kernel
     signature, constexprs, attrs = _specialise(
-        fn, dict(x_ptr="*" + _TORCH_TO_TRITON[x_dtype], q_ptr="*i8", s_ptr="*fp32"),
+        fn, dict(x_ptr="*" + x_dtype, q_ptr="*i8", s_ptr="*fp32"),
         dict(K=k, stride_xm=k, stride_xk=1), dict(QMAX=ACT_QMAX, BLOCK_K=block_k))
     return _compile(fn, f"quantize_per_token {x_dtype} K={k}", arch, signature, constexprs, attrs,
                     8 if block_k >= 2048 else 4, 1)
@@ -175,15 +176,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from . import triton_gemm as g
 
-    configs = g.SMALL_M_CONFIGS if args.m <= g.SMALL_M_MAX else g.LARGE_M_CONFIGS
-    if args.m <= g.SMALL_M_MAX:
-        configs = [c for c in configs if c["BLOCK_M"] == min(g.m_bucket(args.m), g.SMALL_M_MAX)]
+    specs = [kernel_spec(s, name="--specs entry") for s in args.specs.split(",")]
+    if args.m <= g.SMALL_M_MAX:  # the configs the small-M autotuner keeps for this M
+        configs = [c for c in g.SMALL_M_CONFIGS if c["BLOCK_M"] == g.small_m_block_m(g.m_bucket(args.m))]
+    else:
+        configs = g.LARGE_M_CONFIGS
     print(compile_quantizer(arch=args.arch, k=args.k).summary())
-    for spec in args.specs.split(","):
-        pattern, rest = spec.split("-")
-        bits = int(rest[1])
+    for spec in specs:
         for c in configs:
-            r = compile_gemm(c, arch=args.arch, bits=bits, sparse=pattern == "2:4", epilogue=not args.int32,
+            r = compile_gemm(c, arch=args.arch, bits=spec.weight_bits, sparse=spec.sparse, epilogue=not args.int32,
                              gelu=True, m=args.m, n=args.n, k=args.k)
             print(r.summary(), flush=True)
     return 0

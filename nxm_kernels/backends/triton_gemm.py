@@ -297,10 +297,15 @@ def m_bucket(m: int) -> int:
     return min(8192, max(16, triton.next_power_of_2(m)))
 
 
+def small_m_block_m(bucket: int) -> int:
+    """The one BLOCK_M the small-M configs use for an M bucket: the smallest that covers M
+    (16 for M <= 16, 32 for <= 32, 64 for <= 64)."""
+    return min(bucket, SMALL_M_MAX)
+
+
 def _prune_small(configs, named_args, **kwargs):
-    # One BLOCK_M per bucket: the smallest that covers M (16 for M <= 16, 32 for <= 32, 64 for <= 64).
-    bucket = named_args["M_BUCKET"]
-    return [c for c in configs if c.kwargs["BLOCK_M"] == min(bucket, SMALL_M_MAX)]
+    block_m = small_m_block_m(named_args["M_BUCKET"])
+    return [c for c in configs if c.kwargs["BLOCK_M"] == block_m]
 
 
 def _prune_large(configs, named_args, **kwargs):
