@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .format import FORMAT_VERSION, PackedWeight
+from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
 from .modules import NxMLinear, compressed_linears
 from .spec import parse_spec
 
@@ -192,16 +192,17 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, attr, module)
 
 
-def _placeholders(model: nn.Module, cfg: dict) -> None:
+def _placeholders(model: nn.Module, cfg: dict, backend: str) -> None:
     """Put meta-device ``NxMLinear`` placeholders (and fused-activation identities) where recorded."""
+    modules = dict(model.named_modules())
     for name, rec in cfg["layers"].items():
         try:
             out_f, in_f = (int(v) for v in rec["shape"])
-            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), activation=rec.get("activation"),
-                              device="meta")
+            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), backend=backend,
+                              activation=rec.get("activation"), device="meta")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
-        existing = dict(model.named_modules()).get(name)
+        existing = modules.get(name)
         if existing is not None and isinstance(existing, nn.Linear) and \
                 tuple(existing.weight.shape) != (out_f, in_f):
             raise ValueError(f"checkpoint does not match the model config: {name} is {out_f}x{in_f} in the "
@@ -263,20 +264,24 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         diffs = config_differences(model, cfg.get("model"))
         if diffs:
             raise ValueError(f"checkpoint {d} does not match the model config: " + "; ".join(diffs))
-    _placeholders(model, cfg)
+    # Placeholders get the requested backend now: each layer's backend layout is then derived once on
+    # load (the load hook) and once after the move/cast below, never for a backend switched away from.
+    _placeholders(model, cfg, backend)
     state = _read_weights(d, cfg, device, verify)
     for alias, kept in cfg["aliases"].items():
         if kept not in state:
             raise ValueError(f"checkpoint {d} is corrupt: alias {alias!r} points to missing tensor {kept!r}")
         state[alias] = state[kept]
     _check_state(model, state, d)
-    for name in cfg["layers"]:  # the packed tensors must be well-formed before any kernel reads them
-        prefix = name + "."
-        rec = cfg["layers"][name]
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] != "bias"}
+    by_module: dict[str, dict] = {}  # the state's tensors grouped by owning module (it matches the model now)
+    for key, t in state.items():
+        owner, _, attr = key.rpartition(".")
+        by_module.setdefault(owner, {})[attr] = t
+    for name, rec in cfg["layers"].items():  # the packed tensors must be well-formed before any kernel reads them
+        sub = {k: v for k, v in by_module.get(name, {}).items() if k != "bias"}
         spec = parse_spec(rec["spec"])
         try:
-            PackedWeight.from_tensors(sub, {"format": "nxm-packed", "version": cfg["packed_format_version"],
+            PackedWeight.from_tensors(sub, {"format": FORMAT_NAME, "version": cfg["packed_format_version"],
                                             "shape": rec["shape"], "bits": spec.weight_bits, "pattern": spec.pattern})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint {d} is corrupt: layer {name}: {exc}") from None
@@ -284,12 +289,10 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if left:
         raise ValueError(f"checkpoint {d} does not cover the model: {left[:3]} have no data")
-    model.to(device)
-    if dtype is not None:
-        model.to(dtype)
-    if backend != "auto":
+    model.to(device=device, dtype=dtype)
+    if backend != "auto":  # an explicit backend must run here, as set_backend would require
         for layer in compressed_linears(model).values():
-            layer.set_backend(backend)
+            layer._require_backend()
     model._nxm_plan = cfg.get("plan")
     logger.info("loaded %d compressed layers from %s", len(cfg["layers"]), d)
     return model.eval()

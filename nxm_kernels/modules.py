@@ -186,9 +186,13 @@ class NxMLinear(nn.Module):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         self.backend = backend
         self._refresh()
+        self._require_backend()
+        return self
+
+    def _require_backend(self) -> None:
+        """Raise ``RuntimeError`` saying why when no backend runs on the buffers' device (meta excepted)."""
         if self._backend_name is None and self.values.device.type != "meta":
             raise RuntimeError(self._why)
-        return self
 
     def _refresh(self) -> None:
         """Resolve the backend for the buffers' device and derive its prepared layout (once)."""

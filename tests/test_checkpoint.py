@@ -250,6 +250,38 @@ def test_saving_errors(tmp_path):
         nxm.load_compressed(nxm.save_compressed(model, tmp_path / "ok"), dtype=torch.int8)
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"backend": "reference", "dtype": torch.bfloat16}])
+def test_load_derives_each_backend_layout_at_most_twice(saved, monkeypatch, kwargs):
+    """Once when the state dict is assigned and once after the move/cast: never for a backend that an
+    explicit ``backend`` then replaces, nor once per ``.to()`` step (it used to be up to 4 times)."""
+    from nxm_kernels.backends import reference
+
+    model, batch, path = saved
+    calls = []
+    original = reference.prepare
+    monkeypatch.setattr(reference, "prepare", lambda packed: calls.append(packed.shape) or original(packed))
+    loaded = nxm.load_compressed(path, **kwargs)
+    layers = compressed_linears(loaded)
+    assert 0 < len(calls) <= 2 * len(layers)
+    assert all(layer.resolved_backend == "reference" for layer in layers.values())
+    out = _out(loaded, batch)
+    ref = _out(model, batch)
+    if "dtype" in kwargs:
+        assert out.dtype == torch.bfloat16
+    else:
+        assert torch.equal(out, ref)
+
+
+def test_load_with_a_backend_that_cannot_run(saved):
+    _, _, path = saved
+    with pytest.raises(RuntimeError, match="NxMLinear cannot run on cpu: backend 'cuda' is unavailable on cpu"):
+        nxm.load_compressed(path, device="cpu", backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nxm.load_compressed(path, backend="magic")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        nxm.load_compressed(path, backend=None)
+
+
 @pytest.mark.gpu
 def test_load_on_gpu(saved):
     model, batch, path = saved
