@@ -181,16 +181,22 @@ class LayerAccount:
             return None
         return self.fp16_bytes if self.spec == "fp" else self.bytes["total"]
 
+    @property
+    def true_ratio_fp32(self) -> float | None:
+        return None if self.bytes is None else _ratio(self.true_bytes_fp32, self.fp32_bytes)
+
+    @property
+    def true_ratio_fp16(self) -> float | None:
+        return None if self.bytes is None else _ratio(self.true_bytes_fp16, self.fp16_bytes)
+
     def to_dict(self) -> dict:
-        d = {
+        return {
             "name": self.name, "shape": [self.out_features, self.in_features], "spec": self.spec,
             "params": self.params, "nominal_bits": self.nominal_bits, "nominal_ratio": self.nominal_ratio,
             "bytes": self.bytes, "fp32_bytes": self.fp32_bytes, "fp16_bytes": self.fp16_bytes,
             "bias_params": self.bias_params,
+            "true_ratio_fp32": self.true_ratio_fp32, "true_ratio_fp16": self.true_ratio_fp16,
         }
-        d["true_ratio_fp32"] = None if self.bytes is None else _ratio(self.true_bytes_fp32, self.fp32_bytes)
-        d["true_ratio_fp16"] = None if self.bytes is None else _ratio(self.true_bytes_fp16, self.fp16_bytes)
-        return d
 
 
 @dataclass
@@ -257,12 +263,16 @@ class Accounting:
             raise ValueError("the plan uses specs without a packed format, so it has no true ratio")
         return r
 
-    def by_component(self) -> dict[str, dict]:
-        """Totals grouped by the last part of the layer name (``query`` ... ``ffn2``)."""
+    def components(self) -> dict[str, "Accounting"]:
+        """The layers grouped by the last part of their name (``query`` ... ``ffn2``)."""
         groups: dict[str, list[LayerAccount]] = {}
         for a in self.layers:
             groups.setdefault(a.name.rsplit(".", 1)[-1], []).append(a)
-        return {comp: Accounting(accts).summary() for comp, accts in groups.items()}
+        return {comp: Accounting(accts) for comp, accts in groups.items()}
+
+    def by_component(self) -> dict[str, dict]:
+        """Totals grouped by the last part of the layer name (``query`` ... ``ffn2``)."""
+        return {comp: acc.summary() for comp, acc in self.components().items()}
 
     # --------------------------------------------------------------------- output
     def summary(self) -> dict:
@@ -308,31 +318,25 @@ class Accounting:
             rows.append(f"{name:<20} {shape:>11} {spec:<11} {bits:>6} {pct(nominal):>8} {tot:>11} {meta:>9} "
                         f"{sc:>8} {pct(r32):>8} {pct(r16):>8}")
 
+        def group_line(name, acc: "Accounting", spec):
+            # a group's row: summed bytes (none if a spec has no packed size), weight-averaged bits
+            b = None if not acc.exact else {
+                "total": acc.true_bytes_fp32, "metadata": sum(a.bytes["metadata"] for a in acc.layers),
+                "scales": sum(a.bytes["scales"] for a in acc.layers)}
+            bits = sum(a.params * a.nominal_bits for a in acc.layers) / acc.params
+            line(name, "", spec, f"{bits:.3g}", acc.nominal_ratio, b, acc.true_ratio_fp32, acc.true_ratio_fp16)
+
         if per_layer:
             for a in self.layers:
-                d = a.to_dict()
-                b = None if a.bytes is None else dict(a.bytes, total=a.true_bytes_fp32)
                 line(a.name, f"{a.out_features}x{a.in_features}", a.spec, f"{a.nominal_bits:g}", a.nominal_ratio,
-                     b, d["true_ratio_fp32"], d["true_ratio_fp16"])
+                     a.bytes, a.true_ratio_fp32, a.true_ratio_fp16)
         else:
-            for comp, s in self.by_component().items():
-                accts = [a for a in self.layers if a.name.rsplit(".", 1)[-1] == comp]
-                b = None if not s["true_bytes_fp32"] else {
-                    "total": s["true_bytes_fp32"],
-                    "metadata": sum(a.bytes["metadata"] for a in accts),
-                    "scales": sum(a.bytes["scales"] for a in accts)}
-                spec = s["specs"][0] if len(s["specs"]) == 1 else "mixed"
-                bits = sum(a.params * a.nominal_bits for a in accts) / s["params"]
-                line(f"{comp} (x{s['layers']})", "", spec, f"{bits:.3g}", s["nominal_ratio"], b,
-                     s["true_ratio_fp32"], s["true_ratio_fp16"])
+            for comp, acc in self.components().items():
+                specs = sorted({a.spec for a in acc.layers})
+                group_line(f"{comp} (x{len(acc.layers)})", acc, specs[0] if len(specs) == 1 else "mixed")
         rows.append("-" * len(head))
+        group_line(f"total ({len(self.layers)})", self, "")
         s = self.summary()
-        b = None if not self.exact else {
-            "total": s["true_bytes_fp32"], "metadata": sum(a.bytes["metadata"] for a in self.layers),
-            "scales": sum(a.bytes["scales"] for a in self.layers)}
-        bits = sum(a.params * a.nominal_bits for a in self.layers) / self.params
-        line(f"total ({len(self.layers)})", "", "", f"{bits:.3g}", s["nominal_ratio"], b,
-             s["true_ratio_fp32"], s["true_ratio_fp16"])
         rows.append(f"baseline: {s['fp32_bytes']:,} B fp32 / {s['fp16_bytes']:,} B fp16 for {s['params']:,} weights; "
                     f"'bytes' is the size deployed next to an fp32 model (fp layers at 4 B/weight). Biases ({s['bias_params']:,}) "
                     f"are not counted above; with them kept float on both sides: "
@@ -349,13 +353,7 @@ def account(layers, plan: "Plan | Mapping[str, str] | str", *, strict: bool = Tr
     (the same rule ``swap_linears`` applies).
     """
     shapes = layer_shapes(layers)
-    if isinstance(plan, str) and (plan.lstrip().startswith("{") or plan.endswith(".json")):
-        plan = Plan.from_json(plan)
-    elif not isinstance(plan, Plan):
-        if not isinstance(plan, (str, Mapping)):
-            raise TypeError(f"plan must be a Plan, a mapping pattern -> spec, a spec str or JSON, "
-                            f"got {type(plan).__name__}")
-        plan = Plan(plan)
+    plan = Plan.coerce(plan)
     specs = plan.resolve(shapes, strict=strict)
     out = []
     for name, shape in shapes.items():

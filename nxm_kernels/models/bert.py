@@ -11,7 +11,7 @@ Works for ``BertModel``, ``BertFor*`` task models and models with the same encod
 from __future__ import annotations
 
 import logging
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import torch.nn as nn
 from tqdm.auto import tqdm
@@ -89,16 +89,9 @@ def bert_linears(model: nn.Module) -> list[LinearSite]:
 
 # ---------------------------------------------------------------------------------- swapping
 def as_plan(plan) -> Plan:
-    """Accept a :class:`Plan`, a ``{pattern: spec}`` mapping, a list of pairs, a spec string
-    (applied to every encoder linear) or plan JSON text (``'{"*": "2:4-w8a8"}'``)."""
-    if isinstance(plan, Plan):
-        return plan
-    if isinstance(plan, str) and plan.lstrip().startswith("{"):
-        return Plan.from_json(plan)
-    if isinstance(plan, (str, Mapping, list, tuple)):
-        return Plan(plan)
-    raise TypeError(f"plan must be a Plan, a {{pattern: spec}} dict, a spec string or plan JSON, "
-                    f"got {type(plan).__name__}")
+    """:meth:`Plan.coerce`: a :class:`Plan`, a ``{pattern: spec}`` mapping, a list of pairs, a spec
+    string (applied to every encoder linear), plan JSON text or a path to a ``.json`` file."""
+    return Plan.coerce(plan)
 
 
 def _is_exact_gelu(act) -> bool:
