@@ -51,6 +51,12 @@ def check_choice(name: str, value, choices: Iterable) -> None:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
 
 
+def preview(names: Iterable[str], limit: int = 12) -> str:
+    """The first ``limit`` names, comma-separated, for an error that lists what would have matched."""
+    names = list(names)
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+
+
 def check_int(name: str, value, *, minimum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -38,7 +38,7 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from ._checks import FLOAT_DTYPES, check_tensor
+from ._checks import FLOAT_DTYPES, check_tensor, preview
 from .backends import WeightMeta, resolve_backend
 from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype
 from .ops import linear_prepared, normalize_activation, prepared_weights
@@ -386,9 +386,7 @@ def swap_named_linears(model: nn.Module, patterns, backend: str = "auto") -> Swa
         raise ValueError(f"{type(model).__name__} has no nn.Linear submodules to swap")
     for glob, _ in entries:
         if not any(fnmatch.fnmatchcase(n, glob) for n in linears):
-            names = list(linears)
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise ValueError(f"pattern {glob!r} matches no nn.Linear; the linears are: {shown}")
+            raise ValueError(f"pattern {glob!r} matches no nn.Linear; the linears are: {preview(linears)}")
     chosen = {}
     for name in linears:
         spec = None

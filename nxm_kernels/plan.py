@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from ._checks import preview
 from ._json import dump_json
 from .spec import LayerSpec, parse_spec
 
@@ -93,8 +94,7 @@ class Plan:
         if strict:
             for pattern, _ in self.entries:
                 if not any(fnmatch.fnmatchcase(n, _expand(pattern)) for n in names):
-                    shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-                    raise ValueError(f"plan pattern {pattern!r} matches no layer; layers are: {shown} "
+                    raise ValueError(f"plan pattern {pattern!r} matches no layer; layers are: {preview(names)} "
                                      f"(components: {', '.join(COMPONENTS)})")
         return {n: self.spec_for(n) for n in names}
 

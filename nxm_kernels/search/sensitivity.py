@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .._checks import check_choice
+from .._checks import check_choice, preview
 from .._json import dump_json
 from ..models.bert import bert_linears
 from ..plan import COMPONENTS, Plan
@@ -96,8 +96,7 @@ def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec]
     elif isinstance(assignment, Mapping):
         unknown = sorted(set(assignment) - set(sites))
         if unknown:
-            shown = ", ".join(list(sites)[:12]) + (", ..." if len(sites) > 12 else "")
-            raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {shown}")
+            raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {preview(sites)}")
         specs = {name: parse_spec(spec) for name, spec in assignment.items()}
     else:
         raise TypeError(f"assignment must be a Plan or a mapping layer name -> spec, got {type(assignment).__name__}")
