@@ -31,7 +31,7 @@ ext_modules, cmdclass = [], {"build_py": BuildPyWithCudaSources}
 if os.environ.get("NXM_BUILD_CUDA") == "1":
     from torch.utils.cpp_extension import BuildExtension, CUDAExtension  # needs torch at build time
 
-    from nxm_kernels.backends._cuda_build import extension_kwargs  # noqa: E402
+    from nxm_kernels.backends.cuda.build import extension_kwargs  # noqa: E402
 
     ext_modules = [CUDAExtension(**extension_kwargs())]
     cmdclass["build_ext"] = BuildExtension

@@ -81,7 +81,7 @@ run_step install 90 375 "$PY -m pip install --no-deps --no-build-isolation -e . 
 # 3. Build the CUDA extension (csrc/) through the cuda backend's build function, then show the backends.
 run_step build 240 255 "$PY - <<'EOF'
 import torch
-from nxm_kernels.backends import cuda
+from nxm_kernels.backends.cuda import backend as cuda
 cuda.build(verbose=True)
 from nxm_kernels.backends import BACKENDS, unavailable_reason
 for name in BACKENDS:

@@ -23,7 +23,7 @@ enum { NXM_BIAS_NONE = 0, NXM_BIAS_F16 = 1, NXM_BIAS_BF16 = 2, NXM_BIAS_F32 = 3 
 enum { NXM_ACT_NONE = 0, NXM_ACT_GELU = 1 };
 
 // y[M, N] = epilogue(xq[M, KP] . W[N, KP]^T), W 2:4 sparse int8/int4 in the prepared layout
-// (nxm_kernels/backends/cuda_layout.py).
+// (nxm_kernels/backends/cuda/layout.py).
 typedef struct {
   const int8_t* xq;        // [M, KP] int8 activations, row pitch KP bytes (16-byte aligned)
   const float* x_scale;    // [M] per-token scales (unused for NXM_OUT_INT32)

@@ -26,7 +26,7 @@ dim3 tile_grid(int cfg, int M, int N, int splits = 1) {
   return dim3(ceil_div(N, kBN[cfg]), ceil_div(M, kBM[cfg]), splits);
 }
 
-// The problem-size rules of the prepared layout (cuda_layout.py): Np, KP padded to 128.
+// The problem-size rules of the prepared layout (backends/cuda/layout.py): Np, KP padded to 128.
 bool bad_dims(int M, int N, int Np, int KP) {
   return M < 1 || N < 1 || Np < N || Np % 128 || KP < 128 || KP % 128;
 }

@@ -9,12 +9,12 @@
 // where A is 2:4 sparse (32 kept codes per row) and B dense. The sparse operand must be A, so the
 // kernel computes the transposed product y^T[N, M] = W[N, K] . xq^T[K, M]: A = 16 weight rows,
 // B = 8 tokens ("col" layout = K contiguous per token, which is how xq is stored). The lane-level
-// fragment ownership is written out in nxm_kernels/backends/mma_sp_model.py (CPU model, tested).
+// fragment ownership is written out in tests/mma_sp_model.py (CPU model, tested).
 //
 // ---------------------------------------------------------------------------------------------
 // Operand layouts
 // ---------------------------------------------------------------------------------------------
-// A (weights) comes pre-arranged (nxm_kernels/backends/cuda_layout.py): for each (16 rows, 64 K)
+// A (weights) comes pre-arranged (nxm_kernels/backends/cuda/layout.py): for each (16 rows, 64 K)
 // tile, lane L's four A registers are 16 contiguous bytes at offset 16*L of a 512-byte block, and its
 // metadata register is the 4-byte word at 4*L of a 128-byte block. A warp therefore reads its
 // A fragment from shared memory with one conflict-free 16-byte load per lane, no ldmatrix and no

@@ -1,6 +1,6 @@
 // The one PyTorch binding of the CUDA kernels: checks tensors, allocates outputs and workspaces with
 // PyTorch's caching allocator on the current stream (so CUDA graph capture works), and calls the
-// C-style launchers of nxm_kernels.h. The Python side (nxm_kernels/backends/cuda.py) has already
+// C-style launchers of nxm_kernels.h. The Python side (nxm_kernels/backends/cuda/backend.py) has already
 // validated shapes and dtypes for users; the checks here guard the kernel itself.
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>

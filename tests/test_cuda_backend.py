@@ -10,7 +10,7 @@ import torch
 
 import nxm_kernels as nxm
 from nxm_kernels.backends import unavailable_reason
-from nxm_kernels.backends.mma_sp_model import mma_sp_m16n8k64, pack_bytes
+from mma_sp_model import mma_sp_m16n8k64, pack_bytes
 
 pytestmark = pytest.mark.gpu
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nxm_kernels.backends._cuda_build import (CI_ARCHS, csrc_dir, device_archs, extension_kwargs, gencode_flags,
+from nxm_kernels.backends.cuda.build import (CI_ARCHS, csrc_dir, device_archs, extension_kwargs, gencode_flags,
                                               nvcc_flags, parse_archs)
 
 NVCC = shutil.which("nvcc")

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import nxm_kernels as nxm
-from nxm_kernels.backends.cuda_layout import prepare_layout, prepared_dims, restore_canonical
-from nxm_kernels.backends.mma_sp_model import (c_fragment_positions, ldmatrix_x4, mma_sp_m16n8k64,
+from nxm_kernels.backends.cuda.layout import prepare_layout, prepared_dims, restore_canonical
+from mma_sp_model import (c_fragment_positions, ldmatrix_x4, mma_sp_m16n8k64,
                                                pack_bytes, unpack_bytes)
 
 

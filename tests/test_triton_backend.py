@@ -21,9 +21,9 @@ pytest.importorskip("triton")
 
 import nxm_kernels as nxm  # noqa: E402
 from nxm_kernels.backends import WeightMeta, get_backend  # noqa: E402
-from nxm_kernels.backends import triton_backend as tb  # noqa: E402
-from nxm_kernels.backends import triton_gemm  # noqa: E402
-from nxm_kernels.backends.triton_gemm import GemmConfig  # noqa: E402
+from nxm_kernels.backends.triton import backend as tb  # noqa: E402
+from nxm_kernels.backends.triton import gemm as triton_gemm  # noqa: E402
+from nxm_kernels.backends.triton.gemm import GemmConfig  # noqa: E402
 from nxm_kernels.quant import quantize_per_token as ref_quantize  # noqa: E402
 
 ref = get_backend("reference")
@@ -297,8 +297,8 @@ class TestInterpreter:
 _AOT_SCRIPT = r"""
 import json, re, sys
 try:
-    from nxm_kernels.backends.triton_aot import compile_gemm, compile_quantizer
-    from nxm_kernels.backends.triton_gemm import LARGE_M_CONFIGS, SMALL_M_CONFIGS
+    from triton_aot import compile_gemm, compile_quantizer
+    from nxm_kernels.backends.triton.gemm import LARGE_M_CONFIGS, SMALL_M_CONFIGS
     q = compile_quantizer(arch=90, x_dtype="bf16", k=3000)
     small = compile_gemm(SMALL_M_CONFIGS[0], arch=80, bits=4, sparse=True, gelu=True, m=16, n=768, k=3072)
     large = compile_gemm(LARGE_M_CONFIGS[0], arch=90, bits=8, sparse=True, gelu=True, m=4096, n=3072, k=768)
@@ -327,6 +327,8 @@ def test_kernels_compile_for_real_gpus():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    # triton_aot is a check tool beside the tests, not part of the package.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.dirname(__file__), env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -354,7 +356,7 @@ def test_small_m_block_m_covers_m_with_one_small_config_height():
 def test_aot_cli_refuses_specs_the_kernels_do_not_run(spec):
     """``--specs`` entries are parsed as specs before anything is compiled (``1:4-w8a8`` used to be
     compiled as a dense kernel)."""
-    from nxm_kernels.backends.triton_aot import main
+    from triton_aot import main
 
     with pytest.raises(ValueError, match="spec"):
         main(["--specs", f"2:4-w8a8,{spec}"])

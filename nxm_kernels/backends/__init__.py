@@ -37,7 +37,7 @@ ENV_VAR = "NXM_BACKEND"
 #: The ``activation`` values every backend's ``linear`` takes.
 ACTIVATIONS = ("none", "gelu")
 
-_MODULES = {"cuda": ".cuda", "triton": ".triton_backend", "reference": ".reference"}
+_MODULES = {"cuda": ".cuda.backend", "triton": ".triton.backend", "reference": ".reference"}
 
 
 class WeightMeta(NamedTuple):

@@ -24,7 +24,7 @@ CI_ARCHS = ("80", "86", "89", "90a")
 def csrc_dir() -> Path:
     """The CUDA sources: ``<repo>/csrc`` in a checkout, ``nxm_kernels/_csrc`` in an installed wheel."""
     here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "csrc", here.parents[1] / "_csrc"):
+    for candidate in (here.parents[3] / "csrc", here.parents[2] / "_csrc"):
         if (candidate / SOURCES[0]).is_file():
             return candidate
     raise FileNotFoundError("the CUDA sources (csrc/nxm_sparse_gemm.cu) are not shipped with this install")
@@ -85,7 +85,7 @@ def _source_hash(archs) -> str:
 def load(verbose: bool = False):
     """Import the ahead-of-time extension if installed, else JIT-build (cached) and import it."""
     try:
-        from .. import _cuda_ext  # type: ignore[attr-defined]
+        from ... import _cuda_ext  # type: ignore[attr-defined]
 
         return _cuda_ext
     except ImportError:

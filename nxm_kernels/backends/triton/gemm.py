@@ -58,7 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..format import padded_k
+from ...format import padded_k
 
 __all__ = ["GemmConfig", "INTERPRETER_CONFIG", "SMALL_M_CONFIGS", "LARGE_M_CONFIGS", "SMALL_M_MAX",
            "int_gemm", "is_interpreted", "m_bucket"]

@@ -2,9 +2,9 @@
 
 Two kernels, each in its own module:
 
-* :mod:`.triton_quant` — per-token int8 activation quantization, bit-identical to
+* :mod:`.quant` — per-token int8 activation quantization, bit-identical to
   :func:`nxm_kernels.quant.quantize_per_token`;
-* :mod:`.triton_gemm` — the sparse/dense int GEMM reading the canonical packed weight directly
+* :mod:`.gemm` — the sparse/dense int GEMM reading the canonical packed weight directly
   (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue.
 
 ``prepare`` returns the canonical tensors unchanged (made contiguous): the kernel decodes the
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import FLOAT_DTYPES, check_choice, check_same_device
-from ..format import PackedWeight, packed_shapes, values_dtype
-from . import ACTIVATIONS
+from ..._checks import FLOAT_DTYPES, check_choice, check_same_device
+from ...format import PackedWeight, packed_shapes, values_dtype
+from .. import ACTIVATIONS
 
 #: int8 ``tl.dot`` (mma.sync s8) needs Ampere or newer.
 MIN_CAPABILITY = (8, 0)
@@ -28,10 +28,10 @@ MIN_CAPABILITY = (8, 0)
 try:
     import triton  # noqa: F401
 
-    from . import triton_gemm, triton_quant
+    from . import gemm, quant
     _IMPORT_ERROR: Exception | None = None
 except Exception as exc:  # noqa: BLE001 - ImportError, or a broken triton install
-    triton_gemm = triton_quant = None
+    gemm = quant = None
     _IMPORT_ERROR = exc
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -39,7 +39,7 @@ def unavailable_reason(device: torch.device) -> str | None:
     device = torch.device(device)
     if _IMPORT_ERROR is not None:
         return f"the triton package cannot be imported ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
-    interpreted = triton_gemm.is_interpreted()
+    interpreted = gemm.is_interpreted()
     if device.type == "cpu":
         if interpreted:
             return None
@@ -113,7 +113,7 @@ def quantize_per_token(x2d: torch.Tensor):
     """Per-token int8 codes and float32 scales of ``x2d[M, K]``, exactly as the reference computes them."""
     if isinstance(x2d, torch.Tensor):
         _require_available(x2d.device)
-    return triton_quant.quantize_per_token(x2d)
+    return quant.quantize_per_token(x2d)
 
 
 def _check_x(name: str, x: torch.Tensor, dtypes, k: int) -> None:
@@ -131,7 +131,7 @@ def int_mm(xq: torch.Tensor, weights: list[torch.Tensor], meta) -> torch.Tensor:
     values, metadata, _ = _split_weights(weights, meta)
     check_same_device(xq=xq, values=values, metadata=metadata)
     _require_available(xq.device)
-    return triton_gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse)
+    return gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse)
 
 
 def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
@@ -149,7 +149,7 @@ def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Ten
     _require_available(x2d.device)
     if x2d.shape[0] == 0:
         return x2d.new_empty(0, meta.n)
-    xq, x_scale = triton_quant.quantize_per_token(x2d)
-    return triton_gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse,
+    xq, x_scale = quant.quantize_per_token(x2d)
+    return gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse,
                                 x_scale=x_scale, w_scale=scales, bias=bias, gelu=activation == "gelu",
                                 out_dtype=x2d.dtype)

@@ -8,10 +8,10 @@ pointers, unit strides as constants, sizes divisible by 16 marked so), and repor
 PTX, registers, spills (stack bytes), shared memory, which MMA instruction was used, and whether the
 loads became asynchronous copies (i.e. the software pipeline formed).
 
-Used by the tests (a subprocess: kernels must be created with ``TRITON_INTERPRET`` unset) and from the
+A check tool, not part of the package. Used by the tests (a subprocess: kernels must be created with ``TRITON_INTERPRET`` unset) and from the
 command line to check configs before a GPU is at hand::
 
-    python -m nxm_kernels.backends.triton_aot --arch 90 --m 16 --n 768 --k 3072
+    python tests/triton_aot.py --arch 90 --m 16 --n 768 --k 3072
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 
-from ..format import packed_shapes, padded_k
-from ..spec import kernel_spec
+from nxm_kernels.format import packed_shapes, padded_k
+from nxm_kernels.spec import kernel_spec
 
 __all__ = ["AotResult", "compile_gemm", "compile_quantizer", "main"]
 
@@ -61,7 +61,7 @@ class AotResult:
 
 
 def _require_compiled_kernels():
-    from . import triton_gemm
+    from nxm_kernels.backends.triton import gemm as triton_gemm
     if triton_gemm.is_interpreted():
         raise RuntimeError("ahead-of-time compilation needs the real Triton kernels: import nxm_kernels' "
                            "Triton backend with TRITON_INTERPRET unset (e.g. in a subprocess)")
@@ -124,10 +124,10 @@ _FLOAT_TYPES = ("fp16", "bf16", "fp32")
 def compile_gemm(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, epilogue: bool = True,
                  bias: bool = True, gelu: bool = False, out_dtype: str = "fp16", m: int = 16, n: int = 768,
                  k: int = 768) -> AotResult:
-    """Compile the GEMM kernel with ``config`` (a :class:`~.triton_gemm.GemmConfig`) for ``sm_<arch>``
+    """Compile the GEMM kernel with ``config`` (a :class:`~nxm_kernels.backends.triton.gemm.GemmConfig`) for ``sm_<arch>``
     as a contiguous launch at ``M, N, K = m, n, k`` would specialise it."""
     _require_compiled_kernels()
-    from . import triton_gemm as g
+    from nxm_kernels.backends.triton import gemm as g
 
     if out_dtype not in _FLOAT_TYPES:
         raise ValueError(f"out_dtype must be one of {_FLOAT_TYPES}, got {out_dtype!r}")
@@ -151,8 +151,8 @@ def compile_gemm(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, 
 def compile_quantizer(*, arch: int = 90, x_dtype: str = "fp16", k: int = 768) -> AotResult:
     """Compile the per-token quantizer for ``sm_<arch>`` for rows of ``k`` contiguous elements."""
     _require_compiled_kernels()
-    from . import triton_quant as q
-    from ..quant import ACT_QMAX
+    from nxm_kernels.backends.triton import quant as q
+    from nxm_kernels.quant import ACT_QMAX
 
     if x_dtype not in _FLOAT_TYPES:
         raise ValueError(f"x_dtype must be one of {_FLOAT_TYPES}, got {x_dtype!r}")
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--specs", default="2:4-w8a8,2:4-w4a8,dense-w8a8,dense-w4a8")
     ap.add_argument("--int32", action="store_true", help="the raw accumulator variant (no epilogue)")
     args = ap.parse_args(argv)
-    from . import triton_gemm as g
+    from nxm_kernels.backends.triton import gemm as g
 
     specs = [kernel_spec(s, name="--specs entry") for s in args.specs.split(",")]
     if args.m <= g.SMALL_M_MAX:  # the configs the small-M autotuner keeps for this M

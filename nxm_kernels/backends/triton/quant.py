@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..quant import ACT_QMAX
+from ...quant import ACT_QMAX
 
 __all__ = ["quantize_per_token", "quant_block_k"]
 

@@ -1,4 +1,4 @@
-"""A CPU model of ``mma.sp::ordered_metadata.sync.aligned.m16n8k64.row.col.s32.s8.s8.s32``.
+"""A test oracle (beside the tests, not part of the package). A CPU model of ``mma.sp::ordered_metadata.sync.aligned.m16n8k64.row.col.s32.s8.s8.s32``.
 
 It states, lane by lane, which elements each of the 32 lanes supplies and receives, following the
 PTX ISA's fragment descriptions for sparse ``mma.m16n8k64`` with ``.s8`` (``g = lane >> 2``,
@@ -15,8 +15,8 @@ PTX ISA's fragment descriptions for sparse ``mma.m16n8k64`` with ``.s8`` (``g = 
   ``i`` is element ``(k = 16*j + 4*t + i, n = g)``.
 * **C/D** (16 x 8 int32): ``d0, d1`` are ``(g, 2t)``, ``(g, 2t + 1)``; ``d2, d3`` are rows ``g + 8``.
 
-The model is the evidence, without a GPU, that the prepared layout (``cuda_layout``) and the kernel's
-fragment loads are right; a GPU test checks the model itself against the hardware instruction.
+The model is the evidence, without a GPU, that the prepared layout (``nxm_kernels.backends.cuda.layout``)
+and the kernel's fragment loads are right; a GPU test checks the model itself against the hardware instruction.
 Registers are int64 tensors holding uint32 bit patterns.
 """
 

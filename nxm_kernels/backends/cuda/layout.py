@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import torch
 
-from ..format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
+from ...format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
 
 __all__ = ["N_ALIGN", "K_ALIGN", "prepare_layout", "restore_canonical", "prepared_dims"]
 

@@ -1,7 +1,7 @@
 """The ``cuda`` backend: the sparse tensor-core kernels of ``csrc/`` (``mma.sp``, SASS ``IMMA.SP``).
 
 Runs 2:4 weights (int8 or int4 codes) on sm_80 and newer. The extension is built on first use
-(see :mod:`._cuda_build`); when it cannot be (no GPU, no nvcc, a compile error), this backend reports
+(see :mod:`.build`); when it cannot be (no GPU, no nvcc, a compile error), this backend reports
 itself unavailable with the reason and ``backend="auto"`` falls back to Triton or the reference.
 """
 
@@ -11,9 +11,9 @@ import functools
 
 import torch
 
-from ..format import PackedWeight, padded_k
-from . import _cuda_build
-from .cuda_layout import prepare_layout, prepared_dims
+from ...format import PackedWeight, padded_k
+from . import build as _cuda_build
+from .layout import prepare_layout, prepared_dims
 
 _ACT = {"none": 0, "gelu": 1}
 
