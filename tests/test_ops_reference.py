@@ -201,16 +201,19 @@ def test_prepared_weights_are_cached_per_backend():
 
 
 def test_custom_ops_pass_opcheck():
-    """Schema, fake (meta) implementation and dispatch of nxm::linear and nxm::int_mm agree."""
+    """Schema, fake (meta) implementation and dispatch of nxm::linear, nxm::linear_q and nxm::int_mm agree."""
     for bits, pattern in CASES:
         packed = pack(torch.randn(8, 24), bits, pattern, prune=True)
-        weights = ops.prepared_weights(packed, "reference")
+        weights = ops.prepared_weights(packed, "reference").tensors()  # custom ops take the tensor list
         meta = (packed.shape[0], packed.shape[1], packed.bits, packed.sparse)
         x = torch.randn(5, 24)
         torch.library.opcheck(torch.ops.nxm.linear.default,
                               (x, weights, torch.randn(8), *meta, "gelu", "reference"))
         xq = torch.randint(-127, 128, (5, 24), dtype=torch.int8)
         torch.library.opcheck(torch.ops.nxm.int_mm.default, (xq, weights, *meta, "reference"))
+        xq, xs = quantize_per_token(x.half())
+        torch.library.opcheck(torch.ops.nxm.linear_q.default,
+                              (xq, xs, weights, torch.randn(8), *meta, "gelu", torch.float16, "reference"))
 
 
 def test_reference_helpers_directly():

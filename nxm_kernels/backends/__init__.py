@@ -4,7 +4,10 @@ Every backend is a module with the same functions, so :mod:`nxm_kernels.ops` can
 
 ``unavailable_reason(device) -> str | None``
     ``None`` when the backend can run on ``device``, else a sentence saying why not.
-``prepare(packed) -> list[Tensor]``
+``LAYOUT``
+    The backend's typed prepared weight, a :class:`~nxm_kernels.backends.layout.Layout` subclass
+    (frozen dataclass, ``from_packed`` / ``to_packed``, checked once when built).
+``prepare(packed) -> LAYOUT``
     The backend's in-memory layout of a :class:`~nxm_kernels.format.PackedWeight`, derived once
     (a pure function of the canonical tensors; cached by the caller).
 ``quantize_per_token(x2d) -> (codes int8 [M, K], scale float32 [M, 1])``
@@ -12,26 +15,56 @@ Every backend is a module with the same functions, so :mod:`nxm_kernels.ops` can
     The raw accumulator ``xq @ W_codes^T`` (exact; compared with ``torch.equal`` in tests).
 ``linear(x2d, weights, meta, bias, activation) -> [M, N]`` in ``x2d.dtype``
     Quantize, accumulate and apply the epilogue (scales, bias, GELU); ``activation`` is one of
-    :data:`ACTIVATIONS`.
+    :data:`ACTIVATIONS`. The eager path: one call, the backend's fused kernels.
+``linear_q(xq, x_scale, weights, meta, bias, activation, out_dtype) -> [M, N]``
+    GEMM + epilogue on activations already quantized by :func:`nxm_kernels.quant.quantize_per_token`
+    (the ``torch.compile`` path: the quantization stays plain torch ops that inductor fuses into
+    the producer of ``x``).
+``VARIANTS``
+    The backend's kernel variants, a tuple of :class:`Variant`, its default first (see below).
 ``weight_unsupported_reason(meta) -> str | None`` (optional)
     ``None`` when the backend runs this kind of weight (e.g. the cuda backend runs 2:4 only).
 
-``meta`` is a :class:`WeightMeta`. Backends know the format and nothing above it.
+``weights`` is the backend's layout object or its list of tensors (checked then); ``meta`` is a
+:class:`WeightMeta`. These functions check their inputs (they are callable by users); the hot path
+of ``NxMLinear`` instead calls a variant's ``linear`` on a layout it built and checked once.
+
+**Kernel variants.** A backend may offer several kernels for the same op (Triton's two-launch
+quantize + GEMM and a fused small-M kernel; CUTLASS kernels beside the hand-written CUDA one).
+Each is a :class:`Variant` named ``"<backend>"`` (the default) or ``"<backend>:<variant>"``
+(``"triton:fused"``, ``"cuda:cutlass"``): these names are the candidates the dispatch table
+(:mod:`nxm_kernels.dispatch`) ranks per (GPU, weight kind, N, K, M bucket), that ``nxm tune``
+times, and that ``backend=`` / ``NXM_BACKEND`` accept to force one. To add a variant, append a
+``Variant`` to the backend module's ``VARIANTS``: a ``linear(x2d, layout, bias, activation)`` that
+runs on the backend's layout without checks (its caller has checked ``x2d``: contiguous 2-D, float,
+K columns, same device, M >= 1; ``bias`` contiguous or ``None``), optionally
+``unsupported_reason(meta, device)`` and ``max_m`` (the largest M it serves). Nothing else changes:
+``nxm tune`` times it from then on, and the table picks it where it wins.
+
+Backends know the format and nothing above it.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-__all__ = ["ACTIVATIONS", "BACKENDS", "ENV_VAR", "WeightMeta", "get_backend", "unavailable_reason", "available_backends",
-           "resolve_backend", "weight_unsupported_reason"]
+from .layout import Layout, WeightMeta
 
-#: In order of preference for ``backend="auto"``.
+__all__ = ["ACTIVATIONS", "AUTO_ORDER", "BACKENDS", "ENV_VAR", "Layout", "Variant", "WeightMeta", "get_backend",
+           "unavailable_reason", "available_backends", "resolve_backend", "weight_unsupported_reason",
+           "split_candidate", "variants", "env_backend"]
+
+#: The backend names (in the order error messages list them).
 BACKENDS = ("cuda", "triton", "reference")
+#: Preference of ``backend="auto"`` where the dispatch table has no measurement: triton before cuda,
+#: because on the one GPU measured (H100, benchmarks/results/h100-80gb-hbm3-20261124-16aadda347)
+#: triton was faster than cuda at every M and shape where both ran.
+AUTO_ORDER = ("triton", "cuda", "reference")
 #: Overrides ``backend="auto"`` (e.g. ``NXM_BACKEND=reference``).
 ENV_VAR = "NXM_BACKEND"
 #: The ``activation`` values every backend's ``linear`` takes.
@@ -40,17 +73,21 @@ ACTIVATIONS = ("none", "gelu")
 _MODULES = {"cuda": ".cuda.backend", "triton": ".triton.backend", "reference": ".reference"}
 
 
-class WeightMeta(NamedTuple):
-    """What a kernel needs to know about a prepared weight besides its tensors."""
+@dataclass(frozen=True)
+class Variant:
+    """One kernel (pipeline) of a backend for the op; see "Kernel variants" above."""
 
-    n: int
-    k: int
-    bits: int
-    sparse: bool
+    #: ``"<backend>"`` for the backend's default kernel, else ``"<backend>:<variant>"``.
+    name: str
+    #: ``linear(x2d, layout, bias, activation) -> y``, no checks (the caller has made them).
+    linear: Callable
+    #: ``unsupported_reason(meta, device) -> str | None``; ``None`` means it runs everything its backend runs.
+    unsupported_reason: Callable | None = None
+    #: The largest M it serves (e.g. a small-M kernel); ``None``: any M.
+    max_m: int | None = None
 
-    @classmethod
-    def of(cls, packed) -> "WeightMeta":
-        return cls(packed.shape[0], packed.shape[1], packed.bits, packed.sparse)
+    def reason(self, meta: "WeightMeta", device: torch.device) -> str | None:
+        return None if self.unsupported_reason is None else self.unsupported_reason(meta, device)
 
 
 def get_backend(name: str):
@@ -81,38 +118,78 @@ def weight_unsupported_reason(name: str, meta: "WeightMeta | None") -> str | Non
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can run on ``device``, fastest first."""
-    return [b for b in BACKENDS if unavailable_reason(b, device) is None]
+    """Backends that can run on ``device``, in ``auto``'s order of preference (:data:`AUTO_ORDER`)."""
+    return [b for b in AUTO_ORDER if unavailable_reason(b, device) is None]
+
+
+def variants(name: str) -> tuple[Variant, ...]:
+    """The kernel variants of backend ``name``, its default first."""
+    return tuple(get_backend(name).VARIANTS)
+
+
+def split_candidate(candidate: str) -> tuple[str, str]:
+    """``"triton:fused"`` -> ``("triton", "triton:fused")``; ``"triton"`` -> ``("triton", "triton")``.
+
+    Checks that the backend exists (the usual ``backend must be one of`` error) and, for a variant
+    name, that the backend has it.
+    """
+    if not isinstance(candidate, str):
+        raise TypeError(f"backend must be a str, got {type(candidate).__name__}")
+    name, sep, _ = candidate.partition(":")
+    if name not in BACKENDS or (sep and candidate == name + sep):
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {candidate!r}")
+    if sep:
+        try:
+            known = [v.name for v in variants(name)]
+        except ImportError as exc:  # the variant cannot be checked, nor run: report the backend's reason
+            raise RuntimeError(f"backend {candidate!r} is unavailable: cannot import backend {name!r}: {exc}") from None
+        if candidate not in known:
+            raise ValueError(f"backend {name!r} has no kernel variant {candidate!r}; its variants are {known}")
+    return name, candidate
+
+
+def env_backend() -> str | None:
+    """The ``NXM_BACKEND`` override, checked (``None`` when unset, empty or ``auto``)."""
+    env = os.environ.get(ENV_VAR, "").strip()
+    if not env or env == "auto":
+        return None
+    try:
+        split_candidate(env)
+    except ValueError:
+        raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS + ('auto',)} "
+                         f"(or a kernel variant such as 'triton:<variant>'), got {env!r}") from None
+    return env
 
 
 def resolve_backend(backend: str, device: torch.device | str, meta: "WeightMeta | None" = None) -> str:
     """Turn ``"auto"`` (or an explicit name) into a backend that can run on ``device``.
 
-    ``"auto"`` honours the ``NXM_BACKEND`` environment variable, then picks the fastest available
-    backend that also runs weights like ``meta`` (when given). An explicit backend that cannot run
-    raises ``RuntimeError`` saying why.
+    ``"auto"`` honours the ``NXM_BACKEND`` environment variable, then picks the first available
+    backend of :data:`AUTO_ORDER` that also runs weights like ``meta`` (when given); on a CPU it is
+    the reference. An explicit backend (or ``"<backend>:<variant>"``, whose backend is returned) that
+    cannot run raises ``RuntimeError`` saying why. Which *variant* runs, per M, is the dispatch
+    table's business (:mod:`nxm_kernels.dispatch`).
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     device = torch.device(device)
     source = ""
     if backend == "auto":
-        env = os.environ.get(ENV_VAR, "").strip()
-        if env and env != "auto":
-            if env not in BACKENDS:
-                raise ValueError(f"environment variable {ENV_VAR} must be one of {BACKENDS + ('auto',)}, got {env!r}")
+        env = env_backend()
+        if env is not None:
             backend, source = env, f" (chosen by {ENV_VAR}={env})"
         else:
-            for name in BACKENDS:
+            for name in AUTO_ORDER:
                 # On a CPU, "auto" means the reference: the Triton interpreter is for testing only.
                 if device.type == "cpu" and name != "reference":
                     continue
                 if unavailable_reason(name, device) is None and weight_unsupported_reason(name, meta) is None:
                     return name
             raise RuntimeError(f"no backend can run on {device}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
-    why = unavailable_reason(backend, device) or weight_unsupported_reason(backend, meta)
+    name, candidate = split_candidate(backend)
+    why = unavailable_reason(name, device) or weight_unsupported_reason(name, meta)
+    if why is None and candidate != name and meta is not None:
+        why = next(v for v in variants(name) if v.name == candidate).reason(meta, device)
     if why is not None:
         raise RuntimeError(f"backend {backend!r}{source} is unavailable on {device}: {why}")
-    return backend
+    return name

@@ -6,47 +6,63 @@ alike (int32 matmul is not available on every device). The result is rounded bac
 
 The epilogue order, shared with the kernels, is ``((acc * x_scale) * w_scale) + bias``, then GELU
 (the exact erf form BERT uses), all in float32, then a cast to the input's dtype.
+
+Its layout (:class:`ReferenceLayout`) is the canonical tensors themselves.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from .._checks import check_choice
 from ..format import PackedWeight, padded_k
 from ..quant import quantize_per_token as _quantize_per_token
-from . import ACTIVATIONS
+from . import ACTIVATIONS, Variant
+from .layout import CanonicalLayout
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceLayout(CanonicalLayout):
+    """The canonical ``values``, ``metadata`` (2:4 only) and ``scales``, as they are."""
+
+    backend: ClassVar[str] = "reference"
+
+
+LAYOUT = ReferenceLayout
 
 
 def unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
-def prepare(packed: PackedWeight) -> list[torch.Tensor]:
+def prepare(packed: PackedWeight) -> ReferenceLayout:
     """The canonical tensors themselves: ``[values, metadata, scales]`` (``[values, scales]`` if dense)."""
-    tensors = packed.tensors()
-    return [tensors[k] for k in ("values", "metadata", "scales") if k in tensors]
+    return ReferenceLayout.from_packed(packed)
 
 
-def as_packed(weights: list[torch.Tensor], meta) -> PackedWeight:
-    """Rebuild a canonical :class:`PackedWeight` view from :func:`prepare`'s list."""
-    values, scales = weights[0], weights[-1]
-    metadata = weights[1] if meta.sparse else None
-    return PackedWeight(values, metadata, scales, (meta.n, meta.k), meta.bits, "2:4" if meta.sparse else "dense")
+def as_packed(weights, meta) -> PackedWeight:
+    """Rebuild a canonical :class:`PackedWeight` view from :func:`prepare`'s layout (or its tensor list)."""
+    return ReferenceLayout.from_tensors(weights, meta).to_packed()
 
 
 def quantize_per_token(x2d: torch.Tensor):
     return _quantize_per_token(x2d)
 
 
-def int_mm(xq: torch.Tensor, weights: list[torch.Tensor], meta) -> torch.Tensor:
-    """Exact ``xq[M, K] @ codes[N, K]^T`` as int32 ``[M, N]``."""
-    w = as_packed(weights, meta).int_weight()  # [N, K_pad]
-    kp = padded_k(meta.k)
+def _int_mm(xq: torch.Tensor, layout: ReferenceLayout) -> torch.Tensor:
+    w = layout.to_packed().int_weight()  # [N, K_pad]
+    kp = padded_k(layout.meta.k)
     x = torch.nn.functional.pad(xq, (0, kp - xq.shape[1])) if xq.shape[1] != kp else xq
     return torch.round(x.double() @ w.double().t()).to(torch.int32)
+
+
+def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
+    """Exact ``xq[M, K] @ codes[N, K]^T`` as int32 ``[M, N]``."""
+    return _int_mm(xq, ReferenceLayout.from_tensors(weights, meta))
 
 
 def gelu(y: torch.Tensor) -> torch.Tensor:
@@ -65,9 +81,25 @@ def epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor, bi
     return y.to(dtype)
 
 
-def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
-           activation: str) -> torch.Tensor:
+def _linear_q(xq, x_scale, layout: ReferenceLayout, bias, activation: str, out_dtype: torch.dtype) -> torch.Tensor:
+    return epilogue(_int_mm(xq, layout), x_scale, layout.scales, bias, activation, out_dtype)
+
+
+def _linear(x2d: torch.Tensor, layout: ReferenceLayout, bias, activation: str) -> torch.Tensor:
+    xq, x_scale = _quantize_per_token(x2d)
+    return _linear_q(xq, x_scale, layout, bias, activation, x2d.dtype)
+
+
+def linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
     check_choice("activation", activation, ACTIVATIONS)
-    xq, x_scale = quantize_per_token(x2d)
-    acc = int_mm(xq, weights, meta)
-    return epilogue(acc, x_scale, weights[-1], bias, activation, x2d.dtype)
+    return _linear(x2d, ReferenceLayout.from_tensors(weights, meta), bias, activation)
+
+
+def linear_q(xq: torch.Tensor, x_scale: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str,
+             out_dtype: torch.dtype) -> torch.Tensor:
+    """The epilogue of ``int_mm(xq)``: ``xq``/``x_scale`` as :func:`nxm_kernels.quant.quantize_per_token` makes them."""
+    check_choice("activation", activation, ACTIVATIONS)
+    return _linear_q(xq, x_scale, ReferenceLayout.from_tensors(weights, meta), bias, activation, out_dtype)
+
+
+VARIANTS = (Variant("reference", _linear),)

@@ -11,9 +11,14 @@ import functools
 
 import torch
 
+from ..._checks import check_choice
 from ...format import PackedWeight, padded_k
+from .. import ACTIVATIONS, Variant
+from ..reference import epilogue as _reference_epilogue
 from . import build as _cuda_build
-from .layout import prepare_layout, prepared_dims
+from .layout import CudaLayout, prepare_layout
+
+LAYOUT = CudaLayout
 
 _ACT = {"none": 0, "gelu": 1}
 
@@ -59,18 +64,15 @@ def weight_unsupported_reason(meta) -> str | None:
     return None
 
 
-def prepare(packed: PackedWeight) -> list[torch.Tensor]:
+def prepare(packed: PackedWeight) -> CudaLayout:
     return prepare_layout(packed)
 
 
-def _check_weights(weights, meta):
+def _layout(weights, meta) -> CudaLayout:
     why = weight_unsupported_reason(meta)
     if why:
         raise ValueError(why)
-    np_, kp = prepared_dims(meta.n, meta.k)
-    if weights[2].shape != (np_,):
-        raise ValueError("weights are not in the cuda backend's prepared layout (use ops.prepared_weights)")
-    return kp
+    return CudaLayout.from_tensors(weights, meta)
 
 
 def quantize_per_token(x2d: torch.Tensor):
@@ -78,18 +80,43 @@ def quantize_per_token(x2d: torch.Tensor):
     return xq[:, : x2d.shape[1]], scale.unsqueeze(-1)
 
 
-def int_mm(xq: torch.Tensor, weights: list[torch.Tensor], meta) -> torch.Tensor:
-    kp = _check_weights(weights, meta)
-    xq = torch.nn.functional.pad(xq, (0, kp - xq.shape[1])).contiguous()
-    values, metadata, scales = weights
-    return extension().int_mm(xq, values, metadata, scales, meta.n, meta.bits == 4)
+def _int_mm(xq: torch.Tensor, layout: CudaLayout) -> torch.Tensor:
+    xq = torch.nn.functional.pad(xq, (0, layout.padded_k - xq.shape[1])).contiguous()
+    return extension().int_mm(xq, layout.values, layout.metadata, layout.scales, layout.meta.n, layout.meta.bits == 4)
 
 
-def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
+def _linear(x2d: torch.Tensor, layout: CudaLayout, bias, activation: str) -> torch.Tensor:
+    """One binding call: the quantizer (which also zeroes the split-K counters), then the GEMM + epilogue."""
+    m = layout.meta
+    return extension().linear(x2d, layout.values, layout.metadata, layout.scales, bias, m.n, m.k, layout.padded_k,
+                              m.bits == 4, _ACT[activation])
+
+
+def _linear_q(xq, x_scale, layout: CudaLayout, bias, activation: str, out_dtype: torch.dtype) -> torch.Tensor:
+    # The binding has no GEMM-with-epilogue entry point for already-quantized activations (csrc takes
+    # x and quantizes it itself), so under torch.compile the cuda backend runs its exact int32 GEMM and
+    # the epilogue as torch ops (the reference's order). A binding entry point would save a launch.
+    return _reference_epilogue(_int_mm(xq, layout), x_scale, layout.scales[: layout.meta.n], bias, activation,
+                               out_dtype)
+
+
+def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
+    return _int_mm(xq, _layout(weights, meta))
+
+
+def linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None,
            activation: str) -> torch.Tensor:
-    kp = _check_weights(weights, meta)
-    values, metadata, scales = weights
+    check_choice("activation", activation, ACTIVATIONS)
+    layout = _layout(weights, meta)
     if bias is not None:
         bias = bias.contiguous()
-    return extension().linear(x2d.contiguous(), values, metadata, scales, bias, meta.n, meta.k, kp,
-                              meta.bits == 4, _ACT[activation])
+    return _linear(x2d.contiguous(), layout, bias, activation)
+
+
+def linear_q(xq: torch.Tensor, x_scale: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str,
+             out_dtype: torch.dtype) -> torch.Tensor:
+    check_choice("activation", activation, ACTIVATIONS)
+    return _linear_q(xq, x_scale, _layout(weights, meta), bias, activation, out_dtype)
+
+
+VARIANTS = (Variant("cuda", _linear),)

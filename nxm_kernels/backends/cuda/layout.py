@@ -28,16 +28,22 @@ zero codes and metadata offsets ``(0, 1)``):
 * ``meta``: int32 ``[Np/16, KP/64, 32]`` (the uint32 bit pattern);
 * ``scales``: float32 ``[Np]`` (padding rows 1.0).
 
-:func:`restore_canonical` inverts :func:`prepare_layout` (tested round trip).
+:class:`CudaLayout` is these three tensors as the backend's typed prepared weight (checked once when
+built); :func:`prepare_layout` derives it and :func:`restore_canonical` inverts it (tested round trip:
+``CudaLayout.from_packed(p).to_packed() == p``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ...format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
+from ..layout import Layout, WeightMeta
 
-__all__ = ["N_ALIGN", "K_ALIGN", "prepare_layout", "restore_canonical", "prepared_dims"]
+__all__ = ["N_ALIGN", "K_ALIGN", "CudaLayout", "prepare_layout", "restore_canonical", "prepared_dims"]
 
 N_ALIGN = 128   # largest weight-row tile of any kernel config
 K_ALIGN = 128   # dense K per pipeline stage
@@ -90,7 +96,47 @@ def _int4_ungroup(v4: torch.Tensor) -> torch.Tensor:
     return regs.reshape(t16, t128 * 2, 32, 16).to(torch.int8)
 
 
-def prepare_layout(packed: PackedWeight) -> list[torch.Tensor]:
+@dataclass(frozen=True, eq=False)
+class CudaLayout(Layout):
+    """The CUDA kernel's prepared weight (module docstring): ``values`` uint8 fragments, ``metadata``
+    int32 ``[Np/16, KP/64, 32]`` words, ``scales`` float32 ``[Np]``; 2:4 weights only."""
+
+    values: torch.Tensor
+    metadata: torch.Tensor
+    scales: torch.Tensor
+    backend: ClassVar[str] = "cuda"
+
+    def _check(self) -> None:
+        meta = self.meta
+        if not meta.sparse:
+            raise ValueError("the CUDA kernel runs 2:4 weights only, got a dense weight")
+        np_, kp = prepared_dims(meta.n, meta.k)
+        k_tiles = kp // 128 if meta.bits == 4 else kp // 64
+        want = {"values": (torch.uint8, (np_ // 16, k_tiles, 32, 16)),
+                "metadata": (torch.int32, (np_ // 16, kp // 64, 32)), "scales": (torch.float32, (np_,))}
+        for name, (dtype, shape) in want.items():
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != shape:
+                raise ValueError(f"weights are not in the cuda backend's prepared layout (use ops.prepared_weights): "
+                                 f"{name} must be {dtype} {shape} for {meta}, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+            if not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous (use prepare())")
+
+    @property
+    def padded_k(self) -> int:
+        """``KP``: the dense K the activations are padded to."""
+        return prepared_dims(self.meta.n, self.meta.k)[1]
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeight) -> "CudaLayout":
+        return prepare_layout(packed)
+
+    def to_packed(self) -> PackedWeight:
+        return restore_canonical(self, self.meta.n, self.meta.k, self.meta.bits)
+
+
+def prepare_layout(packed: PackedWeight) -> CudaLayout:
     """``[values uint8, meta int32, scales float32]`` in the kernel's layout (module docstring)."""
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
@@ -112,11 +158,11 @@ def prepare_layout(packed: PackedWeight) -> list[torch.Tensor]:
     meta = words[mrow, mword].contiguous()
     scales = torch.ones(np_, dtype=torch.float32, device=dev)
     scales[:n] = packed.scales
-    return [values, meta, scales]
+    return CudaLayout(WeightMeta.of(packed), values, meta, scales)
 
 
-def restore_canonical(prepared: list[torch.Tensor], n: int, k: int, bits: int) -> PackedWeight:
-    """Rebuild the canonical ``PackedWeight`` from :func:`prepare_layout`'s output."""
+def restore_canonical(prepared, n: int, k: int, bits: int) -> PackedWeight:
+    """Rebuild the canonical ``PackedWeight`` from :func:`prepare_layout`'s layout (or its tensor list)."""
     values, meta, scales = prepared
     np_, kp = prepared_dims(n, k)
     v8 = _int4_ungroup(values) if bits == 4 else values.view(torch.int8)

@@ -7,8 +7,10 @@ Two kernels, each in its own module:
 * :mod:`.gemm` — the sparse/dense int GEMM reading the canonical packed weight directly
   (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue.
 
-``prepare`` returns the canonical tensors unchanged (made contiguous): the kernel decodes the
-canonical layout in registers, so no backend-specific layout is needed.
+``prepare`` returns a :class:`TritonLayout`: the canonical tensors unchanged (made contiguous and
+aligned): the kernel decodes the canonical layout in registers, so no reordering is needed.
+``linear`` (eager) is the two launches; ``linear_q`` is the GEMM alone on already-quantized
+activations (``torch.compile``'s path).
 
 Importing this module never fails for want of Triton or a GPU; :func:`unavailable_reason` says why
 the backend cannot run instead.
@@ -16,11 +18,15 @@ the backend cannot run instead.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 
 from ..._checks import FLOAT_DTYPES, check_choice, check_same_device
-from ...format import PackedWeight, packed_shapes, values_dtype
-from .. import ACTIVATIONS
+from ...format import PackedWeight
+from .. import ACTIVATIONS, Variant
+from ..layout import CanonicalLayout, WeightMeta
 
 #: int8 ``tl.dot`` (mma.sync s8) needs Ampere or newer.
 MIN_CAPABILITY = (8, 0)
@@ -33,6 +39,38 @@ try:
 except Exception as exc:  # noqa: BLE001 - ImportError, or a broken triton install
     gemm = quant = None
     _IMPORT_ERROR = exc
+
+
+@dataclass(frozen=True, eq=False)
+class TritonLayout(CanonicalLayout):
+    """The canonical tensors, contiguous, ``values`` 16-byte aligned (the kernel reads values as 16-bit
+    words and vectorises 16-byte loads, and reads metadata rows as contiguous runs)."""
+
+    backend: ClassVar[str] = "triton"
+
+    def _check(self) -> None:
+        super()._check()
+        for name in ("values", "metadata", "scales"):
+            t = getattr(self, name)
+            if t is not None and not t.is_contiguous():
+                raise ValueError(f"{name} must be contiguous (use prepare())")
+        if self.values.data_ptr() % 2:
+            raise ValueError("values must start at an even byte address (prepare() copies it if not)")
+
+    @classmethod
+    def from_packed(cls, packed: PackedWeight) -> "TritonLayout":
+        if not isinstance(packed, PackedWeight):
+            raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
+        values = packed.values.contiguous()
+        if values.data_ptr() % 16:
+            # A fresh allocation is aligned (a view into, e.g., a loaded file buffer may not be).
+            values = values.clone()
+        metadata = None if packed.metadata is None else packed.metadata.contiguous()
+        return cls(WeightMeta.of(packed), values, metadata, packed.scales.contiguous())
+
+
+LAYOUT = TritonLayout
+
 
 def unavailable_reason(device: torch.device) -> str | None:
     """``None`` when the Triton kernels can run on ``device``, else a sentence saying why not."""
@@ -65,48 +103,16 @@ def _require_available(device: torch.device) -> None:
         raise RuntimeError(f"the triton backend cannot run on {device}: {why}")
 
 
-def prepare(packed: PackedWeight) -> list[torch.Tensor]:
+def prepare(packed: PackedWeight) -> TritonLayout:
     """The canonical tensors, contiguous and 16-byte aligned: ``[values, metadata, scales]``
     (``[values, scales]`` if dense). No reordering: the kernel decodes the canonical layout."""
-    if not isinstance(packed, PackedWeight):
-        raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
-    values = packed.values.contiguous()
-    if values.data_ptr() % 16:
-        # The kernel reads values as 16-bit words and vectorises 16-byte loads: a fresh allocation is
-        # aligned (a view into, e.g., a loaded file buffer may not be).
-        values = values.clone()
-    out = [values]
-    if packed.sparse:
-        out.append(packed.metadata.contiguous())
-    out.append(packed.scales.contiguous())
-    return out
+    return TritonLayout.from_packed(packed)
 
 
 def _split_weights(weights, meta):
-    """Check ``prepare``'s list against ``meta`` and return ``(values, metadata | None, scales)``."""
-    if not isinstance(weights, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in weights):
-        raise TypeError("weights must be the list of tensors returned by prepare()")
-    expected = 3 if meta.sparse else 2
-    if len(weights) != expected:
-        raise ValueError(f"weights must hold {expected} tensors for a {'2:4' if meta.sparse else 'dense'} "
-                         f"weight (values{', metadata' if meta.sparse else ''}, scales), got {len(weights)}")
-    values, scales = weights[0], weights[-1]
-    metadata = weights[1] if meta.sparse else None
-    shapes = packed_shapes(meta.n, meta.k, meta.bits, meta.sparse)
-    want = shapes["values"]
-    vdtype = values_dtype(meta.bits)
-    if values.dtype != vdtype or tuple(values.shape) != want:
-        raise ValueError(f"values must be {vdtype} {want} for n={meta.n}, k={meta.k}, bits={meta.bits}, "
-                         f"sparse={meta.sparse}; got {values.dtype} {tuple(values.shape)}")
-    if metadata is not None and (metadata.dtype != torch.uint8 or tuple(metadata.shape) != shapes["metadata"]):
-        raise ValueError(f"metadata must be uint8 {shapes['metadata']}, got {metadata.dtype} {tuple(metadata.shape)}")
-    if scales.dtype != torch.float32 or tuple(scales.shape) != shapes["scales"]:
-        raise ValueError(f"scales must be float32 {shapes['scales']}, got {scales.dtype} {tuple(scales.shape)}")
-    for name, t in (("values", values), ("metadata", metadata), ("scales", scales)):
-        # The kernel reads values/metadata rows as contiguous runs and scales with unit stride.
-        if t is not None and not t.is_contiguous():
-            raise ValueError(f"{name} must be contiguous (use prepare())")
-    return values, metadata, scales
+    """Check ``weights`` (a layout or its tensor list) against ``meta``: ``(values, metadata | None, scales)``."""
+    layout = TritonLayout.from_tensors(weights, meta)
+    return layout.values, layout.metadata, layout.scales
 
 
 def quantize_per_token(x2d: torch.Tensor):
@@ -125,31 +131,71 @@ def _check_x(name: str, x: torch.Tensor, dtypes, k: int) -> None:
         raise ValueError(f"{name} must have shape [M, {k}] (K = the weight's in_features), got {tuple(x.shape)}")
 
 
-def int_mm(xq: torch.Tensor, weights: list[torch.Tensor], meta) -> torch.Tensor:
+def _int_mm(xq: torch.Tensor, layout: TritonLayout) -> torch.Tensor:
+    m = layout.meta
+    return gemm.int_gemm(xq, layout.values, layout.metadata, n=m.n, k=m.k, bits=m.bits, sparse=m.sparse)
+
+
+def _linear_q(xq, x_scale, layout: TritonLayout, bias, activation: str, out_dtype: torch.dtype) -> torch.Tensor:
+    m = layout.meta
+    return gemm.int_gemm(xq, layout.values, layout.metadata, n=m.n, k=m.k, bits=m.bits, sparse=m.sparse,
+                         x_scale=x_scale, w_scale=layout.scales, bias=bias, gelu=activation == "gelu",
+                         out_dtype=out_dtype)
+
+
+def _linear(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:
+    """Two launches: the per-token quantizer, then the GEMM with the fused epilogue."""
+    xq, x_scale = quant.quantize_per_token(x2d)
+    return _linear_q(xq, x_scale, layout, bias, activation, x2d.dtype)
+
+
+def _check_bias(bias, n: int):
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (n,):
+            raise ValueError(f"bias must be a float16/bfloat16/float32 tensor of shape ({n},), got "
+                             f"{getattr(bias, 'dtype', type(bias).__name__)} {tuple(getattr(bias, 'shape', ()))}")
+        bias = bias.contiguous()
+    return bias
+
+
+def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
     """Exact int32 ``xq[M, K] @ codes[N, K]^T`` computed by the Triton GEMM (no epilogue)."""
     _check_x("xq", xq, (torch.int8,), meta.k)
-    values, metadata, _ = _split_weights(weights, meta)
-    check_same_device(xq=xq, values=values, metadata=metadata)
+    layout = TritonLayout.from_tensors(weights, meta)
+    check_same_device(xq=xq, values=layout.values, metadata=layout.metadata)
     _require_available(xq.device)
-    return gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse)
+    return _int_mm(xq, layout)
 
 
-def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Tensor | None,
-           activation: str) -> torch.Tensor:
+def linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
     """Quantize ``x2d`` per token, multiply by the packed weight, apply scales, bias and GELU; ``x2d``'s dtype."""
     _check_x("x2d", x2d, FLOAT_DTYPES, meta.k)
     check_choice("activation", activation, ACTIVATIONS)
-    values, metadata, scales = _split_weights(weights, meta)
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (meta.n,):
-            raise ValueError(f"bias must be a float16/bfloat16/float32 tensor of shape ({meta.n},), got "
-                             f"{getattr(bias, 'dtype', type(bias).__name__)} {tuple(getattr(bias, 'shape', ()))}")
-        bias = bias.contiguous()
-    check_same_device(x2d=x2d, values=values, metadata=metadata, scales=scales, bias=bias)
+    layout = TritonLayout.from_tensors(weights, meta)
+    bias = _check_bias(bias, meta.n)
+    check_same_device(x2d=x2d, values=layout.values, metadata=layout.metadata, scales=layout.scales, bias=bias)
     _require_available(x2d.device)
     if x2d.shape[0] == 0:
         return x2d.new_empty(0, meta.n)
-    xq, x_scale = quant.quantize_per_token(x2d)
-    return gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse,
-                                x_scale=x_scale, w_scale=scales, bias=bias, gelu=activation == "gelu",
-                                out_dtype=x2d.dtype)
+    return _linear(x2d, layout, bias, activation)
+
+
+def linear_q(xq: torch.Tensor, x_scale: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str,
+             out_dtype: torch.dtype) -> torch.Tensor:
+    """The GEMM with the fused epilogue on ``xq``/``x_scale`` from :func:`nxm_kernels.quant.quantize_per_token`."""
+    _check_x("xq", xq, (torch.int8,), meta.k)
+    check_choice("activation", activation, ACTIVATIONS)
+    if not isinstance(x_scale, torch.Tensor) or x_scale.dtype != torch.float32 or \
+            tuple(x_scale.shape) != (xq.shape[0], 1):
+        raise ValueError(f"x_scale must be float32 of shape ({xq.shape[0]}, 1), got "
+                         f"{getattr(x_scale, 'dtype', type(x_scale).__name__)} {tuple(getattr(x_scale, 'shape', ()))}")
+    layout = TritonLayout.from_tensors(weights, meta)
+    bias = _check_bias(bias, meta.n)
+    check_same_device(xq=xq, x_scale=x_scale, values=layout.values, bias=bias)
+    _require_available(xq.device)
+    if xq.shape[0] == 0:
+        return xq.new_empty(0, meta.n, dtype=out_dtype)
+    return _linear_q(xq, x_scale.contiguous(), layout, bias, activation, out_dtype)
+
+
+VARIANTS = (Variant("triton", _linear),)
