@@ -14,11 +14,15 @@ Three ways to build one::
 State-dict keys are ``values``, ``metadata`` (2:4 only), ``scales`` and ``bias`` (when present); the
 shape, bits and pattern live in the spec and in checkpoint JSON (see :mod:`nxm_kernels.io`).
 
-**Backends and devices.** The backend (``"auto"``, ``"cuda"``, ``"triton"``, ``"reference"``) is
-resolved once for the device the buffers are on, and the backend's prepared layout is derived
-right then: at construction, after every ``.to()``/``.cuda()``/``.half()``, and after
-``load_state_dict``. ``forward`` only reads the cached result, which is what lets ``torch.compile``
-trace it without graph breaks. ``model.half()`` casts the bias but never the float32 scales.
+**Backends and devices.** The backend (``"auto"``, ``"cuda"``, ``"triton"``, ``"reference"``, or a
+kernel variant such as ``"triton:<variant>"``) is resolved once for the device the buffers are on,
+into one kernel per M bucket (:mod:`nxm_kernels.dispatch`: on a GPU, ``auto`` follows the measured
+table), and each chosen backend's typed layout (:mod:`nxm_kernels.backends.layout`) is derived and
+checked right then: at construction, after every ``.to()``/``.cuda()``/``.half()``, and after
+``load_state_dict``. ``forward`` checks only what a caller can get wrong (``x``'s dtype, last
+dimension and device), picks its bucket's kernel by list index and calls it: no availability
+queries, imports or layout checks per call. That is also what lets ``torch.compile`` trace it
+without graph breaks. ``model.half()`` casts the bias but never the float32 scales.
 
 The module is for inference: the op has no gradient, so ``forward`` detaches its input (a grad-enabled
 call still runs, eagerly or compiled, with a one-time warning; layers before it get no gradient).
@@ -38,10 +42,11 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
+from . import dispatch
 from ._checks import FLOAT_DTYPES, check_tensor, preview
-from .backends import WeightMeta, resolve_backend
+from .backends import WeightMeta
 from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype
-from .ops import linear_prepared, normalize_activation, prepared_weights
+from .ops import linear_traced, normalize_activation, prepared_weights
 from .sparsity import is_nm
 from .spec import LayerSpec, kernel_spec, parse_spec
 
@@ -68,8 +73,9 @@ class NxMLinear(nn.Module):
         in_features, out_features: the logical weight shape ``[out_features, in_features]``.
         spec: ``"2:4-w8a8"``, ``"2:4-w4a8"``, ``"dense-w8a8"`` or ``"dense-w4a8"``.
         bias: whether the layer has a bias.
-        backend: ``"auto"`` (cuda > triton > reference on a GPU, reference on a CPU; ``NXM_BACKEND``
-            overrides), or a backend name.
+        backend: ``"auto"`` (on a GPU the measured dispatch table per M bucket, see
+            :mod:`nxm_kernels.dispatch`; the reference on a CPU; ``NXM_BACKEND`` overrides), a backend
+            name, or a kernel variant (``"triton:<variant>"``).
         activation: ``None`` or ``"gelu"`` (exact erf GELU fused into the epilogue).
         device, dtype: where the placeholder tensors live and the bias dtype (default float32).
 
@@ -105,6 +111,7 @@ class NxMLinear(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._meta = WeightMeta(out_features, in_features, self.spec.weight_bits, self.spec.sparse)
+        self._packed = None
         # A state dict loaded in place (copy_) or by assignment invalidates derived layouts.
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self._refresh()
@@ -160,14 +167,25 @@ class NxMLinear(nn.Module):
     # ------------------------------------------------------------------ state
     @property
     def packed(self) -> PackedWeight:
-        """The canonical packed weight, a view over this module's buffers (no copy)."""
-        return PackedWeight(self.values, self.metadata, self.scales, (self.out_features, self.in_features),
-                            self.spec.weight_bits, self.spec.pattern)
+        """The canonical packed weight, a view over this module's buffers (no copy; built and checked
+        once, again only after a buffer was replaced)."""
+        p = self._packed
+        if p is None or p.values is not self.values or p.scales is not self.scales or p.metadata is not self.metadata:
+            p = self._packed = PackedWeight(self.values, self.metadata, self.scales,
+                                            (self.out_features, self.in_features), self.spec.weight_bits,
+                                            self.spec.pattern)
+        return p
 
     @property
     def resolved_backend(self) -> str | None:
-        """The backend forward runs on for the current device (``None`` when none can)."""
+        """The backend forward runs on for the current device (``None`` when none can); when the
+        dispatch table picks different backends per M bucket, the one most buckets use."""
         return self._backend_name
+
+    @property
+    def dispatch_plan(self) -> dict[int, str] | None:
+        """``{M bucket: kernel variant}`` forward uses on the current device (``None`` when none can)."""
+        return None if self._plan is None else dict(zip(dispatch.M_BUCKETS, self._plan))
 
     def nbytes(self) -> dict:
         """Bytes held: the packed weight's ``values``/``metadata``/``scales``, ``bias`` and ``total``."""
@@ -195,21 +213,36 @@ class NxMLinear(nn.Module):
             raise RuntimeError(self._why)
 
     def _refresh(self) -> None:
-        """Resolve the backend for the buffers' device and derive its prepared layout (once)."""
-        self._weights, self._backend_name = None, None
+        """Resolve the kernel of every M bucket for the buffers' device and derive (and check) the
+        layouts they read, once."""
+        self._kernels, self._plan, self._backend_name, self._weights = None, None, None, None
+        # A new view: the old one's cached layouts may have been derived from replaced or overwritten
+        # (load_state_dict copies in place) tensors.
+        self._packed = None
         device = self.values.device
         if device.type == "meta":
             self._why = "NxMLinear is on the meta device (a placeholder): load a state dict or a checkpoint first"
             return
         packed = self.packed  # validates the buffers, before any backend question
         try:
-            name = resolve_backend(self.backend, device, self._meta)
+            plan = dispatch.plan(self.backend, device, self._meta)
         except RuntimeError as exc:
             # Not fatal here: a model is often swapped on the CPU for a GPU backend, then moved.
             self._why = f"NxMLinear cannot run on {device}: {exc}"
             return
-        self._weights = prepared_weights(packed, name)
-        self._backend_name = name
+        layouts = {}
+        kernels = []
+        for candidate in plan:
+            backend = candidate.partition(":")[0]
+            if backend not in layouts:
+                layouts[backend] = prepared_weights(packed, backend)
+            # (eager kernel, its layout; for tracing: the layout's tensors and backend)
+            layout = layouts[backend]
+            kernels.append((dispatch.variant(candidate).linear, layout, layout.tensors(), backend))
+        backends = [c.partition(":")[0] for c in plan]
+        self._backend_name = max(dict.fromkeys(backends), key=backends.count)  # ties: the smallest bucket's
+        self._weights = layouts[self._backend_name]
+        self._plan, self._kernels, self._device = plan, kernels, device
 
     def _apply(self, fn, recurse: bool = True):
         scales = self.scales
@@ -222,27 +255,52 @@ class NxMLinear(nn.Module):
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._weights is None:
+        kernels = self._kernels
+        if kernels is None:
             raise RuntimeError(self._why)
         if x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"NxMLinear input must be float16, bfloat16 or float32, got {x.dtype}")
-        if x.dim() < 1 or x.shape[-1] != self.in_features:
-            raise ValueError(f"NxMLinear input must have last dimension {self.in_features}, got shape {tuple(x.shape)}")
-        if x.device != self.values.device:
-            raise ValueError(f"NxMLinear input is on {x.device} but the layer is on {self.values.device}")
+        k = self.in_features
+        if x.dim() < 1 or x.shape[-1] != k:
+            raise ValueError(f"NxMLinear input must have last dimension {k}, got shape {tuple(x.shape)}")
+        if x.device != self._device:
+            raise ValueError(f"NxMLinear input is on {x.device} but the layer is on {self._device}")
         if x.requires_grad:
             # The op has no gradient. Detaching lets grad-enabled inference run, eagerly and under
             # torch.compile (whose AOTAutograd would otherwise try to trace a backward through it).
             if not torch.compiler.is_compiling():
                 _warn_no_gradient()
             x = x.detach()
-        return linear_prepared(x, self._weights, self._meta, self.bias, self.activation, self._backend_name)
+        flat = x.dim() != 2
+        x2d = x.reshape(-1, k) if flat else x
+        m = x2d.shape[0]
+        if m == 0:
+            return x.new_empty(*x.shape[:-1], self.out_features)
+        # _parameters["bias"], not self.bias: nn.Module.__getattr__ costs as much as a check here.
+        bias = self._parameters["bias"]
+        if bias is not None:
+            bias = bias.contiguous()  # kernels index bias with unit stride (a no-op unless it was replaced)
+        x2d = x2d.contiguous()
+        if torch.compiler.is_compiling():
+            # Under dynamic shapes M is symbolic: its bucket is unknown at trace time, so the backend
+            # most buckets use runs (the choice stays static, as a compiled graph needs).
+            if isinstance(m, int):
+                _, _, weights, backend = kernels[dispatch.bucket_index(m)]
+            else:
+                weights, backend = self._weights.tensors(), self._backend_name
+            y = linear_traced(x2d, weights, self._meta, backend, bias, self.activation)
+        else:
+            run, layout, _, _ = kernels[dispatch.bucket_index(m)]
+            y = run(x2d, layout, bias, self.activation)
+        return y.reshape(*x.shape[:-1], self.out_features) if flat else y
 
     def extra_repr(self) -> str:
         act = "" if self.activation == "none" else f", activation={self.activation}"
         backend = self._backend_name or f"{self.backend} (unresolved)"
+        if self._plan is not None and len(set(self._plan)) > 1:
+            backend = "{" + ", ".join(f"M<={b}: {c}" for b, c in zip(dispatch.M_BUCKETS, self._plan)) + "}"
         if self.backend == "auto" and self._backend_name:
-            backend = f"auto->{self._backend_name}"
+            backend = f"auto->{backend}"
         return (f"in_features={self.in_features}, out_features={self.out_features}, spec={self.spec}, "
                 f"bias={self.bias is not None}{act}, backend={backend}, packed_bytes={self.nbytes()['total']}")
 

@@ -1,12 +1,24 @@
 """The project's op, ``y = dequant(quant(x) @ W_q^T) (+bias) (+GELU)``, and its dispatch.
 
-Public entry points validate their inputs, resolve the backend and call one of two custom ops
-registered with ``torch.library`` (``nxm::linear`` and ``nxm::int_mm``). The custom ops carry fake
-(meta) implementations so models using them trace under ``torch.compile(fullgraph=True)`` and can be
-captured in CUDA graphs; their real implementation dispatches to the chosen backend by name.
+Public entry points validate their inputs, choose the backend and kernel variant
+(:mod:`nxm_kernels.dispatch`) and run it. Three custom ops are registered with ``torch.library``,
+each with a fake (meta) implementation, so the op traces under ``torch.compile(fullgraph=True)``
+and can be captured in CUDA graphs:
 
-Weights reach the custom ops as the backend's *prepared* tensor list (see
-:mod:`nxm_kernels.backends`), derived once per weight and cached on the ``PackedWeight``.
+* ``nxm::linear_q(xq, x_scale, weights, bias, ...)``: GEMM + epilogue on activations already
+  quantized. Under ``torch.compile`` the op is split in two: the per-token quantization as plain
+  torch operations (:func:`nxm_kernels.quant.quantize_per_token`, bit-identical to every backend's
+  quantizer), which inductor fuses into the LayerNorm / residual add / GELU that produces ``x``,
+  then this op. No quantization kernel of ours appears in a compiled graph.
+* ``nxm::linear(x, weights, ...)``: the whole op in one call (the backend's fused eager path).
+* ``nxm::int_mm(xq, weights, ...)``: the raw int32 accumulator.
+
+In eager mode the backend is called directly (the custom op's Python dispatch costs tens of
+microseconds, as much as a small-M GEMM): one fused call.
+
+Weights reach the kernels as the backend's typed prepared layout (:mod:`nxm_kernels.backends.layout`),
+derived once per weight and backend and cached on the ``PackedWeight``; custom ops receive its
+tensor list.
 """
 
 from __future__ import annotations
@@ -15,12 +27,13 @@ from typing import List, Optional
 
 import torch
 
+from . import dispatch
 from ._checks import FLOAT_DTYPES, check_same_device, check_tensor
-from .backends import WeightMeta, get_backend, resolve_backend
+from .backends import Layout, WeightMeta, get_backend, resolve_backend
 from .format import PackedWeight
 from .quant import quantize_per_token
 
-__all__ = ["sparse_int_linear", "sparse_int_mm", "quantize_per_token", "prepared_weights", "linear_prepared",
+__all__ = ["sparse_int_linear", "sparse_int_mm", "quantize_per_token", "prepared_weights", "linear_traced",
            "normalize_activation"]
 
 
@@ -34,6 +47,19 @@ def _linear_op(x: torch.Tensor, weights: List[torch.Tensor], bias: Optional[torc
 @_linear_op.register_fake
 def _linear_fake(x, weights, bias, n, k, bits, sparse, activation, backend):
     return x.new_empty(x.shape[0], n)
+
+
+@torch.library.custom_op("nxm::linear_q", mutates_args=())
+def _linear_q_op(xq: torch.Tensor, x_scale: torch.Tensor, weights: List[torch.Tensor], bias: Optional[torch.Tensor],
+                 n: int, k: int, bits: int, sparse: bool, activation: str, out_dtype: torch.dtype,
+                 backend: str) -> torch.Tensor:
+    return get_backend(backend).linear_q(xq, x_scale, weights, WeightMeta(n, k, bits, sparse), bias, activation,
+                                         out_dtype)
+
+
+@_linear_q_op.register_fake
+def _linear_q_fake(xq, x_scale, weights, bias, n, k, bits, sparse, activation, out_dtype, backend):
+    return xq.new_empty(xq.shape[0], n, dtype=out_dtype)
 
 
 @torch.library.custom_op("nxm::int_mm", mutates_args=())
@@ -63,8 +89,9 @@ def _check_packed(packed) -> PackedWeight:
     return packed
 
 
-def prepared_weights(packed: PackedWeight, backend: str) -> list[torch.Tensor]:
-    """The backend's layout of ``packed``, derived on first use and cached in ``packed.prepared``."""
+def prepared_weights(packed: PackedWeight, backend: str) -> Layout:
+    """The backend's typed layout of ``packed``, derived (and checked) on first use and cached in
+    ``packed.prepared``."""
     _check_packed(packed)
     key = (backend, str(packed.device))
     if key not in packed.prepared:
@@ -72,23 +99,14 @@ def prepared_weights(packed: PackedWeight, backend: str) -> list[torch.Tensor]:
     return packed.prepared[key]
 
 
-def linear_prepared(x: torch.Tensor, weights: list[torch.Tensor], meta: WeightMeta, bias: torch.Tensor | None,
-                    activation: str, backend: str) -> torch.Tensor:
-    """The op on already-validated inputs and an already-resolved backend (used by ``NxMLinear``)."""
-    lead = x.shape[:-1]
-    x2d = x.reshape(-1, meta.k)
-    if x2d.shape[0] == 0:
-        return x.new_empty(*lead, meta.n)
-    if bias is not None:
-        bias = bias.contiguous()  # kernels index bias with unit stride
-    x2d = x2d.contiguous()
-    if torch.compiler.is_compiling():
-        y = _linear_op(x2d, weights, bias, meta.n, meta.k, meta.bits, meta.sparse, activation, backend)
-    else:
-        # Eager: call the backend directly. The custom op's Python dispatch costs tens of microseconds
-        # per call, as much as a small-M GEMM itself; it is only needed for tracing.
-        y = get_backend(backend).linear(x2d, weights, meta, bias, activation)
-    return y.reshape(*lead, meta.n)
+def linear_traced(x2d: torch.Tensor, weights: list[torch.Tensor], meta: WeightMeta, backend: str,
+                  bias: torch.Tensor | None, activation: str) -> torch.Tensor:
+    """The op as ``torch.compile`` sees it: per-token quantization as plain torch operations, then the
+    ``nxm::linear_q`` custom op (GEMM + epilogue) on ``backend``'s layout, given as its tensor list
+    (``Layout.tensors()``: plain tensors trace without inlining the layout object). ``x2d``: 2-D, M >= 1."""
+    xq, x_scale = quantize_per_token(x2d)
+    return _linear_q_op(xq, x_scale, weights, bias, meta.n, meta.k, meta.bits, meta.sparse, activation, x2d.dtype,
+                        backend)
 
 
 # ---------------------------------------------------------------------------------- public API
@@ -99,8 +117,9 @@ def sparse_int_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor 
     ``x`` is float16/bfloat16/float32 and may be non-contiguous; it is quantized per token to int8,
     multiplied against the packed int8/int4 (2:4 or dense) weight with int32 accumulation, and
     dequantized by both scales. ``bias`` is ``[N]``; ``activation`` is ``None`` or ``"gelu"``.
-    The result has shape ``[..., N]`` and ``x``'s dtype. ``backend``: ``"auto"``, ``"cuda"``,
-    ``"triton"`` or ``"reference"`` (``auto`` honours ``NXM_BACKEND``).
+    The result has shape ``[..., N]`` and ``x``'s dtype. ``backend``: ``"auto"`` (the measured
+    dispatch table on a GPU, see :mod:`nxm_kernels.dispatch`; honours ``NXM_BACKEND``), ``"cuda"``,
+    ``"triton"``, ``"reference"`` or a kernel variant such as ``"triton:<variant>"``.
     """
     _check_packed(packed)
     check_tensor("x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
@@ -111,11 +130,24 @@ def sparse_int_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor 
         check_tensor("bias", bias, dtypes=FLOAT_DTYPES, ndim=1)
         if bias.shape[0] != packed.out_features:
             raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
+        bias = bias.contiguous()  # kernels index bias with unit stride
     check_same_device(x=x, packed=packed.values, bias=bias)
     act = normalize_activation(activation)
     meta = WeightMeta.of(packed)
-    name = resolve_backend(backend, x.device, meta)
-    return linear_prepared(x, prepared_weights(packed, name), meta, bias, act, name)
+    choices = dispatch.plan(backend, x.device, meta)
+    lead = x.shape[:-1]
+    x2d = x.reshape(-1, meta.k)
+    m = x2d.shape[0]
+    if m == 0:
+        return x.new_empty(*lead, meta.n)
+    candidate = choices[dispatch.bucket_index(m)] if isinstance(m, int) else choices[-1]
+    layout = prepared_weights(packed, candidate.partition(":")[0])
+    x2d = x2d.contiguous()
+    if torch.compiler.is_compiling():
+        y = linear_traced(x2d, layout.tensors(), meta, layout.backend, bias, act)
+    else:
+        y = dispatch.variant(candidate).linear(x2d, layout, bias, act)
+    return y.reshape(*lead, meta.n)
 
 
 def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto") -> torch.Tensor:
@@ -132,7 +164,7 @@ def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto")
     name = resolve_backend(backend, xq.device, meta)
     if xq.shape[0] == 0:
         return xq.new_empty(0, packed.out_features, dtype=torch.int32)
-    weights = prepared_weights(packed, name)
+    layout = prepared_weights(packed, name)
     if torch.compiler.is_compiling():
-        return _int_mm_op(xq.contiguous(), weights, meta.n, meta.k, meta.bits, meta.sparse, name)
-    return get_backend(name).int_mm(xq.contiguous(), weights, meta)
+        return _int_mm_op(xq.contiguous(), layout.tensors(), meta.n, meta.k, meta.bits, meta.sparse, name)
+    return get_backend(name).int_mm(xq.contiguous(), layout, meta)
