@@ -97,6 +97,17 @@ def test_pytest_benchmark_entry_points_run_once():
     assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
 
 
+def test_overhead_benchmark_runs(tmp_path):
+    """bench_overhead.py (host time per NxMLinear call, no-op kernels, vs nn.Linear) runs and reports;
+    its numbers are never asserted on."""
+    proc = _run(["benchmarks/bench_overhead.py", "--quick", "--json", str(tmp_path / "overhead.json")], timeout=120)
+    assert "NxMLinear / nn.Linear" in proc.stdout and "goal <= 1.5x" in proc.stdout
+    result = json.loads((tmp_path / "overhead.json").read_text())
+    rows = result["us_per_call"]
+    assert {"nn.Linear (1 x 16 x 16)", "NxMLinear, reference backend", "NxMLinear, triton backend"} <= set(rows)
+    assert all(v > 0 for v in rows.values()) and result["ratio"] > 0
+
+
 def test_gpu_validate_script_parses():
     proc = subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_validate.sh")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
