@@ -21,7 +21,8 @@ Every backend is a module with the same functions, so :mod:`nxm_kernels.ops` can
     (the ``torch.compile`` path: the quantization stays plain torch ops that inductor fuses into
     the producer of ``x``).
 ``VARIANTS``
-    The backend's kernel variants, a tuple of :class:`Variant`, its default first (see below).
+    The backend's kernel variants, a tuple of :class:`Variant` (see below), in order of preference
+    where nothing is measured; the one named like the backend is its default.
 ``weight_unsupported_reason(meta) -> str | None`` (optional)
     ``None`` when the backend runs this kind of weight (e.g. the cuda backend runs 2:4 only).
 
@@ -39,7 +40,11 @@ times, and that ``backend=`` / ``NXM_BACKEND`` accept to force one. To add a var
 runs on the backend's layout without checks (its caller has checked ``x2d``: contiguous 2-D, float,
 K columns, same device, M >= 1; ``bias`` contiguous or ``None``), optionally
 ``unsupported_reason(meta, device)`` and ``max_m`` (the largest M it serves). Nothing else changes:
-``nxm tune`` times it from then on, and the table picks it where it wins.
+``nxm tune`` times it from then on, and the table picks it where it wins. Tables timed before the
+variant existed do not know it: where they have an entry, the fastest candidate they timed still
+wins (measured beats assumed) until the GPU is re-tuned or the default table is re-derived from a
+GPU run that timed the variant (``benchmarks/dispatch_table.py`` reads the ``backend`` field of
+``gemm.json``'s op records, so a variant timed there appears under its candidate name).
 
 Backends know the format and nothing above it.
 """
@@ -123,7 +128,7 @@ def available_backends(device: torch.device | str = "cpu") -> list[str]:
 
 
 def variants(name: str) -> tuple[Variant, ...]:
-    """The kernel variants of backend ``name``, its default first."""
+    """The kernel variants of backend ``name``, in its order of preference."""
     return tuple(get_backend(name).VARIANTS)
 
 
