@@ -1,11 +1,15 @@
 """The Triton backend: the portable GPU path (and, through ``TRITON_INTERPRET=1``, a CPU test path).
 
-Two kernels, each in its own module:
+Three kernels, each in its own module:
 
 * :mod:`.quant` — per-token int8 activation quantization, bit-identical to
   :func:`nxm_kernels.quant.quantize_per_token`;
 * :mod:`.gemm` — the sparse/dense int GEMM reading the canonical packed weight directly
-  (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue.
+  (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue;
+* :mod:`.fused` — both in one launch for small M (quantization in the GEMM's prologue, split-K).
+
+``linear`` runs the fused kernel where :func:`.fused.use_fused` says (M <= ``fused.FUSED_M_MAX``)
+and the two launches (quantizer, then GEMM) above.
 
 ``prepare`` returns the canonical tensors unchanged (made contiguous): the kernel decodes the
 canonical layout in registers, so no backend-specific layout is needed.
@@ -28,10 +32,10 @@ MIN_CAPABILITY = (8, 0)
 try:
     import triton  # noqa: F401
 
-    from . import gemm, quant
+    from . import fused, gemm, quant
     _IMPORT_ERROR: Exception | None = None
 except Exception as exc:  # noqa: BLE001 - ImportError, or a broken triton install
-    gemm = quant = None
+    fused = gemm = quant = None
     _IMPORT_ERROR = exc
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -149,6 +153,10 @@ def linear(x2d: torch.Tensor, weights: list[torch.Tensor], meta, bias: torch.Ten
     _require_available(x2d.device)
     if x2d.shape[0] == 0:
         return x2d.new_empty(0, meta.n)
+    # --- one launch (quantize in the GEMM's prologue) for small M, two launches above ---
+    if fused.use_fused(x2d.shape[0], meta):
+        return fused.fused_linear(x2d, values, metadata, scales, bias, n=meta.n, k=meta.k, bits=meta.bits,
+                                  sparse=meta.sparse, gelu=activation == "gelu")
     xq, x_scale = quant.quantize_per_token(x2d)
     return gemm.int_gemm(xq, values, metadata, n=meta.n, k=meta.k, bits=meta.bits, sparse=meta.sparse,
                                 x_scale=x_scale, w_scale=scales, bias=bias, gelu=activation == "gelu",
