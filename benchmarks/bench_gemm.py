@@ -473,7 +473,9 @@ def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Ca
 OPT_IN_PROVIDERS = ("cslt-fp16-2:4",)
 
 
-def all_providers(backends: list[str], specs: list[str], modes: list[str]) -> list[Provider]:
+def all_providers(backends: list[str], specs: list[str], modes: list[str],
+                  variant_specs: list[str] | None = None) -> list[Provider]:
+    """Every provider; the forced Triton variants for ``variant_specs`` only (default: all ``specs``)."""
     out = [
         Provider("fp16-mm", "fp16 torch.mm (cuBLAS)", "baseline", "op", build=build_fp16_mm),
         Provider("int8-mm", "int8 torch._int_mm (cuBLASLt)", "baseline", "gemm", build=build_int8_mm),
@@ -491,7 +493,7 @@ def all_providers(backends: list[str], specs: list[str], modes: list[str]) -> li
                     "sparse_int_mm (int8 in, int32 out)"
                 out.append(Provider(f"nxm-{backend}-{spec}-{mode}", f"nxm {backend} {spec} {what}", "ours", mode,
                                     backend, spec, build=build_ours(backend, spec, mode)))
-            if backend == "triton" and "op" in modes:
+            if backend == "triton" and "op" in modes and (variant_specs is None or spec in variant_specs):
                 for variant, what in (("fused", "one launch: quantize in the GEMM prologue, split-K"),
                                       ("2launch", "two launches: quantizer, then GEMM")):
                     out.append(Provider(f"nxm-triton-{spec}-{variant}", f"nxm triton {spec} op forced to {what}",
@@ -613,7 +615,8 @@ def run(args) -> dict:
         shapes = {s: shapes.get(s, SHAPES.get(s, "custom")) for s in wanted}
     # cuSPARSELt fp16 2:4 raised "illegal instruction" on an H100 (torch 2.11+cu130, 2026-11-24), which
     # poisons the CUDA context for every later provider: it runs only when asked for by name.
-    providers = [p for p in all_providers(backends, specs, ["op", "gemm"])
+    # --quick keeps the forced Triton variants to one spec: gpu_validate.sh gives this step 140 s.
+    providers = [p for p in all_providers(backends, specs, ["op", "gemm"], specs[:1] if args.quick else None)
                  if (any(fnmatch.fnmatchcase(p.name, g) for g in args.providers.split(",")) if args.providers
                      else p.name not in OPT_IN_PROVIDERS)]
     warmup, rep = (10, 30) if args.quick or smoke else (25, 100)
