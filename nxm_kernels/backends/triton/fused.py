@@ -94,7 +94,7 @@ from ...quant import ACT_QMAX
 from .gemm import GemmConfig, _store_output, _weight_tile, is_interpreted, m_bucket
 from .quant import _round_half_even
 
-__all__ = ["FUSED_M_MAX", "FUSED_CONFIGS", "FUSED_INTERPRETER_CONFIG", "MAX_SPLIT_K", "MIN_K_TILES_PER_SPLIT",
+__all__ = ["FusedConfig", "FUSED_M_MAX", "FUSED_CONFIGS", "FUSED_INTERPRETER_CONFIG", "MAX_SPLIT_K", "MIN_K_TILES_PER_SPLIT",
            "COUNTER_CAPACITY", "fused_config", "fused_split_k", "fused_linear", "use_fused"]
 
 
@@ -152,12 +152,13 @@ def _nxm_fused_kernel(
     finite = amax < float("inf")
     scale = tl.math.div_rn(amax, QMAX + 0.0)
     scale = tl.where(scale > 0.0, scale, 1.0)
+    # Only `divisor` and `finite` stay live through the main loop; the epilogue's scale is rebuilt
+    # from them afterwards (carrying a third per-row value made ptxas spill a register).
     divisor = tl.where(finite, scale, 1.0)   # a NaN/Inf row quantizes zeros instead: codes 0, no NaN maths
-    scale = tl.where(finite, scale, float("nan"))
     if WRITE_SCALE:
         # One program per tile row writes the scales (any would write the same bits).
         if (pid_n == 0) & (split == 0):
-            tl.store(xs_out_ptr + offs_m, scale, mask=m_ok)
+            tl.store(xs_out_ptr + offs_m, tl.where(finite, divisor, float("nan")), mask=m_ok)
 
     # --- main loop over this program's K slice: quantize x on the fly, int8 x int8 -> int32 ---
     if SPLIT:
@@ -181,6 +182,7 @@ def _nxm_fused_kernel(
         acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
 
     # --- split-K completion: the last program to arrive for this tile adds the partials ---
+    scale = tl.where(finite, divisor, float("nan"))
     if SPLIT:
         num_tiles = num_pid_m * tl.cdiv(N, BLOCK_N)
         offs_t = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
@@ -213,18 +215,35 @@ def _nxm_fused_kernel(
 #: top of the small-M GEMM configs. Measured dispatch may override :func:`use_fused`.
 FUSED_M_MAX = 64
 
+class FusedConfig(GemmConfig):
+    """A :class:`~.gemm.GemmConfig` (``GROUP_M`` unused) plus ``maxnreg``, the register budget
+    given to ptxas (``None``: its own choice).
+
+    Why a budget: Triton 3.9 runs ptxas with ``--regAllocOptLevel=2``, which for some 32-row
+    variants of this kernel settled on 64-80 registers and spilled one (the row scale kept for the
+    epilogue, stored before the main loop and reloaded after it). Given a budget of 128 it
+    allocates 90-128 registers and spills nothing."""
+
+    def __init__(self, BLOCK_M, BLOCK_N, BLOCK_K, num_warps=4, num_stages=4, maxnreg=None):
+        super().__init__(BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M=1, num_warps=num_warps, num_stages=num_stages)
+        if maxnreg is not None and (not isinstance(maxnreg, int) or not 16 <= maxnreg <= 255):
+            raise ValueError(f"maxnreg must be None or an int in [16, 255], got {maxnreg!r}")
+        self["maxnreg"] = maxnreg
+
+
 #: One config per M bucket (the ``BLOCK_M`` that covers M, as the small-M GEMM configs pick it).
 #: ``BLOCK_K`` shrinks as ``BLOCK_M`` grows: the float32 x tile and the division's temporaries live
-#: in registers (``BLOCK_M * BLOCK_K / (32 * num_warps)`` floats a thread each), and these sizes
-#: compile with 0 spills on sm_80 and sm_90 (tests/triton_aot.py). ``GROUP_M`` is unused here.
+#: in registers (``BLOCK_M * BLOCK_K / (32 * num_warps)`` floats a thread each). Every one compiles
+#: with 0 spills on sm_80 and sm_90 for each weight kind, x dtype, split-K on and off, float and
+#: int32 output (checked with tests/triton_aot.py; CI compiles one per architecture).
 FUSED_CONFIGS = {
-    16: GemmConfig(16, 32, 256, GROUP_M=1, num_warps=4, num_stages=4),
-    32: GemmConfig(32, 32, 64, GROUP_M=1, num_warps=4, num_stages=4),
-    64: GemmConfig(64, 64, 64, GROUP_M=1, num_warps=4, num_stages=4),
+    16: FusedConfig(16, 32, 256, num_warps=4, num_stages=4),
+    32: FusedConfig(32, 32, 128, num_warps=4, num_stages=4, maxnreg=128),
+    64: FusedConfig(64, 64, 64, num_warps=4, num_stages=4),
 }
 
 #: Under TRITON_INTERPRET=1: small tiles, so tests cover several tile rows, K steps and K slices.
-FUSED_INTERPRETER_CONFIG = GemmConfig(16, 32, 32, GROUP_M=1, num_warps=4, num_stages=1)
+FUSED_INTERPRETER_CONFIG = FusedConfig(16, 32, 32, num_warps=4, num_stages=1)
 
 #: Split-K bounds: at most this many K slices ...
 MAX_SPLIT_K = 16
@@ -244,7 +263,7 @@ def use_fused(m: int, meta=None) -> bool:
     return m <= FUSED_M_MAX
 
 
-def fused_config(m: int) -> GemmConfig:
+def fused_config(m: int) -> FusedConfig:
     """The tiling for ``m`` rows: :data:`FUSED_INTERPRETER_CONFIG` under the interpreter, else the
     :data:`FUSED_CONFIGS` entry of M's bucket (the largest one beyond ``FUSED_M_MAX``)."""
     if is_interpreted():
@@ -369,7 +388,8 @@ def fused_linear(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor |
     ``x``: float16/bfloat16/float32 ``[M, k]``, any strides. ``values``/``metadata``/``w_scale``: the
     weight's canonical tensors (``metadata`` None when dense), contiguous. ``bias``: ``[n]`` or None.
     Returns ``[M, n]`` in ``x``'s dtype, or with ``int32=True`` the raw int32 accumulator (exactly
-    the reference's ``quantize_per_token`` codes times the weight codes; no epilogue). ``out``
+    the reference's ``quantize_per_token`` codes times the weight codes; no epilogue, so ``bias``
+    and ``gelu`` are not applied). ``out``
     receives the result instead of a fresh tensor (any strides); ``x_scale_out`` (float32, ``M``
     elements) receives the per-token scales the kernel computed. ``config`` fixes the tiling and
     ``split_k`` the number of K slices (tests, tuning); by default :func:`fused_config` and
@@ -404,6 +424,8 @@ def fused_linear(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor |
         part = cnt = _dummy_i32(x.device)
     meta_t = metadata if sparse else values   # a dummy pointer when dense (never read)
     dummy = w_scale
+    maxnreg = config.get("maxnreg")
+    options = {"maxnreg": maxnreg} if maxnreg is not None and not is_interpreted() else {}
     _nxm_fused_kernel[(tiles, split_k)](
         x, values, meta_t, w_scale, bias if bias is not None else dummy, y,
         x_scale_out if x_scale_out is not None else dummy, part, cnt,
@@ -412,7 +434,7 @@ def fused_linear(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor |
         QMAX=ACT_QMAX, BITS=bits, SPARSE=bool(sparse), EPILOGUE=not int32, HAS_BIAS=bias is not None and not int32,
         GELU=bool(gelu) and not int32, WRITE_SCALE=x_scale_out is not None, SPLIT=split_k > 1,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, EVEN_K=k % bk == 0,
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
+        num_warps=config["num_warps"], num_stages=config["num_stages"], **options,
         # No FMA contraction: the epilogue rounds after every multiply and add, as the reference does.
         enable_fp_fusion=False,
     )
