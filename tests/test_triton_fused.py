@@ -27,8 +27,8 @@ from test_triton_backend import SENTINEL, SPECS, assert_epilogue_close, make_pac
 
 ref = get_backend("reference")
 
-cpu_ready = pytest.mark.skipif(tb.unavailable_reason(torch.device("cpu")) is not None,
-                               reason=f"triton backend unavailable on cpu: {tb.unavailable_reason(torch.device('cpu'))}")
+_CPU_WHY = tb.unavailable_reason(torch.device("cpu"))
+cpu_ready = pytest.mark.skipif(_CPU_WHY is not None, reason=f"triton backend unavailable on cpu: {_CPU_WHY}")
 
 #: Large finite values per dtype for the "one huge value" rows.
 HUGE = {torch.float16: 60000.0, torch.bfloat16: 1e30, torch.float32: 1e30}

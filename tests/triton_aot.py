@@ -90,7 +90,8 @@ def _compile(fn, name, arch, signature, constexprs, attrs, num_warps, num_stages
     from triton.compiler import ASTSource
 
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": False}  # as the launchers set it
+    # enable_fp_fusion as the launchers set it
+    options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": False}
     if maxnreg is not None:
         options["maxnreg"] = maxnreg
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)

@@ -94,8 +94,8 @@ from ...quant import ACT_QMAX
 from .gemm import GemmConfig, _store_output, _weight_tile, is_interpreted, m_bucket
 from .quant import _round_half_even
 
-__all__ = ["FusedConfig", "FUSED_M_MAX", "FUSED_CONFIGS", "FUSED_INTERPRETER_CONFIG", "MAX_SPLIT_K", "MIN_K_TILES_PER_SPLIT",
-           "COUNTER_CAPACITY", "fused_config", "fused_split_k", "fused_linear", "use_fused"]
+__all__ = ["FusedConfig", "FUSED_M_MAX", "FUSED_CONFIGS", "FUSED_INTERPRETER_CONFIG", "MAX_SPLIT_K",
+           "MIN_K_TILES_PER_SPLIT", "COUNTER_CAPACITY", "fused_config", "fused_split_k", "fused_linear", "use_fused"]
 
 
 # ------------------------------------------------------------------------------------------------
