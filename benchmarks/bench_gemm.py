@@ -13,6 +13,11 @@ checked for correctness, then timed:
                             GEMM, scales epilogue, fp16 out (the whole op a model runs)
 ``nxm-<backend>-<spec>-gemm`` ``nxm_kernels.sparse_int_mm`` on pre-quantized int8 input, int32 out:
                             the GEMM alone, apples to apples with the int8 baselines
+``nxm-triton-<spec>-fused``  the Triton op forced onto the one-launch fused kernel (quantization in
+                            the GEMM's prologue, split-K), fp16 in and out; M <= ``VARIANT_M_MAX``
+``nxm-triton-<spec>-2launch`` the Triton op forced onto two launches (quantizer, then GEMM), fp16
+                            in and out; M <= ``VARIANT_M_MAX``. With ``-op`` (the backend's own
+                            choice) these show where the fused range should end
 ==========================  ===================================================================
 
 Correctness before timing: our GEMM's int32 result must equal the reference backend's exactly, our
@@ -425,11 +430,52 @@ def build_ours(backend: str, spec: str, mode: str) -> Callable[[Problem, int], C
     return build
 
 
+#: Largest M the forced Triton variants (``-fused``, ``-2launch``) are measured at: the fused kernel
+#: is for small M; a few buckets past its range show the crossover.
+VARIANT_M_MAX = 256
+
+
+def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Case]:
+    """The Triton op (fp16 in, quantization included, fp16 out) on one fixed path, whatever
+    ``fused.use_fused`` would choose: ``"fused"`` (one launch) or ``"2launch"`` (quantizer + GEMM).
+    Calls the kernel modules' launchers on the canonical packed tensors."""
+
+    def build(p: Problem, m: int) -> Case:
+        from nxm_kernels.backends.triton import fused, gemm, quant
+
+        if m > VARIANT_M_MAX:
+            raise Unsupported(f"the forced Triton variants are measured for M <= {VARIANT_M_MAX}")
+        nxm = p.nxm
+        packed = p.packed(spec)
+        wbytes = packed.nbytes()["total"]
+        xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+        ws = _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes)
+        dims = dict(n=p.n, k=p.k, bits=packed.bits, sparse=packed.sparse)
+        if variant == "fused":
+            def op(x, pw):
+                return fused.fused_linear(x, pw.values, pw.metadata, pw.scales, **dims)
+        else:
+            def op(x, pw):
+                xq, x_scale = quant.quantize_per_token(x)
+                return gemm.int_gemm(xq, pw.values, pw.metadata, **dims, x_scale=x_scale, w_scale=pw.scales,
+                                     out_dtype=x.dtype)
+        out = op(xs[0], ws[0])
+        if out.dtype != xs[0].dtype:
+            raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
+        chk = check_close(out, nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
+                          "op vs reference op")
+        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+
+    return build
+
+
 #: Providers left out unless ``--providers`` names them (see ``run``).
 OPT_IN_PROVIDERS = ("cslt-fp16-2:4",)
 
 
-def all_providers(backends: list[str], specs: list[str], modes: list[str]) -> list[Provider]:
+def all_providers(backends: list[str], specs: list[str], modes: list[str],
+                  variant_specs: list[str] | None = None) -> list[Provider]:
+    """Every provider; the forced Triton variants for ``variant_specs`` only (default: all ``specs``)."""
     out = [
         Provider("fp16-mm", "fp16 torch.mm (cuBLAS)", "baseline", "op", build=build_fp16_mm),
         Provider("int8-mm", "int8 torch._int_mm (cuBLASLt)", "baseline", "gemm", build=build_int8_mm),
@@ -447,6 +493,11 @@ def all_providers(backends: list[str], specs: list[str], modes: list[str]) -> li
                     "sparse_int_mm (int8 in, int32 out)"
                 out.append(Provider(f"nxm-{backend}-{spec}-{mode}", f"nxm {backend} {spec} {what}", "ours", mode,
                                     backend, spec, build=build_ours(backend, spec, mode)))
+            if backend == "triton" and "op" in modes and (variant_specs is None or spec in variant_specs):
+                for variant, what in (("fused", "one launch: quantize in the GEMM prologue, split-K"),
+                                      ("2launch", "two launches: quantizer, then GEMM")):
+                    out.append(Provider(f"nxm-triton-{spec}-{variant}", f"nxm triton {spec} op forced to {what}",
+                                        "ours", "op", backend, spec, build=build_triton_variant(spec, variant)))
     return out
 
 
@@ -564,7 +615,8 @@ def run(args) -> dict:
         shapes = {s: shapes.get(s, SHAPES.get(s, "custom")) for s in wanted}
     # cuSPARSELt fp16 2:4 raised "illegal instruction" on an H100 (torch 2.11+cu130, 2026-11-24), which
     # poisons the CUDA context for every later provider: it runs only when asked for by name.
-    providers = [p for p in all_providers(backends, specs, ["op", "gemm"])
+    # --quick keeps the forced Triton variants to one spec: gpu_validate.sh gives this step 140 s.
+    providers = [p for p in all_providers(backends, specs, ["op", "gemm"], specs[:1] if args.quick else None)
                  if (any(fnmatch.fnmatchcase(p.name, g) for g in args.providers.split(",")) if args.providers
                      else p.name not in OPT_IN_PROVIDERS)]
     warmup, rep = (10, 30) if args.quick or smoke else (25, 100)
@@ -703,9 +755,9 @@ def format_table(result: dict) -> str:
                 cells.append(f"{r['time_us']:>10.1f}" if r and r["status"] == "ok"
                              else f"{(r or {}).get('status', '-')[:9]:>10}")
             lines.append(f"{n[:38]:<38}" + "".join(cells))
+        mode_of = {r["provider"]: r["mode"] for r in recs}   # e.g. "-fused" providers are "op" mode
         ours = [n for n in names if n.startswith("nxm-")]
-        rows = [(n, b) for n in ours for b in base_names
-                if ("op" if b == "fp16-mm" else "gemm") == n.rsplit("-", 1)[1]]
+        rows = [(n, b) for n in ours for b in base_names if ("op" if b == "fp16-mm" else "gemm") == mode_of.get(n)]
         if rows:
             lines.append("-- speedup (baseline time / ours)")
             for n, b in rows:

@@ -372,7 +372,10 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(const T* __restrict_
   const int row = blockIdx.x;
   const T* xr = x + (long long)row * ldx;
   float amax = 0.0f;
-  for (int k = threadIdx.x; k < K; k += blockDim.x) amax = fmaxf(amax, fabsf(to_f32(xr[k])));
+  for (int k = threadIdx.x; k < K; k += blockDim.x) {
+    const float a = fabsf(to_f32(xr[k]));
+    amax = fmaxf(amax, a != a ? __int_as_float(0x7f800000) : a);  // NaN -> +inf: fmaxf drops NaN
+  }
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
   if ((threadIdx.x & 31) == 0) s_red[threadIdx.x >> 5] = amax;
@@ -387,13 +390,15 @@ __global__ void __launch_bounds__(256) quantize_rows_kernel(const T* __restrict_
   // Test the quotient, not amax: a subnormal amax underflows to a zero scale (reference rule).
   const float s0 = __fdiv_rn(s_red[0], 127.0f);
   const float s = s0 > 0.0f ? s0 : 1.0f;
+  // A row holding NaN/Inf (amax = +inf) gets scale NaN and zero codes: its outputs are NaN (reference rule).
+  const bool finite = s_red[0] < __int_as_float(0x7f800000);
   int8_t* qr = xq + (long long)row * KP;
   for (int k = threadIdx.x; k < KP; k += blockDim.x) {
     float q = 0.0f;
-    if (k < K) q = fminf(fmaxf(rintf(__fdiv_rn(to_f32(xr[k]), s)), -127.0f), 127.0f);
+    if (k < K && finite) q = fminf(fmaxf(rintf(__fdiv_rn(to_f32(xr[k]), s)), -127.0f), 127.0f);
     qr[k] = static_cast<int8_t>(q);
   }
-  if (threadIdx.x == 0) scale[row] = s;
+  if (threadIdx.x == 0) scale[row] = finite ? s : __int_as_float(0x7fc00000);
 }
 
 // ------------------------------------------------------------------------------------ probe

@@ -10,7 +10,9 @@ division); a row whose scale would be zero gets scale ``1.0`` instead: an all-ze
 all zero, so any scale reproduces it), and a float32 row so tiny (``amax < qmax * 2**-149``) that the
 division underflows to zero, whose codes are then all zero too (a zero scale would divide by zero).
 Codes are ``clamp(round_half_even(v / scale), -qmax, qmax)`` computed in float32 with an IEEE
-division. Every backend (reference, Triton, CUDA) computes exactly these codes; that is what makes
+division. Activations only: a token (row) holding NaN or Inf gets scale ``NaN`` and all-zero codes,
+so every output of that token is ``0 * NaN = NaN``, as ``nn.Linear`` would give (not a plausible
+finite number). Every backend (reference, Triton, CUDA) computes exactly these codes; that is what makes
 their int32 accumulators comparable with ``torch.equal``.
 
 The ``fake_quant_*`` functions return ``codes * scale`` in the input's dtype, i.e. exactly the values
@@ -38,9 +40,15 @@ def qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
-def _row_scales(v: torch.Tensor, q: int) -> torch.Tensor:
+def _row_amax(v: torch.Tensor) -> torch.Tensor:
+    """float32 ``max |v|`` over the last dim (keepdim); NaN for a row holding NaN (max propagates it)."""
+    return v.detach().abs().amax(dim=-1, keepdim=True).float()
+
+
+def _row_scales(v: torch.Tensor, q: int, amax: torch.Tensor | None = None) -> torch.Tensor:
     """float32 scales ``amax / q`` over the last dim; rows whose scale would be 0 get 1.0."""
-    amax = v.detach().abs().amax(dim=-1, keepdim=True).float()
+    if amax is None:
+        amax = _row_amax(v)
     # Divide by a tensor, not a Python scalar: PyTorch's CUDA kernels turn "tensor / scalar" into a
     # multiplication by the reciprocal, which is not the IEEE quotient the CPU and the kernels compute.
     scale = amax / torch.full_like(amax, q)
@@ -93,13 +101,19 @@ def quantize_per_token(x: torch.Tensor):
 
     ``x``: ``[..., K]`` float16/bfloat16/float32, K >= 1. Returns ``(codes int8 [..., K], scale
     float32 [..., 1])`` with ``|x - codes * scale| <= scale / 2`` elementwise (up to float32
-    rounding). ``x`` is not checked for NaN/Inf (that would cost a device sync per call); a token
-    holding them gets meaningless codes.
+    rounding). ``x`` is not checked for NaN/Inf (that would cost a device sync per call): a token
+    holding any gets scale ``NaN`` and all-zero codes, so the op's outputs for it are NaN, as with
+    ``nn.Linear``. Every kernel implements this same rule bit for bit.
     """
     check_tensor("x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
     _check_k("x", x)
-    scale = _row_scales(x, ACT_QMAX)
-    return _codes(x, scale, ACT_QMAX), scale
+    amax = _row_amax(x)
+    scale = _row_scales(x, ACT_QMAX, amax)
+    # The max reduction propagates NaN, so a non-finite amax means a NaN or an Inf in the row.
+    finite = torch.isfinite(amax)
+    codes = torch.where(finite, _codes(x, torch.where(finite, scale, torch.ones_like(scale)), ACT_QMAX),
+                        torch.zeros((), dtype=torch.int8, device=x.device))
+    return codes, torch.where(finite, scale, torch.full_like(scale, float("nan")))
 
 
 def dequantize(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -297,18 +297,25 @@ class TestInterpreter:
 _AOT_SCRIPT = r"""
 import json, re, sys
 try:
-    from triton_aot import compile_gemm, compile_quantizer
+    from triton_aot import compile_fused, compile_gemm, compile_quantizer
+    from nxm_kernels.backends.triton.fused import FUSED_CONFIGS
     from nxm_kernels.backends.triton.gemm import LARGE_M_CONFIGS, SMALL_M_CONFIGS
     q = compile_quantizer(arch=90, x_dtype="bf16", k=3000)
     small = compile_gemm(SMALL_M_CONFIGS[0], arch=80, bits=4, sparse=True, gelu=True, m=16, n=768, k=3072)
     large = compile_gemm(LARGE_M_CONFIGS[0], arch=90, bits=8, sparse=True, gelu=True, m=4096, n=3072, k=768)
+    # The fused kernel with split-K: int4 decode on sm_80, the 64-row tile (wgmma) on sm_90.
+    fused80 = compile_fused(FUSED_CONFIGS[16], arch=80, bits=4, sparse=True, gelu=True, split_k=4, m=16, n=768,
+                            k=3072)
+    fused90 = compile_fused(FUSED_CONFIGS[64], arch=90, bits=8, sparse=True, gelu=True, split_k=4, m=64, n=768,
+                            k=3072, x_dtype="bf16")
 except ImportError as exc:  # a triton without this ahead-of-time API
     print(json.dumps({"skip": str(exc)}))
     sys.exit(0)
 info = lambda r: {"mma": r.mma, "async": r.async_copies, "stack": r.stack_bytes, "summary": r.summary(),
-                  "s8": bool(re.search(r"mma[._a-z0-9]*\.s32\.s8\.s8", r.ptx))}
+                  "s8": bool(re.search(r"mma[._a-z0-9]*\.s32\.s8\.s8", r.ptx)),
+                  "fdivs": sorted(set(re.findall(r"div\.[a-z0-9.]*f32", r.ptx)))}
 print(json.dumps({"quant_divs": sorted(set(re.findall(r"div\.[a-z0-9.]+", q.ptx))), "quant": info(q),
-                  "small": info(small), "large": info(large)}))
+                  "small": info(small), "large": info(large), "fused80": info(fused80), "fused90": info(fused90)}))
 """
 
 
@@ -319,7 +326,9 @@ def test_kernels_compile_for_real_gpus():
     Checks what the exactness and speed rely on: the quantizer divides with ``div.rn.f32`` (IEEE, not
     the approximate ``div.full``); the GEMM uses int8 tensor-core MMAs (``mma.sync`` on sm_80,
     ``wgmma`` on sm_90), its loads became asynchronous copies (the software pipeline formed), and no
-    registers spill.
+    registers spill. The fused quantize+GEMM kernel (one config per architecture, with split-K) is
+    held to all of these at once: int8 MMA, pipelined loads, 0 spills, and only ``div.rn.f32``
+    float divisions.
     """
     import json
     import os
@@ -334,10 +343,13 @@ def test_kernels_compile_for_real_gpus():
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     if "skip" in res:
         pytest.skip(f"ahead-of-time compilation API unavailable: {res['skip']}")
-    print(res["quant"]["summary"], res["small"]["summary"], res["large"]["summary"], sep="\n")
+    print(*(res[key]["summary"] for key in ("quant", "small", "large", "fused80", "fused90")), sep="\n")
     assert res["quant_divs"] == ["div.rn.f32"]
     assert res["small"]["mma"] == "mma.sync" and res["large"]["mma"] == "wgmma"
-    for key in ("small", "large"):
+    assert res["fused80"]["mma"] == "mma.sync" and res["fused90"]["mma"] == "wgmma"
+    for key in ("fused80", "fused90"):
+        assert res[key]["fdivs"] == ["div.rn.f32"], f"{key}: the quantization must divide with div.rn.f32"
+    for key in ("small", "large", "fused80", "fused90"):
         assert res[key]["s8"], f"{key}: no int8 MMA in the PTX"
         assert res[key]["async"] > 0, f"{key}: loads were not pipelined"
         assert res[key]["stack"] in (0, None), f"{key}: register spills ({res[key]['stack']} stack bytes)"

@@ -12,6 +12,7 @@ A check tool, not part of the package. Used by the tests (a subprocess: kernels 
 command line to check configs before a GPU is at hand::
 
     python tests/triton_aot.py --arch 90 --m 16 --n 768 --k 3072
+    python tests/triton_aot.py --arch 80 --m 16 --n 768 --k 3072 --fused --split-k 6
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from nxm_kernels.format import packed_shapes, padded_k
 from nxm_kernels.spec import kernel_spec
 
-__all__ = ["AotResult", "compile_gemm", "compile_quantizer", "main"]
+__all__ = ["AotResult", "compile_fused", "compile_gemm", "compile_quantizer", "main"]
 
 
 @dataclass
@@ -83,15 +84,17 @@ def _resources(cubin: bytes) -> tuple[int | None, int | None]:
     return (int(m.group(1)), int(m.group(2))) if m else (None, None)
 
 
-def _compile(fn, name, arch, signature, constexprs, attrs, num_warps, num_stages) -> AotResult:
+def _compile(fn, name, arch, signature, constexprs, attrs, num_warps, num_stages, maxnreg=None) -> AotResult:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": num_warps, "num_stages": num_stages,
-                                     "enable_fp_fusion": False})  # as the launchers set it
+    # enable_fp_fusion as the launchers set it
+    options = {"num_warps": num_warps, "num_stages": num_stages, "enable_fp_fusion": False}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     regs, stack = _resources(kernel.asm["cubin"])
     return AotResult(name, arch, kernel.asm["ptx"], int(kernel.metadata.shared), regs, stack)
 
@@ -148,6 +151,40 @@ def compile_gemm(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, 
     return _compile(fn, name, arch, signature, constexprs, attrs, config["num_warps"], config["num_stages"])
 
 
+def compile_fused(config, *, arch: int = 90, bits: int = 8, sparse: bool = True, epilogue: bool = True,
+                  bias: bool = True, gelu: bool = False, x_dtype: str = "fp16", split_k: int = 1, m: int = 16,
+                  n: int = 768, k: int = 768) -> AotResult:
+    """Compile the fused quantize+GEMM kernel (:mod:`~nxm_kernels.backends.triton.fused`) with ``config``
+    for ``sm_<arch>`` as a contiguous launch at ``M, N, K = m, n, k`` with ``split_k`` K slices would
+    specialise it (the output dtype is ``x_dtype``, or int32 without ``epilogue``)."""
+    _require_compiled_kernels()
+    from nxm_kernels.backends.triton import fused as f
+    from nxm_kernels.quant import ACT_QMAX
+
+    if x_dtype not in _FLOAT_TYPES:
+        raise ValueError(f"x_dtype must be one of {_FLOAT_TYPES}, got {x_dtype!r}")
+    kp = padded_k(k)
+    bk = config["BLOCK_K"]
+    k_tiles = -(-k // bk)
+    per = -(-k_tiles // split_k)
+    wcols = packed_shapes(n, k, bits, sparse)["values"][1]
+    ints = dict(M=m, N=n, K=k, K_PAD=kp, SPLIT_K=split_k, K_TILES_PER_SPLIT=per, stride_xm=k, stride_xk=1,
+                stride_wn=wcols, stride_mn=kp // 8, stride_ym=n, stride_yn=1)
+    pointers = dict(x_ptr="*" + x_dtype, w_ptr="*i8" if bits == 8 else "*u8", meta_ptr="*u8", ws_ptr="*fp32",
+                    bias_ptr="*" + x_dtype, y_ptr=("*" + x_dtype) if epilogue else "*i32", xs_out_ptr="*fp32",
+                    part_ptr="*i32", cnt_ptr="*i32")
+    cons = dict(QMAX=ACT_QMAX, BITS=bits, SPARSE=sparse, EPILOGUE=epilogue, HAS_BIAS=epilogue and bias,
+                GELU=epilogue and gelu, WRITE_SCALE=False, SPLIT=split_k > 1, BLOCK_M=config["BLOCK_M"],
+                BLOCK_N=config["BLOCK_N"], BLOCK_K=bk, EVEN_K=k % bk == 0)
+    fn = f._nxm_fused_kernel
+    signature, constexprs, attrs = _specialise(fn, pointers, ints, cons)
+    spec = f"{'2:4' if sparse else 'dense'}-w{bits}a8"
+    name = (f"fused {spec} {x_dtype} {config['BLOCK_M']}x{config['BLOCK_N']}x{bk} w{config['num_warps']} "
+            f"s{config['num_stages']} split_k={split_k} {'epilogue' if epilogue else 'int32'}")
+    return _compile(fn, name, arch, signature, constexprs, attrs, config["num_warps"], config["num_stages"],
+                    config.get("maxnreg"))
+
+
 def compile_quantizer(*, arch: int = 90, x_dtype: str = "fp16", k: int = 768) -> AotResult:
     """Compile the per-token quantizer for ``sm_<arch>`` for rows of ``k`` contiguous elements."""
     _require_compiled_kernels()
@@ -173,10 +210,22 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=768)
     ap.add_argument("--specs", default="2:4-w8a8,2:4-w4a8,dense-w8a8,dense-w4a8")
     ap.add_argument("--int32", action="store_true", help="the raw accumulator variant (no epilogue)")
+    ap.add_argument("--fused", action="store_true",
+                    help="the fused quantize+GEMM kernel (the config of M's bucket) instead of the GEMM")
+    ap.add_argument("--split-k", type=int, default=1, help="K slices of the fused kernel (with --fused)")
     args = ap.parse_args(argv)
     from nxm_kernels.backends.triton import gemm as g
 
     specs = [kernel_spec(s, name="--specs entry") for s in args.specs.split(",")]
+    if args.fused:
+        from nxm_kernels.backends.triton import fused as f
+
+        config = f.FUSED_CONFIGS[min(g.m_bucket(args.m), max(f.FUSED_CONFIGS))]
+        for spec in specs:
+            print(compile_fused(config, arch=args.arch, bits=spec.weight_bits, sparse=spec.sparse,
+                                epilogue=not args.int32, gelu=True, split_k=args.split_k, m=args.m, n=args.n,
+                                k=args.k).summary(), flush=True)
+        return 0
     if args.m <= g.SMALL_M_MAX:  # the configs the small-M autotuner keeps for this M
         configs = [c for c in g.SMALL_M_CONFIGS if c["BLOCK_M"] == g.small_m_block_m(g.m_bucket(args.m))]
     else:

@@ -1,15 +1,19 @@
 """The Triton backend: the portable GPU path (and, through ``TRITON_INTERPRET=1``, a CPU test path).
 
-Two kernels, each in its own module:
+Three kernels, each in its own module:
 
 * :mod:`.quant` — per-token int8 activation quantization, bit-identical to
   :func:`nxm_kernels.quant.quantize_per_token`;
 * :mod:`.gemm` — the sparse/dense int GEMM reading the canonical packed weight directly
-  (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue.
+  (int8 or int4 values, 2:4 metadata), int32 accumulation, fused epilogue;
+* :mod:`.fused` — both in one launch for small M (quantization in the GEMM's prologue, split-K).
+
+``linear`` runs the fused kernel where :func:`.fused.use_fused` says (M <= ``fused.FUSED_M_MAX``)
+and the two launches (quantizer, then GEMM) above.
 
 ``prepare`` returns a :class:`TritonLayout`: the canonical tensors unchanged (made contiguous and
 aligned): the kernel decodes the canonical layout in registers, so no reordering is needed.
-``linear`` (eager) is the two launches; ``linear_q`` is the GEMM alone on already-quantized
+``linear`` (eager) is one launch or two as above; ``linear_q`` is the GEMM alone on already-quantized
 activations (``torch.compile``'s path).
 
 Importing this module never fails for want of Triton or a GPU; :func:`unavailable_reason` says why
@@ -34,10 +38,10 @@ MIN_CAPABILITY = (8, 0)
 try:
     import triton  # noqa: F401
 
-    from . import gemm, quant
+    from . import fused, gemm, quant
     _IMPORT_ERROR: Exception | None = None
 except Exception as exc:  # noqa: BLE001 - ImportError, or a broken triton install
-    gemm = quant = None
+    fused = gemm = quant = None
     _IMPORT_ERROR = exc
 
 
@@ -143,10 +147,24 @@ def _linear_q(xq, x_scale, layout: TritonLayout, bias, activation: str, out_dtyp
                          out_dtype=out_dtype)
 
 
-def _linear(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:
+def _two_launch(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:
     """Two launches: the per-token quantizer, then the GEMM with the fused epilogue."""
     xq, x_scale = quant.quantize_per_token(x2d)
     return _linear_q(xq, x_scale, layout, bias, activation, x2d.dtype)
+
+
+def _fused(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:
+    """One launch: quantization in the GEMM's prologue (:mod:`.fused`)."""
+    m = layout.meta
+    return fused.fused_linear(x2d, layout.values, layout.metadata, layout.scales, bias, n=m.n, k=m.k, bits=m.bits,
+                              sparse=m.sparse, gelu=activation == "gelu")
+
+
+def _linear(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:
+    """The backend's own choice: one launch where :func:`.fused.use_fused` says (small M), else two."""
+    if fused.use_fused(x2d.shape[0], layout.meta):
+        return _fused(x2d, layout, bias, activation)
+    return _two_launch(x2d, layout, bias, activation)
 
 
 def _check_bias(bias, n: int):
@@ -198,4 +216,8 @@ def linear_q(xq: torch.Tensor, x_scale: torch.Tensor, weights, meta, bias: torch
     return _linear_q(xq, x_scale.contiguous(), layout, bias, activation, out_dtype)
 
 
-VARIANTS = (Variant("triton", _linear),)
+# "triton" is the backend's own choice (fused for small M, two launches above); the two pinned
+# variants let a measured table (``nxm tune``) or a caller force one path. The fused kernel serves
+# M up to 256 (beyond that its amax prologue re-reads x too often to be a candidate).
+VARIANTS = (Variant("triton", _linear), Variant("triton:fused", _fused, max_m=256),
+            Variant("triton:2launch", _two_launch))

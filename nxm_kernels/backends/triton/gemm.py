@@ -169,6 +169,33 @@ def _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
 
 
 # ------------------------------------------------------------------------------------------------
+# The epilogue (shared with the fused quantize+GEMM kernel in fused.py, so both round alike).
+# ------------------------------------------------------------------------------------------------
+@triton.jit
+def _store_output(acc, xs, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
+                  EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
+    """Store the int32 tile ``acc[offs_m, offs_n]``: raw (``EPILOGUE=False``), or dequantized in the
+    reference's float32 order ``((acc * xs[m]) * w_scale[n]) + bias[n]``, then the erf GELU, then a
+    cast to ``y``'s dtype. ``xs`` is the tile's per-row activation scale (float32 ``[BLOCK_M]``)."""
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :] * stride_yn
+    y_mask = m_ok[:, None] & n_ok[None, :]
+    if EPILOGUE:
+        ws = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
+        y = acc.to(tl.float32) * xs[:, None]
+        y = y * ws[None, :]
+        if HAS_BIAS:
+            y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        if GELU:
+            # Exact (erf) GELU, as BERT and the reference use: 0.5 * y * (1 + erf(y / sqrt(2))).
+            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
+        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_mask)
+    else:
+        tl.store(y_ptrs, acc, mask=y_mask)
+
+
+# ------------------------------------------------------------------------------------------------
 # The kernel.
 # ------------------------------------------------------------------------------------------------
 @triton.jit
@@ -218,22 +245,12 @@ def _nxm_gemm_kernel(
         x_ptrs += BLOCK_K * stride_xk
 
     # --- epilogue, in the reference's order ---
-    n_ok = offs_n < N
-    y_ptrs = y_ptr + offs_m[:, None].to(tl.int64) * stride_ym + offs_n[None, :] * stride_yn
-    y_mask = m_ok[:, None] & n_ok[None, :]
     if EPILOGUE:
         xs = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
-        ws = tl.load(ws_ptr + offs_n, mask=n_ok, other=0.0)
-        y = acc.to(tl.float32) * xs[:, None]
-        y = y * ws[None, :]
-        if HAS_BIAS:
-            y = y + tl.load(bias_ptr + offs_n, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if GELU:
-            # Exact (erf) GELU, as BERT and the reference use: 0.5 * y * (1 + erf(y / sqrt(2))).
-            y = 0.5 * y * (1.0 + tl.math.erf(y * 0.7071067811865476))
-        tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=y_mask)
     else:
-        tl.store(y_ptrs, acc, mask=y_mask)
+        xs = tl.zeros([BLOCK_M], dtype=tl.float32)  # unused: the raw accumulator is stored
+    _store_output(acc, xs, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
+                  EPILOGUE, HAS_BIAS, GELU)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,10 @@ int32 accumulators of every backend can be compared with ``torch.equal``:
   converting to float32 first changes nothing);
 * ``scale = amax / 127`` as an IEEE (round-to-nearest) float32 division; ``1.0`` where that is 0
   (an all-zero row, or one so tiny that the division underflows);
-* ``code = clamp(round_half_even(x_fp32 / scale), -127, 127)``.
+* ``code = clamp(round_half_even(x_fp32 / scale), -127, 127)``;
+* a row holding NaN or Inf gets scale ``NaN`` and all-zero codes (its outputs are then NaN, as with
+  ``nn.Linear``). NaN is turned into ``+inf`` before the max, because a hardware ``max`` returns
+  the non-NaN operand and would hide it; a non-finite amax then marks the row.
 
 Two details make it exact on a GPU, not just in the interpreter:
 
@@ -62,20 +65,22 @@ def _quantize_per_token_kernel(
     amax_vec = tl.zeros([BLOCK_K], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs
-        v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
-        amax_vec = tl.maximum(amax_vec, tl.abs(v))
+        a = tl.abs(tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32))
+        amax_vec = tl.maximum(amax_vec, tl.where(a == a, a, float("inf")))  # NaN -> +inf
     amax = tl.max(amax_vec, axis=0)
+    finite = amax < float("inf")
     scale = tl.math.div_rn(amax, QMAX + 0.0)
     scale = tl.where(scale > 0.0, scale, 1.0)
+    divisor = tl.where(finite, scale, 1.0)  # a NaN/Inf row quantizes zeros (below): codes 0, no NaN maths
 
     # Pass 2: the codes.
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs
         v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
-        r = _round_half_even(tl.math.div_rn(v, scale))
+        r = _round_half_even(tl.math.div_rn(tl.where(finite, v, 0.0), divisor))
         r = tl.minimum(tl.maximum(r, -QMAX + 0.0), QMAX + 0.0)
         tl.store(q_row + k, r.to(tl.int8), mask=k < K)
-    tl.store(s_ptr + row, scale)
+    tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
 
 
 def quant_block_k(k: int) -> int:
