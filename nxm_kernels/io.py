@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
-from .modules import NxMLinear, compressed_linears
+from .modules import after_swap, compressed_linears, identity_module_names, layer_records, place_compressed_layers
 from .spec import parse_spec
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "save_compressed",
@@ -93,12 +93,8 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     if plan is None:
         plan = getattr(model, "_nxm_plan", None)
     plan_dict = Plan(plan).to_dict() if plan is not None else {n: str(m.spec) for n, m in layers.items()}
-    # Every Identity is recorded (not only those standing for an activation fused into an NxMLinear
-    # epilogue): replacing an Identity by an Identity on load is harmless, missing one would apply
-    # an activation twice.
-    identity = [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
-    records = {name: {"spec": str(m.spec), "shape": [m.out_features, m.in_features], "bias": m.bias is not None,
-                      "activation": m.activation} for name, m in layers.items()}
+    identity = identity_module_names(model)
+    records = layer_records(model)
     from . import __version__
     from .models.hf import describe
 
@@ -182,36 +178,6 @@ def _read_weights(d: Path, cfg: dict, device, verify: bool) -> dict:
         raise ValueError(f"{path} is corrupt (not a readable safetensors file: {exc})") from None
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-        getattr(parent, attr)
-    except AttributeError:
-        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}") from None
-    setattr(parent, attr, module)
-
-
-def _placeholders(model: nn.Module, cfg: dict, backend: str) -> None:
-    """Put meta-device ``NxMLinear`` placeholders (and fused-activation identities) where recorded."""
-    modules = dict(model.named_modules())
-    for name, rec in cfg["layers"].items():
-        try:
-            out_f, in_f = (int(v) for v in rec["shape"])
-            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), backend=backend,
-                              activation=rec.get("activation"), device="meta")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
-        existing = modules.get(name)
-        if existing is not None and isinstance(existing, nn.Linear) and \
-                tuple(existing.weight.shape) != (out_f, in_f):
-            raise ValueError(f"checkpoint does not match the model config: {name} is {out_f}x{in_f} in the "
-                             f"checkpoint but {tuple(existing.weight.shape)} in the model")
-        _set_submodule(model, name, layer)
-    for name in cfg["identity_modules"]:
-        _set_submodule(model, name, nn.Identity())
-
-
 def _check_state(model: nn.Module, state: dict, where: Path) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -266,7 +232,7 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
             raise ValueError(f"checkpoint {d} does not match the model config: " + "; ".join(diffs))
     # Placeholders get the requested backend now: each layer's backend layout is then derived once on
     # load (the load hook) and once after the move/cast below, never for a backend switched away from.
-    _placeholders(model, cfg, backend)
+    place_compressed_layers(model, cfg["layers"], cfg["identity_modules"], backend)
     state = _read_weights(d, cfg, device, verify)
     for alias, kept in cfg["aliases"].items():
         if kept not in state:
@@ -294,5 +260,6 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         for layer in compressed_linears(model).values():
             layer._require_backend()
     model._nxm_plan = cfg.get("plan")
+    after_swap(model)  # e.g. lets a transformers model save again through save_pretrained
     logger.info("loaded %d compressed layers from %s", len(cfg["layers"]), d)
     return model.eval()

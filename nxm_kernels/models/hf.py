@@ -33,7 +33,11 @@ def describe(model: nn.Module) -> dict | None:
     # BertModel(config, add_pooling_layer=False) is not visible in the config: record it.
     if hasattr(model, "pooler") and model.pooler is None:
         init_kwargs["add_pooling_layer"] = False
-    return {"library": "transformers", "class": type(model).__name__, "config": model.config.to_dict(),
+    config = model.config.to_dict()
+    # The Hugging Face quantizer's record (see hf_quantizer.attach) repeats what the checkpoint's own
+    # layer records say; rebuilding from it would ask transformers for that quantizer.
+    config.pop("quantization_config", None)
+    return {"library": "transformers", "class": type(model).__name__, "config": config,
             "init_kwargs": init_kwargs}
 
 
