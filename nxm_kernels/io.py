@@ -53,6 +53,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _write_safetensors(tensors: dict, metadata: dict, path: Path) -> None:
+    """Write a safetensors file whose bytes depend only on the tensors and metadata.
+
+    ``safetensors`` keeps the header's metadata in a hash map, so its key order (and with it the
+    file's bytes and SHA-256) changes from call to call. The header is rewritten here with sorted
+    keys; tensor offsets are explicit in it, so the data part is untouched. Written by Python, the
+    file gets the usual permissions (safetensors' own writer creates it with mode 0600).
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(data)[8 + n:])
+
+
 def _dedupe(state: dict) -> tuple[dict, dict]:
     """Drop tensors that share storage with an earlier one (tied weights): ``(tensors, {alias: kept})``."""
     seen, out, aliases = {}, {}, {}
@@ -75,8 +98,6 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     applied, else one entry per compressed layer. ``tokenizer`` (optional) is saved alongside with
     its own ``save_pretrained``. Returns the directory.
     """
-    from safetensors.torch import save_file
-
     from .plan import Plan
 
     if not isinstance(model, nn.Module):
@@ -103,8 +124,9 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
         raise ValueError(f"path must be a directory (or not exist yet), got the file {str(out)!r}")
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_NAME
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(weights),
-              metadata={"format": "pt", "nxm_format": CHECKPOINT_FORMAT, "nxm_format_version": str(CHECKPOINT_VERSION)})
+    _write_safetensors({k: v.cpu() for k, v in tensors.items()},
+                       {"format": "pt", "nxm_format": CHECKPOINT_FORMAT, "nxm_format_version": str(CHECKPOINT_VERSION)},
+                       weights)
     config = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,

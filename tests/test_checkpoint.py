@@ -151,6 +151,28 @@ def test_tokenizer_saved_alongside(tmp_path):
     nxm.load_compressed(path)
 
 
+def test_same_model_same_bytes_and_usual_permissions(saved, tmp_path):
+    """safetensors orders the header's metadata by a hash map: without care, every save of the same
+    model gave other bytes and another recorded SHA-256 (and the file was created 0600)."""
+    import os
+
+    model, _, path = saved
+    first = (path / WEIGHTS_NAME).read_bytes()
+    for i in range(5):
+        again = nxm.save_compressed(model, tmp_path / f"again{i}")
+        assert (again / WEIGHTS_NAME).read_bytes() == first
+        assert (again / CONFIG_NAME).read_text() == (path / CONFIG_NAME).read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        assert (path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    from safetensors import safe_open
+
+    with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:   # still a standard safetensors file
+        assert f.metadata() == {"format": "pt", "nxm_format": "nxm-checkpoint",
+                                "nxm_format_version": str(CHECKPOINT_VERSION)}
+
+
 # ---------------------------------------------------------------------------------- errors
 def _edit_config(path, fn):
     cfg = json.loads((path / CONFIG_NAME).read_text())
