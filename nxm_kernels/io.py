@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ._checks import check_device
 from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
 from .modules import after_swap, compressed_linears, identity_module_names, layer_records, place_compressed_layers
 from .spec import parse_spec
@@ -238,7 +239,7 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         raise TypeError(f"dtype must be None, torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    device = torch.device(device)
+    device = check_device("device", device)  # before reading: a missing GPU is not a corrupt file
     from .models.hf import build_empty, config_differences
 
     if model is None:

@@ -294,6 +294,18 @@ def test_load_derives_each_backend_layout_at_most_twice(saved, monkeypatch, kwar
         assert torch.equal(out, ref)
 
 
+def test_unavailable_device_is_not_a_corrupt_file(saved):
+    """The weights used to be read straight onto the device, and the failure (pin_memory without CUDA)
+    was reported as a corrupt checkpoint."""
+    _, _, path = saved
+    for device in ["cuda:99"] + ([] if torch.cuda.is_available() else ["cuda", torch.device("cuda")]):
+        with pytest.raises(RuntimeError, match=r"device 'cuda(:99)?' is not available") as info:
+            nxm.load_compressed(path, device=device)
+        assert "corrupt" not in str(info.value)
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        nxm.load_compressed(path, device="gpu0")
+
+
 def test_load_with_a_backend_that_cannot_run(saved):
     _, _, path = saved
     with pytest.raises(RuntimeError, match="NxMLinear cannot run on cpu: backend 'cuda' is unavailable on cpu"):

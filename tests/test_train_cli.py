@@ -75,6 +75,14 @@ def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, ca
                 "--output-dir", str(out)]) == 2
 
 
+def test_nxm_evaluate_unavailable_device(tiny_model_dir, capsys):
+    """Checked before any model loads, and said as it is (it was reported as a corrupt checkpoint)."""
+    rc = nxm(["evaluate", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(FIXTURES),
+              "--device", "cuda:99"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--device 'cuda:99' is not available" in err and "corrupt" not in err
+
+
 def _run(args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

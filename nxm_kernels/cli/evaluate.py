@@ -48,8 +48,10 @@ def run(args) -> int:
 
     from ..glue import evaluate, load_glue, task_info
 
+    from .._checks import check_device
+
     task = task_info(args.task)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device("--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, compressed = load_model(args.model, device=device, backend=args.backend)
     labels = getattr(getattr(model, "config", None), "num_labels", None)
     if labels is not None and labels != task.num_labels:

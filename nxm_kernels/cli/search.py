@@ -126,6 +126,7 @@ def _sibling(out: Path, suffix: str) -> Path:
 def run_search(args) -> int:
     import torch
 
+    from .._checks import check_device
     from ..accounting import account
     from ..models.bert import bert_linears
     from ..search import plot_pareto, profile_sensitivity, search_plans, validate_plans
@@ -136,7 +137,7 @@ def run_search(args) -> int:
     ratio = args.ratio or ("true-fp32" if args.true_ratio else "nominal")
     if args.true_ratio and args.ratio not in (None, "true", "true-fp32"):
         raise ValueError(f"--true-ratio contradicts --ratio {args.ratio}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(check_device("--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out must be a .json file, got {args.out!r}")
