@@ -147,11 +147,12 @@ def test_unsupported_transformers_refuses_to_save(tmp_path, monkeypatch):
 
 def test_sentence_transformers_saves_and_reloads_compressed(tmp_path):
     st = pytest.importorskip("sentence_transformers")
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(100)]
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    tokenizer = BertTokenizer(str(tmp_path / "vocab.txt"))
+    assert tokenizer.unk_token_id not in tokenizer("w1 w7 w99")["input_ids"]
     tiny_bert().save_pretrained(tmp_path / "dense")
     tokenizer.save_pretrained(tmp_path / "dense")
     encoder = st.SentenceTransformer(str(tmp_path / "dense"), device="cpu")  # mean pooling by default
