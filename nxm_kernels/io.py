@@ -17,6 +17,8 @@ the saved tensors: the dense encoder weights are never materialised. It checks t
 (a newer one is refused), the file's checksum and contents (a corrupt file is refused), and that the
 tensors fit the model (a mismatched config is refused), each with an error saying which.
 For models that are not transformers models, :func:`load_compressed` takes the ``model`` to load into.
+A swapped transformers model can also be saved the Hugging Face way, ``model.save_pretrained(dir)``
+and ``AutoModel.from_pretrained(dir)`` (see :mod:`nxm_kernels.models.hf_quantizer`).
 """
 
 from __future__ import annotations
