@@ -56,9 +56,11 @@ def test_save_pretrained_reloads_compressed_and_exact(tmp_path):
     assert isinstance(loaded.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)  # fused GELU
     _same_layers(model, loaded)
     assert torch.equal(_out(loaded, batch), _out(model, batch))
-    # The reloaded model saves the same way again.
+    # The reloaded model saves the same way again, and as an nxm checkpoint.
     loaded.save_pretrained(tmp_path / "again")
     assert torch.equal(_out(AutoModel.from_pretrained(tmp_path / "again"), batch), _out(model, batch))
+    assert torch.equal(_out(nxm.load_compressed(nxm.save_compressed(loaded, tmp_path / "nxm")), batch),
+                       _out(model, batch))
 
 
 def test_from_pretrained_in_half_precision_keeps_float32_scales(tmp_path):
