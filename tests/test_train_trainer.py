@@ -203,7 +203,12 @@ def test_admm_phase_without_updates_is_announced(caplog):
         schedule.admm_phase_steps(-1, 5)
     callback = NxMCompression("2:4-w8a8", schedule=schedule)
     args = SimpleNamespace(learning_rate=5e-5, num_train_epochs=2, max_steps=-1, device="cpu")
-    state = SimpleNamespace(max_steps=10, num_train_epochs=2, global_step=0, epoch=0)
+    state = SimpleNamespace(max_steps=10, num_train_epochs=2, global_step=0, epoch=0, log_history=[])
     caplog.set_level("INFO", logger="nxm_kernels")
     callback.on_train_begin(args, state, None, model=tiny_bert())
     assert "the ADMM phase (5 optimizer steps) is shorter than the ADMM interval (400 steps)" in caplog.text
+    caplog.clear()
+    once = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=0))
+    once.on_train_begin(args, state, None, model=tiny_bert())
+    assert "no ADMM phase (admm_steps=0): pruning 12 layers to N:M at once" in caplog.text
+    assert "shorter than the ADMM interval" not in caplog.text and once.phase == "finetune"

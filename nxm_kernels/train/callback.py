@@ -174,8 +174,12 @@ class NxMCompression(TrainerCallback):
         if phase == "init":
             self._warn_without_updates(args, state)
             self.admm.start()
-            logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
-                        len(self.admm.layers), len(self.layers), self._describe_end())
+            if self.schedule.admm_epochs is None and self._end_step == 0:
+                logger.info("compression: no ADMM phase (admm_steps=0): pruning %d layers to N:M at once, then "
+                            "masked QAT of %d layers", len(self.admm.layers), len(self.layers))
+            else:
+                logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
+                            len(self.admm.layers), len(self.layers), self._describe_end())
         elif not self.admm.layers:
             # A plan without N:M layers is QAT from the first step: there is no ADMM phase to resume.
             logger.info("compression: QAT of %d layers (no N:M layer, so no ADMM phase)%s", len(self.layers),
