@@ -26,6 +26,9 @@ _REGISTRY = "transformers.quantizers.auto"
 
 
 def _register() -> None:
+    being_imported = sys.modules.get(f"{__name__}.hf_quantizer")
+    if being_imported is not None and not hasattr(being_imported, "register"):
+        return  # hf_quantizer's own import pulled in the registry; it registers when it finishes
     try:
         from . import hf_quantizer  # registers on import
 
