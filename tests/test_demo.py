@@ -80,10 +80,11 @@ def test_triton_on_a_cpu_is_announced_and_labelled(caplog, capsys):
 
     cpu = torch.device("cpu")
     caplog.set_level("WARNING", logger="nxm_kernels")
-    _warn_slow(["reference"], cpu, "tiny")
+    _warn_slow(["reference"], cpu, "tiny", 16)
     assert caplog.text == ""
-    _warn_slow(["reference", "triton"], cpu, "minilm")
-    assert "Triton's interpreter: expect many minutes" in caplog.text
+    _warn_slow(["reference", "triton"], cpu, "minilm", 16)
+    assert "Triton's interpreter: each forward pass takes far longer" in caplog.text
+    assert "this run makes 16 of them" in caplog.text
     result = {"plan": {"*": "dense-w8a8"}, "label": "dense-w8a8", "linear_bytes": 1000, "checkpoint_bytes": 2000,
               "cosine_mean": 0.99, "cosine_min": 0.98, "reload_exact": True,
               "latency_ms": {"reference": 1.0, "triton": 90.0}}

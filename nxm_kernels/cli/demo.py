@@ -124,11 +124,14 @@ CPU_TIMING = {"reference": "the reference backend (plain PyTorch, not a kernel)"
               "triton": "the Triton kernels run by Triton's CPU interpreter (a testing tool, far slower than a GPU)"}
 
 
-def _warn_slow(backends: list[str], device: torch.device, model_name: str) -> None:
+def _warn_slow(backends: list[str], device: torch.device, model_name: str, forwards: int) -> None:
+    """Say before it starts that timing Triton on a CPU takes a long time (``forwards`` passes per backend)."""
     if device.type == "cpu" and "triton" in backends:
-        logger.warning("timing the triton backend on a CPU runs every kernel in Triton's interpreter: expect "
-                       "%s; the timings say nothing about GPU speed",
-                       "a minute or more" if model_name == "tiny" else "many minutes (--model tiny takes about a minute)")
+        # Measured on a shared 2-core CPU: about 3 minutes per forward of the tiny BERT (16 x 24 tokens).
+        each = "minutes" if model_name == "tiny" else "far longer (hours in all for MiniLM; try --model tiny)"
+        logger.warning("timing the triton backend on a CPU runs every kernel in Triton's interpreter: each forward "
+                       "pass takes %s, and this run makes %d of them (plans x (repeats + 1 warm-up)); the timings "
+                       "say nothing about GPU speed", each, forwards)
 
 
 def _sync(device):
@@ -189,7 +192,7 @@ def run(args) -> int:
 
     steps.set_postfix_str("loading model")
     builtin = load_builtin(args.model)
-    _warn_slow(backends, device, builtin.name)
+    _warn_slow(backends, device, builtin.name, len(plans) * (args.repeats + 1))
     base = builtin.model
     base_sites = bert_linears(base)
     dense_linear_bytes = sum(linear_nbytes(s.module) for s in base_sites)
