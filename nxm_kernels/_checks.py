@@ -63,3 +63,26 @@ def check_int(name: str, value, *, minimum: int | None = None) -> int:
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_device(name: str, device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine; a ``RuntimeError`` naming ``name``
+    and saying what is missing otherwise (not whatever a later tensor copy happens to raise)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+            raise RuntimeError(f"{name} {str(dev)!r} is not available: torch sees no CUDA device "
+                               f"(torch {torch.__version__}, {build}); use 'cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"{name} {str(dev)!r} is not available: torch sees {torch.cuda.device_count()} "
+                               "CUDA device(s)")
+    elif dev.type not in ("cpu", "meta"):
+        try:
+            torch.empty(0, device=dev)
+        except Exception as exc:  # noqa: BLE001 - each backend (mps, xpu, ...) fails its own way
+            raise RuntimeError(f"{name} {str(dev)!r} is not available: {exc}") from None
+    return dev

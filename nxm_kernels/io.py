@@ -17,6 +17,8 @@ the saved tensors: the dense encoder weights are never materialised. It checks t
 (a newer one is refused), the file's checksum and contents (a corrupt file is refused), and that the
 tensors fit the model (a mismatched config is refused), each with an error saying which.
 For models that are not transformers models, :func:`load_compressed` takes the ``model`` to load into.
+A swapped transformers model can also be saved the Hugging Face way, ``model.save_pretrained(dir)``
+and ``AutoModel.from_pretrained(dir)`` (see :mod:`nxm_kernels.models.hf_quantizer`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ._checks import check_device
 from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
-from .modules import NxMLinear, compressed_linears
+from .modules import after_swap, compressed_linears, identity_module_names, layer_records, place_compressed_layers
 from .spec import parse_spec
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "save_compressed",
@@ -51,6 +54,29 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _write_safetensors(tensors: dict, metadata: dict, path: Path) -> None:
+    """Write a safetensors file whose bytes depend only on the tensors and metadata.
+
+    ``safetensors`` keeps the header's metadata in a hash map, so its key order (and with it the
+    file's bytes and SHA-256) changes from call to call. The header is rewritten here with sorted
+    keys; tensor offsets are explicit in it, so the data part is untouched. Written by Python, the
+    file gets the usual permissions (safetensors' own writer creates it with mode 0600).
+    """
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    ordered = {"__metadata__": dict(sorted(header.pop("__metadata__", {}).items()))}
+    ordered.update(sorted(header.items()))
+    text = json.dumps(ordered, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as safetensors writes it
+    with open(path, "wb") as f:
+        f.write(len(text).to_bytes(8, "little"))
+        f.write(text)
+        f.write(memoryview(data)[8 + n:])
 
 
 def _dedupe(state: dict) -> tuple[dict, dict]:
@@ -75,8 +101,6 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     applied, else one entry per compressed layer. ``tokenizer`` (optional) is saved alongside with
     its own ``save_pretrained``. Returns the directory.
     """
-    from safetensors.torch import save_file
-
     from .plan import Plan
 
     if not isinstance(model, nn.Module):
@@ -93,12 +117,8 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     if plan is None:
         plan = getattr(model, "_nxm_plan", None)
     plan_dict = Plan(plan).to_dict() if plan is not None else {n: str(m.spec) for n, m in layers.items()}
-    # Every Identity is recorded (not only those standing for an activation fused into an NxMLinear
-    # epilogue): replacing an Identity by an Identity on load is harmless, missing one would apply
-    # an activation twice.
-    identity = [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
-    records = {name: {"spec": str(m.spec), "shape": [m.out_features, m.in_features], "bias": m.bias is not None,
-                      "activation": m.activation} for name, m in layers.items()}
+    identity = identity_module_names(model)
+    records = layer_records(model)
     from . import __version__
     from .models.hf import describe
 
@@ -107,8 +127,9 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
         raise ValueError(f"path must be a directory (or not exist yet), got the file {str(out)!r}")
     out.mkdir(parents=True, exist_ok=True)
     weights = out / WEIGHTS_NAME
-    save_file({k: v.cpu() for k, v in tensors.items()}, str(weights),
-              metadata={"format": "pt", "nxm_format": CHECKPOINT_FORMAT, "nxm_format_version": str(CHECKPOINT_VERSION)})
+    _write_safetensors({k: v.cpu() for k, v in tensors.items()},
+                       {"format": "pt", "nxm_format": CHECKPOINT_FORMAT, "nxm_format_version": str(CHECKPOINT_VERSION)},
+                       weights)
     config = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -182,36 +203,6 @@ def _read_weights(d: Path, cfg: dict, device, verify: bool) -> dict:
         raise ValueError(f"{path} is corrupt (not a readable safetensors file: {exc})") from None
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-        getattr(parent, attr)
-    except AttributeError:
-        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}") from None
-    setattr(parent, attr, module)
-
-
-def _placeholders(model: nn.Module, cfg: dict, backend: str) -> None:
-    """Put meta-device ``NxMLinear`` placeholders (and fused-activation identities) where recorded."""
-    modules = dict(model.named_modules())
-    for name, rec in cfg["layers"].items():
-        try:
-            out_f, in_f = (int(v) for v in rec["shape"])
-            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), backend=backend,
-                              activation=rec.get("activation"), device="meta")
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
-        existing = modules.get(name)
-        if existing is not None and isinstance(existing, nn.Linear) and \
-                tuple(existing.weight.shape) != (out_f, in_f):
-            raise ValueError(f"checkpoint does not match the model config: {name} is {out_f}x{in_f} in the "
-                             f"checkpoint but {tuple(existing.weight.shape)} in the model")
-        _set_submodule(model, name, layer)
-    for name in cfg["identity_modules"]:
-        _set_submodule(model, name, nn.Identity())
-
-
 def _check_state(model: nn.Module, state: dict, where: Path) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
@@ -250,7 +241,7 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         raise TypeError(f"dtype must be None, torch.float16, torch.bfloat16 or torch.float32, got {dtype}")
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
-    device = torch.device(device)
+    device = check_device("device", device)  # before reading: a missing GPU is not a corrupt file
     from .models.hf import build_empty, config_differences
 
     if model is None:
@@ -266,7 +257,7 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
             raise ValueError(f"checkpoint {d} does not match the model config: " + "; ".join(diffs))
     # Placeholders get the requested backend now: each layer's backend layout is then derived once on
     # load (the load hook) and once after the move/cast below, never for a backend switched away from.
-    _placeholders(model, cfg, backend)
+    place_compressed_layers(model, cfg["layers"], cfg["identity_modules"], backend)
     state = _read_weights(d, cfg, device, verify)
     for alias, kept in cfg["aliases"].items():
         if kept not in state:
@@ -294,5 +285,6 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         for layer in compressed_linears(model).values():
             layer._require_backend()
     model._nxm_plan = cfg.get("plan")
+    after_swap(model)  # e.g. lets a transformers model save again through save_pretrained
     logger.info("loaded %d compressed layers from %s", len(cfg["layers"]), d)
     return model.eval()

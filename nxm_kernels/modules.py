@@ -51,7 +51,8 @@ from .sparsity import is_nm
 from .spec import LayerSpec, kernel_spec, parse_spec
 
 __all__ = ["NxMLinear", "SwapReport", "SwappedLayer", "kernel_spec", "set_backend", "swap_named_linears",
-           "compressed_linears", "linear_nbytes"]
+           "compressed_linears", "linear_nbytes", "layer_records", "identity_module_names", "place_compressed_layers",
+           "SWAP_HOOKS", "after_swap"]
 
 logger = logging.getLogger(__name__)
 
@@ -348,6 +349,61 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
     return model
 
 
+def layer_records(model: nn.Module) -> dict[str, dict]:
+    """One JSON-ready record per ``NxMLinear`` of ``model`` (``spec``, ``shape`` ``[out, in]``, ``bias``,
+    ``activation``): what :func:`place_compressed_layers` needs to rebuild the layers empty."""
+    return {name: {"spec": str(m.spec), "shape": [m.out_features, m.in_features], "bias": m.bias is not None,
+                   "activation": m.activation} for name, m in compressed_linears(model).items()}
+
+
+def identity_module_names(model: nn.Module) -> list[str]:
+    """Qualified names of every ``nn.Identity`` in ``model``.
+
+    All of them are recorded, not only those standing for an activation fused into an ``NxMLinear``
+    epilogue: replacing an Identity by an Identity on load is harmless, missing one would apply an
+    activation twice.
+    """
+    return [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        getattr(parent, attr)
+    except AttributeError:
+        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}") from None
+    setattr(parent, attr, module)
+
+
+def place_compressed_layers(model: nn.Module, layers: Mapping, identity_modules: Iterable[str],
+                            backend: str = "auto", *, dtype: torch.dtype | None = None) -> None:
+    """Put meta-device ``NxMLinear`` placeholders where ``layers`` (:func:`layer_records`) says and
+    ``nn.Identity`` modules at ``identity_modules``, in place, ready to receive a compressed state dict.
+    ``dtype`` is the placeholders' bias dtype (default float32).
+
+    The one rebuild step of :func:`nxm_kernels.load_compressed` and of the Hugging Face quantizer.
+    """
+    if not isinstance(layers, Mapping):
+        raise TypeError(f"layers must be a mapping of module names to layer records, got {type(layers).__name__}")
+    modules = dict(model.named_modules())
+    for name, rec in layers.items():
+        try:
+            out_f, in_f = (int(v) for v in rec["shape"])
+            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), backend=backend,
+                              activation=rec.get("activation"), device="meta", dtype=dtype)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
+        existing = modules.get(name)
+        if existing is not None and isinstance(existing, nn.Linear) and \
+                tuple(existing.weight.shape) != (out_f, in_f):
+            raise ValueError(f"checkpoint does not match the model config: {name} is {out_f}x{in_f} in the "
+                             f"checkpoint but {tuple(existing.weight.shape)} in the model")
+        _set_submodule(model, name, layer)
+    for name in identity_modules:
+        _set_submodule(model, name, nn.Identity())
+
+
 @dataclass
 class SwappedLayer:
     name: str            # the plan name (``layer.3.ffn1``) or the module name for generic swaps
@@ -398,6 +454,18 @@ class SwapReport:
         return (f"swapped {len(self.swapped)} linears ({specs}){kept}; "
                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
                 f"({self.ratio:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
+
+
+#: ``hook(model)`` callables run after every swap (:func:`swap_named_linears`, ``swap_linears``). The
+#: layers above this module register what a swapped model needs from them here (``nxm_kernels.models``
+#: makes a swapped transformers model save through ``save_pretrained``), so this module imports none of them.
+SWAP_HOOKS: list = []
+
+
+def after_swap(model: nn.Module) -> None:
+    """Run :data:`SWAP_HOOKS` on a freshly swapped ``model``."""
+    for hook in SWAP_HOOKS:
+        hook(model)
 
 
 def swap_in(report: SwapReport, parent: nn.Module, attr: str, linear: nn.Linear, spec: LayerSpec, *, name: str,
@@ -464,5 +532,6 @@ def swap_named_linears(model: nn.Module, patterns, backend: str = "auto") -> Swa
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         swap_in(report, parent, attr, module, spec, name=name, qualified_name=name, backend=backend)
+    after_swap(model)
     logger.info("%s", report)
     return report

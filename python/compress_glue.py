@@ -4,11 +4,12 @@ The whole change to a fine-tuning script is one object, ``NxMCompression``, in `
 ADMM pulls every encoder weight toward the 2:4 set while QAT trains it with int8 weights and
 activations; halfway through, the weights are hard-pruned and fine-tuning continues masked; the
 dense model is the distillation teacher. The result is exported to ``NxMLinear`` (exactly: the
-packed weights are the ones the QAT model used) and saved as a compressed checkpoint.
+packed weights are the ones the QAT model used) and saved as a compressed checkpoint in
+``<output-dir>/compressed``, where ``nxm compress`` puts it too.
 
     python python/compress_glue.py --model path/to/bert-finetuned-sst2 --task sst2 \
         --data-dir path/to/glue --output-dir out/sst2-2of4
-    nxm evaluate --model out/sst2-2of4 --task sst2 --data-dir path/to/glue
+    nxm evaluate --model out/sst2-2of4/compressed --task sst2 --data-dir path/to/glue
 
 (``nxm compress`` does the same with more options.)
 """
@@ -30,15 +31,15 @@ from nxm_kernels.train import ADMMConfig, CompressionSchedule, DistillConfig, Nx
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a BERT-family model fine-tuned on the task")
-    p.add_argument("--task", required=True)
+    p.add_argument("--task", required=True, help="GLUE task, e.g. sst2, mrpc, stsb")
     p.add_argument("--data-dir", default=None, help="standard GLUE layout (default: the datasets hub)")
-    p.add_argument("--plan", default="2:4-w8a8")
-    p.add_argument("--output-dir", required=True)
-    p.add_argument("--epochs", type=float, default=3)
-    p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--cpu", action="store_true")
+    p.add_argument("--plan", default="2:4-w8a8", help="a spec for every layer or a plan JSON (default 2:4-w8a8)")
+    p.add_argument("--output-dir", required=True, help="the checkpoint goes to <output-dir>/compressed")
+    p.add_argument("--epochs", type=float, default=3, help="training epochs (default 3)")
+    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs when > 0)")
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
+    p.add_argument("--batch-size", type=int, default=32, help="training examples per step (default 32)")
+    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
     qat, _ = evaluate(model, tokenizer, dev)
     report = compression.export(model)          # QATLinear -> NxMLinear, checked bit for bit
     exported, _ = evaluate(model, tokenizer, dev)
-    save_compressed(model, args.output_dir, tokenizer=tokenizer)
+    save_compressed(model, f"{args.output_dir}/compressed", tokenizer=tokenizer)
     print(f"{task.name} {task.metrics[0]}: dense {dense['main']:.4f}, QAT {qat['main']:.4f}, "
           f"exported {exported['main']:.4f}; {report}")
     return 0

@@ -27,16 +27,19 @@ from nxm_kernels.accounting import account
 from nxm_kernels.models.bert import bert_linears
 from nxm_kernels.models.zoo import SENTENCES, load_builtin, mean_pool
 from nxm_kernels.search import plot_pareto, profile_sensitivity, search_plans, validate_plans
+from nxm_kernels.search.sensitivity import DEFAULT_CACHE_DESCRIPTION, default_cache_dir
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="auto", choices=["auto", "minilm", "tiny"])
+    p.add_argument("--model", default="auto", choices=["auto", "minilm", "tiny"],
+                   help="built-in model: minilm, tiny, auto (minilm when installed) (default auto)")
     p.add_argument("--target", type=float, default=0.875, help="compression ratio to reach (0.875 = 8x smaller)")
     p.add_argument("--true-ratio", action="store_true", help="target packed bytes (incl. metadata) vs fp32")
-    p.add_argument("--granularity", default="component", choices=["component", "layer"])
-    p.add_argument("--out-dir", default="search-out")
-    p.add_argument("--cache-dir", default=None, help="sensitivity cache (default ~/.cache/nxm_kernels)")
+    p.add_argument("--granularity", default="component", choices=["component", "layer"],
+                   help="one spec per component type (default) or per linear layer")
+    p.add_argument("--out-dir", default="search-out", help="where the plan, plot and checkpoint go (default search-out)")
+    p.add_argument("--cache-dir", default=None, help=f"sensitivity cache folder (default: {DEFAULT_CACHE_DESCRIPTION})")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
@@ -52,7 +55,7 @@ def main(argv=None) -> int:
     print(f"model: {builtin.description}; {len(bert_linears(model))} encoder linears")
 
     # 1. Sensitivities (bare encoder: the cost is 1 - cosine of mean-pooled embeddings).
-    sens = profile_sensitivity(model, batches, granularity=args.granularity, cache_dir=args.cache_dir)
+    sens = profile_sensitivity(model, batches, granularity=args.granularity, cache_dir=args.cache_dir or default_cache_dir())
     print(sens.table())
     print(f"({sens.computed} measured, {sens.reused} from the cache)\n")
 

@@ -43,6 +43,14 @@ def test_auto_on_cpu_is_reference():
     assert available_backends("cpu") == [b for b in BACKENDS if b in available_backends("cpu")]  # fastest first
 
 
+def test_defaults_answer_for_this_machine(monkeypatch):
+    """resolve_backend is public: with no arguments it says what "auto" picks on this machine's device."""
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert nxm.resolve_backend() == resolve_backend("auto", here)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_backend() == "reference" and resolve_backend("reference") == "reference"
+
+
 def test_auto_preference_order_with_stubs(stubs):
     # On a GPU device without a measurement: triton first (it beat cuda at every M on the H100), then
     # cuda, then the reference. (The measured per-shape choice is nxm_kernels.dispatch's, tested there.)

@@ -151,6 +151,28 @@ def test_tokenizer_saved_alongside(tmp_path):
     nxm.load_compressed(path)
 
 
+def test_same_model_same_bytes_and_usual_permissions(saved, tmp_path):
+    """safetensors orders the header's metadata by a hash map: without care, every save of the same
+    model gave other bytes and another recorded SHA-256 (and the file was created 0600)."""
+    import os
+
+    model, _, path = saved
+    first = (path / WEIGHTS_NAME).read_bytes()
+    for i in range(5):
+        again = nxm.save_compressed(model, tmp_path / f"again{i}")
+        assert (again / WEIGHTS_NAME).read_bytes() == first
+        assert (again / CONFIG_NAME).read_text() == (path / CONFIG_NAME).read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in (WEIGHTS_NAME, CONFIG_NAME):
+        assert (path / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    from safetensors import safe_open
+
+    with safe_open(str(path / WEIGHTS_NAME), framework="pt") as f:   # still a standard safetensors file
+        assert f.metadata() == {"format": "pt", "nxm_format": "nxm-checkpoint",
+                                "nxm_format_version": str(CHECKPOINT_VERSION)}
+
+
 # ---------------------------------------------------------------------------------- errors
 def _edit_config(path, fn):
     cfg = json.loads((path / CONFIG_NAME).read_text())
@@ -270,6 +292,18 @@ def test_load_derives_each_backend_layout_at_most_twice(saved, monkeypatch, kwar
         assert out.dtype == torch.bfloat16
     else:
         assert torch.equal(out, ref)
+
+
+def test_unavailable_device_is_not_a_corrupt_file(saved):
+    """The weights used to be read straight onto the device, and the failure (pin_memory without CUDA)
+    was reported as a corrupt checkpoint."""
+    _, _, path = saved
+    for device in ["cuda:99"] + ([] if torch.cuda.is_available() else ["cuda", torch.device("cuda")]):
+        with pytest.raises(RuntimeError, match=r"device 'cuda(:99)?' is not available") as info:
+            nxm.load_compressed(path, device=device)
+        assert "corrupt" not in str(info.value)
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        nxm.load_compressed(path, device="gpu0")
 
 
 def test_load_with_a_backend_that_cannot_run(saved):

@@ -28,6 +28,10 @@ def test_demo_tiny(tmp_path, capsys):
         assert r["latency_ms"]["reference"] > 0
         assert 0 < r["linear_bytes"] < data["dense_linear_bytes_fp32"]
         assert (tmp_path / "ckpts").is_dir() and r["checkpoint"]
+    # Checkpoint folders are named after their plans (they were plan0, plan1, ...).
+    assert by_label["2:4-w8a8"]["checkpoint"] == str(tmp_path / "ckpts" / "2of4-w8a8")
+    assert sorted(p.name for p in (tmp_path / "ckpts").iterdir()) == sorted(
+        ["2of4-w8a8", "2of4-w4a8", "dense-w8a8", "dense-w8a8_query=2of4-w8a8_key=2of4-w8a8_ffn1=dense-w4a8"])
     # a random tiny BERT is easy to reproduce; int8 everywhere stays very close to float32
     assert by_label["dense-w8a8"]["cosine_mean"] > 0.99
     assert by_label["2:4-w4a8"]["linear_bytes"] < by_label["2:4-w8a8"]["linear_bytes"] < \
@@ -54,3 +58,38 @@ def test_demo_bad_options(argv, message, capsys):
     code = main(["demo", "--model", "tiny", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_plan_dirnames_are_unique_and_safe():
+    from nxm_kernels.cli.demo import plan_dirname
+
+    taken = set()
+    assert [plan_dirname(label, taken) for label in ("2:4-w8a8", "2:4-w8a8", "dense-w4a8, layer.0=2:4-w8a8")] == \
+        ["2of4-w8a8", "2of4-w8a8-2", "dense-w4a8_layer.0=2of4-w8a8"]
+
+
+def test_triton_on_a_cpu_is_announced_and_labelled(caplog, capsys):
+    """The interpreted Triton backend takes minutes on a CPU: said before it starts, and the footer says
+    what was timed (it used to call every CPU timing the reference backend's)."""
+    import argparse
+
+    import torch
+
+    from nxm_kernels.cli.demo import _print_report, _warn_slow
+    from nxm_kernels.models.zoo import load_builtin
+
+    cpu = torch.device("cpu")
+    caplog.set_level("WARNING", logger="nxm_kernels")
+    _warn_slow(["reference"], cpu, "tiny", 16)
+    assert caplog.text == ""
+    _warn_slow(["reference", "triton"], cpu, "minilm", 16)
+    assert "Triton's interpreter: each forward pass takes far longer" in caplog.text
+    assert "this run makes 16 of them" in caplog.text
+    result = {"plan": {"*": "dense-w8a8"}, "label": "dense-w8a8", "linear_bytes": 1000, "checkpoint_bytes": 2000,
+              "cosine_mean": 0.99, "cosine_min": 0.98, "reload_exact": True,
+              "latency_ms": {"reference": 1.0, "triton": 90.0}}
+    _print_report(load_builtin("tiny"), cpu, ["reference", "triton"], 12, 4000, 0.5, torch.float32, [result],
+                  argparse.Namespace(repeats=1))
+    out = capsys.readouterr().out
+    assert "CPU timings of the reference backend (plain PyTorch, not a kernel) and the Triton kernels run by " \
+           "Triton's CPU interpreter" in out

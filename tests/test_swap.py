@@ -215,7 +215,7 @@ def test_unknown_and_untrainable_specs():
 
 
 def test_not_bert_like():
-    with pytest.raises(ValueError, match="does not have a BERT-like encoder.*swap_linears with explicit"):
+    with pytest.raises(ValueError, match="does not have a BERT-like encoder.*nxm_kernels.swap_named_linears with module-name globs"):
         nxm.swap_linears(nn.Sequential(nn.Linear(4, 4)), "2:4-w8a8")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         nxm.swap_linears("bert", "2:4-w8a8")

@@ -59,11 +59,14 @@ def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
                 "--device", "cpu"]) == 2
 
 
-def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, capsys):
+def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, capsys, caplog):
     out = tmp_path / "stsb"
+    caplog.set_level("INFO", logger="nxm_kernels")
     rc = nxm(["compress", "--model", str(tiny_model_dir), "--task", "STS-B", "--data-dir", str(FIXTURES),
               "--plan", "dense-w8a8", "--output-dir", str(out), "--max-steps", "4", "--batch-size", "8", "--cpu"])
     assert rc == 0
+    # A fresh QAT-only run (no N:M layer, so no ADMM phase) is not reported as resumed.
+    assert "resuming" not in caplog.text and "QAT of 12 layers (no N:M layer, so no ADMM phase)" in caplog.text
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["exported"]) == {"pearson", "spearman", "main"} and metrics["export_agreement"] is None
     assert metrics["export_max_abs_logit_diff"] < 1e-3
@@ -73,6 +76,51 @@ def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, ca
     assert "task must be one of" in capsys.readouterr().err
     assert nxm(["compress", "--model", str(tmp_path / "missing"), "--task", "sst2", "--data-dir", str(FIXTURES),
                 "--output-dir", str(out)]) == 2
+
+
+def test_nxm_compress_refuses_an_admm_phase_without_updates(tmp_path, capsys):
+    """40 MRPC fixture examples at batch 8: 5 steps, ADMM for 3 of them, default interval 0.02 / 5e-5 = 400.
+    Refused with the numbers and the flag, before the model loads (nothing is written)."""
+    out = tmp_path / "out"
+    rc = nxm(["compress", "--model", "tiny", "--task", "mrpc", "--data-dir", str(FIXTURES), "--output-dir", str(out),
+              "--epochs", "1", "--batch-size", "8", "--cpu"])
+    err = capsys.readouterr().err
+    assert rc == 2 and not out.exists()
+    assert "ADMM phase would make no Z/U update: it lasts 3 optimizer steps (40 training examples" in err
+    assert "--admm-interval is 400 (the default, 0.02 / --lr 5e-05); pass --admm-interval 1" in err
+
+
+def test_nxm_compress_runs_from_a_fresh_clone_on_the_builtin_tiny_model(tmp_path, capsys):
+    """The README's recipe: the built-in tiny BERT (random, with a character-level tokenizer) on the fixtures."""
+    out = tmp_path / "tiny-mrpc"
+    rc = nxm(["compress", "--model", "tiny", "--task", "mrpc", "--data-dir", str(FIXTURES), "--output-dir", str(out),
+              "--epochs", "2", "--batch-size", "8", "--admm-interval", "2", "--cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["admm"]["updates"] >= 2 and metrics["checkpoint"] == str(out / "compressed")
+    assert nxm(["evaluate", "--model", str(out / "compressed"), "--task", "mrpc", "--data-dir", str(FIXTURES),
+                "--device", "cpu"]) == 0
+    assert "mrpc dev (24 examples)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("model, message", [
+    ("{tmp}/missing", "model folder '{tmp}/missing' does not exist (built-in models: minilm, tiny)"),
+    ("{fixture}/vocab.txt", "is a file; expected a model folder"),
+])
+def test_nxm_compress_missing_model_is_one_line(tmp_path, capsys, model, message):
+    model = model.format(tmp=tmp_path, fixture=FIXTURES)
+    assert nxm(["compress", "--model", model, "--task", "mrpc", "--data-dir", str(FIXTURES), "--output-dir",
+                str(tmp_path / "o"), "--admm-steps", "0"]) == 2
+    err = capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1
+
+
+def test_nxm_evaluate_unavailable_device(tiny_model_dir, capsys):
+    """Checked before any model loads, and said as it is (it was reported as a corrupt checkpoint)."""
+    rc = nxm(["evaluate", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(FIXTURES),
+              "--device", "cuda:99"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--device 'cuda:99' is not available" in err and "corrupt" not in err
 
 
 def _run(args, timeout=600):
@@ -87,7 +135,7 @@ def test_compress_glue_example(tiny_model_dir, tmp_path):
                 str(FIXTURES), "--output-dir", str(tmp_path / "ex"), "--max-steps", "6", "--batch-size", "8",
                 "--lr", "1e-3", "--cpu"])
     assert "sst2 accuracy: dense" in out and "exported" in out
-    assert (tmp_path / "ex" / "nxm_config.json").is_file()
+    assert (tmp_path / "ex" / "compressed" / "nxm_config.json").is_file()   # where nxm compress puts it
 
 
 def test_distill_minilm_smoke(tmp_path):

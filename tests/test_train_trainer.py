@@ -189,3 +189,26 @@ def test_penalty_gradient_under_fp16_loss_scaling():
     before = layer.weight.grad.clone()
     compression.on_pre_optimizer_step(None, None, None, optimizer=wrapped)
     torch.testing.assert_close(layer.weight.grad - before, expect - grads[layer.weight], rtol=1e-4, atol=1e-6)
+
+
+def test_admm_phase_without_updates_is_announced(caplog):
+    """An ADMM phase shorter than the interval makes no Z/U update: said before training, with the numbers."""
+    from types import SimpleNamespace
+
+    schedule = CompressionSchedule(admm_fraction=0.5, admm=ADMMConfig(interval=400))
+    assert schedule.admm_phase_steps(10, 5) == 5 and schedule.admm_updates(10, 5) == 0
+    assert CompressionSchedule(admm_epochs=1.5, admm=ADMMConfig(interval=2)).admm_updates(100, 7) == 5
+    assert CompressionSchedule(admm_steps=0).admm_phase_steps(10, 5) == 0
+    with pytest.raises(ValueError, match="total_steps must be a number >= 0"):
+        schedule.admm_phase_steps(-1, 5)
+    callback = NxMCompression("2:4-w8a8", schedule=schedule)
+    args = SimpleNamespace(learning_rate=5e-5, num_train_epochs=2, max_steps=-1, device="cpu")
+    state = SimpleNamespace(max_steps=10, num_train_epochs=2, global_step=0, epoch=0, log_history=[])
+    caplog.set_level("INFO", logger="nxm_kernels")
+    callback.on_train_begin(args, state, None, model=tiny_bert())
+    assert "the ADMM phase (5 optimizer steps) is shorter than the ADMM interval (400 steps)" in caplog.text
+    caplog.clear()
+    once = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=0))
+    once.on_train_begin(args, state, None, model=tiny_bert())
+    assert "no ADMM phase (admm_steps=0): pruning 12 layers to N:M at once" in caplog.text
+    assert "shorter than the ADMM interval" not in caplog.text and once.phase == "finetune"

@@ -166,9 +166,12 @@ def env_backend() -> str | None:
     return env
 
 
-def resolve_backend(backend: str, device: torch.device | str, meta: "WeightMeta | None" = None) -> str:
+def resolve_backend(backend: str = "auto", device: torch.device | str | None = None,
+                    meta: "WeightMeta | None" = None) -> str:
     """Turn ``"auto"`` (or an explicit name) into a backend that can run on ``device``.
 
+    ``device`` defaults to the one a model would use here: ``cuda`` when torch sees a GPU, else ``cpu``
+    (so ``resolve_backend()`` answers "which backend does auto pick on this machine?").
     ``"auto"`` honours the ``NXM_BACKEND`` environment variable, then picks the first available
     backend of :data:`AUTO_ORDER` that also runs weights like ``meta`` (when given); on a CPU it is
     the reference. An explicit backend (or ``"<backend>:<variant>"``, whose backend is returned) that
@@ -177,6 +180,8 @@ def resolve_backend(backend: str, device: torch.device | str, meta: "WeightMeta 
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     source = ""
     if backend == "auto":

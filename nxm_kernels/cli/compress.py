@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -25,7 +26,9 @@ logger = logging.getLogger(__name__)
 def register(subparsers) -> None:
     p = subparsers.add_parser("compress", help="compress a BERT model on a GLUE task (ADMM + QAT, export)",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="Hugging Face model directory (ideally fine-tuned on the task)")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model folder or Hub id (ideally fine-tuned on the task), or a built-in: "
+                        "minilm (all-MiniLM-L6-v2, a new task head), tiny (a random 2-layer BERT, seconds)")
     add_glue_args(p)
     p.add_argument("--plan", default="2:4-w8a8", help="a spec for every layer, plan JSON, or a path to a plan JSON file")
     p.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.json go")
@@ -38,20 +41,21 @@ def register(subparsers) -> None:
     g.add_argument("--admm-interval", type=int, default=None,
                    help="optimizer steps between Z/U updates (default: 0.02 / lr, so that the weights can "
                         "move about as far as the pruned ones are large between updates)")
-    g.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty")
-    g.add_argument("--rho-growth", type=float, default=1.25, help="rho multiplier per update")
-    g.add_argument("--rho-max", type=float, default=1.0, help="rho cap")
-    g.add_argument("--projection", choices=("nm", "nm+quant"), default="nm", help="Z projection")
+    g.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty (default 1e-2)")
+    g.add_argument("--rho-growth", type=float, default=1.25, help="rho multiplier per update (default 1.25)")
+    g.add_argument("--rho-max", type=float, default=1.0, help="rho cap (default 1)")
+    g.add_argument("--projection", choices=("nm", "nm+quant"), default="nm",
+                   help="Z projection: onto N:M, or onto N:M and the quantization grid (default nm)")
     g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=5e-5)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--warmup-steps", type=int, default=0)
-    g.add_argument("--batch-size", type=int, default=32)
-    g.add_argument("--eval-batch-size", type=int, default=64)
-    g.add_argument("--max-length", type=int, default=128)
-    g.add_argument("--max-train-samples", type=int, default=None)
-    g.add_argument("--max-eval-samples", type=int, default=None)
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW; default 5e-5)")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
+    g.add_argument("--batch-size", type=int, default=32, help="training examples per optimizer step (default 32)")
+    g.add_argument("--eval-batch-size", type=int, default=64, help="examples per evaluation batch (default 64)")
+    g.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
+    g.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
+    g.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on only the first N dev examples")
+    g.add_argument("--seed", type=int, default=42, help="seed of the model head, data order and dropout (default 42)")
     g.add_argument("--save-steps", type=int, default=0, help="save a Trainer checkpoint every N steps (0: never)")
     g.add_argument("--resume", action="store_true", help="resume from the last checkpoint in <out>/trainer")
     g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
@@ -59,25 +63,52 @@ def register(subparsers) -> None:
     g.add_argument("--distill", action="store_true", help="distil from the dense input model (or --teacher)")
     g.add_argument("--teacher", default=None, help="teacher model directory (implies --distill)")
     g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
-    g.add_argument("--temperature", type=float, default=2.0)
+    g.add_argument("--temperature", type=float, default=2.0, help="distillation softmax temperature (default 2)")
     g.add_argument("--hidden-weight", type=float, default=0.0, help="weight of hidden-state matching")
     p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
     p.set_defaults(func=run)
 
 
-def _load_model(path: str, task):
-    from ..models.hf import load_for_task
+def _load_model(name: str, task, seed: int):
+    from ..models.zoo import load_task_model
 
-    model, fresh = load_for_task(path, task.num_labels, task.is_regression)
+    model, tokenizer, fresh = load_task_model(name, task.num_labels, task.is_regression, seed=seed)
     if fresh:
-        logger.warning("model %s has no trained %s head (%s newly initialised)", path, task.name,
+        logger.warning("model %s has no trained %s head (%s newly initialised)", name, task.name,
                        ", ".join(fresh[:3]))
-    return model
+    return model, tokenizer
+
+
+def total_steps(n_train: int, batch_size: int, epochs: float, max_steps: int) -> tuple[int, float]:
+    """``(optimizer steps, steps per epoch)`` of a single-process Trainer run (no gradient accumulation)."""
+    per_epoch = max(1, math.ceil(n_train / batch_size))
+    return (max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)), per_epoch
+
+
+def check_admm_updates(schedule, plan, n_train: int, args) -> None:
+    """Refuse, before anything is trained, an ADMM phase too short for a single Z/U update.
+
+    With the default interval (0.02 / lr: 400 steps at lr 5e-5) a small data set easily gives an ADMM
+    phase of a few dozen steps: it would run without one update and only prune by magnitude at its end.
+    """
+    from ..spec import parse_spec
+
+    if not any(parse_spec(spec).sparse for spec in plan.to_dict().values()):
+        return  # no N:M layer, no ADMM phase
+    total, per_epoch = total_steps(n_train, args.batch_size, args.epochs, args.max_steps)
+    phase = schedule.admm_phase_steps(total, per_epoch)
+    if phase == 0 or schedule.admm_updates(total, per_epoch) > 0:
+        return
+    how = "" if args.admm_interval_given else f" (the default, 0.02 / --lr {args.lr:g})"
+    raise ValueError(f"the ADMM phase would make no Z/U update: it lasts {phase} optimizer steps ({n_train} training "
+                     f"examples, --batch-size {args.batch_size}, {total} steps in all) but --admm-interval is "
+                     f"{schedule.admm.interval}{how}; pass --admm-interval {max(1, phase // 4)} (at most {phase}), "
+                     "train longer (--epochs, --max-steps, --admm-steps), or prune at once with --admm-steps 0")
 
 
 def run(args) -> int:
     import torch
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..glue import encode, evaluate, load_glue, task_info
@@ -86,24 +117,32 @@ def run(args) -> int:
     from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
 
     task = task_info(args.task)
-    for flag, path in (("--model", args.model), ("--teacher", args.teacher)):
-        if path is not None and not Path(path).is_dir():
-            raise FileNotFoundError(f"{flag} must be a model directory, got {path!r}")
+    if args.teacher is not None and not Path(args.teacher).is_dir():
+        raise FileNotFoundError(f"--teacher must be a model directory, got {args.teacher!r}")
     plan_text = args.plan  # a plan file may have any name (its text is JSON or a spec)
     if not plan_text.lstrip().startswith("{") and Path(plan_text).is_file():
         plan_text = Path(plan_text).read_text()
     plan = Plan.coerce(plan_text)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    set_seed(args.seed)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = _load_model(args.model, task)
+    # Everything the command line can get wrong is checked before the model loads (seconds to minutes).
     train = load_glue(task, "train", args.data_dir)
     if args.max_train_samples:
         train = train.subset(args.max_train_samples)
     dev = load_glue(task, "dev", args.data_dir)
     if args.max_eval_samples:
         dev = dev.subset(args.max_eval_samples)
+    args.admm_interval_given = args.admm_interval is not None
+    if args.admm_interval is None:
+        args.admm_interval = max(1, round(0.02 / args.lr))
+        logger.info("ADMM interval: %d steps (0.02 / lr)", args.admm_interval)
+    schedule = CompressionSchedule(
+        admm_steps=args.admm_steps, admm_epochs=args.admm_epochs, admm_fraction=args.admm_fraction,
+        admm=ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max, interval=args.admm_interval,
+                        projection=args.projection))
+    check_admm_updates(schedule, plan, len(train), args)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    set_seed(args.seed)
+    model, tokenizer = _load_model(args.model, task, args.seed)
     logger.info("task %s: %d training, %d evaluation examples; plan %s", task.name, len(train), len(dev), plan)
 
     t0 = time.time()
@@ -112,16 +151,9 @@ def run(args) -> int:
 
     teacher = None
     if args.teacher:
-        teacher = _load_model(args.teacher, task)
+        teacher, _ = _load_model(args.teacher, task, args.seed)
     elif args.distill:
         teacher = copy.deepcopy(model)
-    if args.admm_interval is None:
-        args.admm_interval = max(1, round(0.02 / args.lr))
-        logger.info("ADMM interval: %d steps (0.02 / lr)", args.admm_interval)
-    schedule = CompressionSchedule(
-        admm_steps=args.admm_steps, admm_epochs=args.admm_epochs, admm_fraction=args.admm_fraction,
-        admm=ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max, interval=args.admm_interval,
-                        projection=args.projection))
     distill = DistillConfig(args.alpha, args.temperature, args.hidden_weight) if teacher is not None else None
     compression = NxMCompression(plan, schedule=schedule, teacher=teacher, distill=distill)
     targs = TrainingArguments(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
+import re
 import statistics
 import tempfile
 import time
@@ -66,6 +67,17 @@ def plan_label(plan) -> str:
     return ", ".join(f"{k}={v}" if k != "*" else v for k, v in d.items())
 
 
+def plan_dirname(label: str, taken: set) -> str:
+    """A folder name for a plan's checkpoint, made from its label (``2:4-w8a8`` -> ``2of4-w8a8``), unique in ``taken``."""
+    base = re.sub(r"[^A-Za-z0-9.=-]+", "_", label.replace(":", "of")).strip("_") or "plan"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
+
+
 def _parse_plans(values):
     from ..plan import Plan
 
@@ -105,6 +117,21 @@ def _backends(arg: str | None, device: torch.device) -> list[str]:
         else:
             found.append(b)
     return found or ["reference"]
+
+
+#: What a CPU timing of each backend measures (the footer says it for the backends actually timed).
+CPU_TIMING = {"reference": "the reference backend (plain PyTorch, not a kernel)",
+              "triton": "the Triton kernels run by Triton's CPU interpreter (a testing tool, far slower than a GPU)"}
+
+
+def _warn_slow(backends: list[str], device: torch.device, model_name: str, forwards: int) -> None:
+    """Say before it starts that timing Triton on a CPU takes a long time (``forwards`` passes per backend)."""
+    if device.type == "cpu" and "triton" in backends:
+        # Measured on a shared 2-core CPU: about 3 minutes per forward of the tiny BERT (16 x 24 tokens).
+        each = "minutes" if model_name == "tiny" else "far longer (hours in all for MiniLM; try --model tiny)"
+        logger.warning("timing the triton backend on a CPU runs every kernel in Triton's interpreter: each forward "
+                       "pass takes %s, and this run makes %d of them (plans x (repeats + 1 warm-up)); the timings "
+                       "say nothing about GPU speed", each, forwards)
 
 
 def _sync(device):
@@ -165,6 +192,7 @@ def run(args) -> int:
 
     steps.set_postfix_str("loading model")
     builtin = load_builtin(args.model)
+    _warn_slow(backends, device, builtin.name, len(plans) * (args.repeats + 1))
     base = builtin.model
     base_sites = bert_linears(base)
     dense_linear_bytes = sum(linear_nbytes(s.module) for s in base_sites)
@@ -182,8 +210,9 @@ def run(args) -> int:
     tmp = None
     out_dir = Path(args.out) if args.out else Path(tmp := tempfile.mkdtemp(prefix="nxm-demo-"))
     results = []
+    taken: set = set()
     try:
-        for i, plan in enumerate(plans):
+        for plan in plans:
             label = plan_label(plan)
             steps.set_postfix_str(f"{label}: swap")
             model = copy.deepcopy(base)
@@ -191,7 +220,7 @@ def run(args) -> int:
             steps.update()
 
             steps.set_postfix_str(f"{label}: save + reload")
-            ckpt = save_compressed(model, out_dir / f"plan{i}", tokenizer=builtin.tokenizer)
+            ckpt = save_compressed(model, out_dir / plan_dirname(label, taken), tokenizer=builtin.tokenizer)
             ckpt_bytes = sum(f.stat().st_size for f in ckpt.glob("*.safetensors"))
             loaded = load_compressed(ckpt, device=device, dtype=work_dtype if device.type == "cuda" else None)
             model.to(device=device, dtype=work_dtype)
@@ -269,9 +298,9 @@ def _print_report(builtin, device, backends, n_linears, dense_bytes, baseline_ms
           "in float32); cosine: mean-pooled embeddings against the float32 model; reload: the saved and reloaded "
           "model reproduces the swapped model's outputs bit for bit.")
     if device.type == "cpu":
-        print("Timings are CPU timings of the reference backend (plain PyTorch, not a kernel): they show the "
-              "pipeline works, not the speed of the kernels;\nrun on an NVIDIA GPU for Triton and CUDA kernel "
-              "timings against fp16.")
+        timed = " and ".join(CPU_TIMING.get(b, f"the {b} backend") for b in backends)
+        print(f"Timings are CPU timings of {timed}: they show the pipeline works, not the speed of the kernels;\n"
+              "run on an NVIDIA GPU for Triton and CUDA kernel timings against fp16.")
     else:
         print(f"Timings: eager full-model forward, median of {args.repeats}, {dt} activations; 'dense {dt}' is "
               "the uncompressed model (cuBLAS). benchmarks/bench_e2e.py also times CUDA graphs.")

@@ -17,11 +17,12 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="a compressed checkpoint or a Hugging Face model directory")
     add_glue_args(p)
-    p.add_argument("--split", default="dev", choices=("train", "dev"))
+    p.add_argument("--split", default="dev", choices=("train", "dev"),
+                   help="which split to score (default dev; mnli-mm reads dev_mismatched)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--max-samples", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
+    p.add_argument("--max-samples", type=int, default=None, help="score only the first N examples")
     p.add_argument("--backend", default="auto", help="NxMLinear backend for compressed models")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--output", default=None, help="write the metrics JSON here")
@@ -48,8 +49,10 @@ def run(args) -> int:
 
     from ..glue import evaluate, load_glue, task_info
 
+    from .._checks import check_device
+
     task = task_info(args.task)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = check_device("--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, compressed = load_model(args.model, device=device, backend=args.backend)
     labels = getattr(getattr(model, "config", None), "num_labels", None)
     if labels is not None and labels != task.num_labels:

@@ -30,13 +30,15 @@ logger = logging.getLogger(__name__)
 def register(subparsers) -> None:
     from ..search.optimize import RATIO_KINDS
     from ..search.objective import OBJECTIVES
-    from ..search.sensitivity import DEFAULT_CANDIDATES, GRANULARITIES, MODES
+    from ..search.sensitivity import DEFAULT_CACHE_DESCRIPTION, DEFAULT_CANDIDATES, GRANULARITIES, MODES
     from ..search.validate import VALIDATION_MODES
 
     p = subparsers.add_parser(
         "search", help="heterogeneous compression search under a compression-ratio budget",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="a fine-tuned Hugging Face BERT-family task model (folder or id)")
+    p.add_argument("--model", required=True,
+                   help="a fine-tuned Hugging Face BERT-family task model (folder or Hub id), or a built-in: "
+                        "minilm (all-MiniLM-L6-v2 with a new head), tiny (a random 2-layer BERT, seconds)")
     add_glue_args(p)
     p.add_argument("--target", type=float, required=True, help="compression ratio to reach, e.g. 0.875 (8x smaller)")
     p.add_argument("--true-ratio", action="store_true",
@@ -46,28 +48,32 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="where to write the best plan (JSON)")
     p.add_argument("--report", default=None, help="full search report JSON (default: <out>.search.json)")
     p.add_argument("--plot", default=None, help="Pareto-front PNG (default: <out>.pareto.png); 'none' to skip")
-    p.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES), help="specs to consider")
-    p.add_argument("--granularity", choices=GRANULARITIES, default="component")
+    p.add_argument("--candidates", nargs="+", default=list(DEFAULT_CANDIDATES),
+                   help=f"specs to consider (default: {' '.join(DEFAULT_CANDIDATES)}; fp is always an option)")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="component",
+                   help="one spec per component type (default) or per linear layer")
     p.add_argument("--objective", choices=OBJECTIVES, default="divergence",
                    help="cost of a compression: output divergence (default), task loss increase, metric drop")
     p.add_argument("--mode", choices=MODES, default="oneshot", help="sensitivity estimate: one-shot or short QAT")
     p.add_argument("--qat-steps", type=int, default=20, help="optimizer steps per short QAT run")
-    p.add_argument("--qat-lr", type=float, default=2e-5)
+    p.add_argument("--qat-lr", type=float, default=2e-5, help="learning rate of the short QAT runs (default 2e-5)")
     p.add_argument("--split", default="train",
                    help="split the held-out sample is drawn from (default train: the dev split stays untouched)")
     p.add_argument("--samples", type=int, default=256, help="examples in the held-out sample")
     p.add_argument("--train-samples", type=int, default=256, help="examples for short QAT runs (disjoint)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample draw")
     p.add_argument("--top-k", type=int, default=5, help="ranked plans to report")
     p.add_argument("--validate", type=int, default=0, metavar="K", help="measure the K best plans whole")
-    p.add_argument("--validate-mode", nargs="+", choices=VALIDATION_MODES, default=["oneshot"])
+    p.add_argument("--validate-mode", nargs="+", choices=VALIDATION_MODES, default=["oneshot"],
+                   help="how --validate measures a plan: oneshot (fake-quantized), deploy (the real NxMLinear "
+                        "model), qat (after a short QAT run) (default oneshot)")
     p.add_argument("--backend", default="reference", help="backend for --validate-mode deploy")
-    p.add_argument("--cache-dir", default=None, help="sensitivity cache (default: ~/.cache/nxm_kernels/sensitivity)")
+    p.add_argument("--cache-dir", default=None, help=f"sensitivity cache folder (default: {DEFAULT_CACHE_DESCRIPTION})")
     p.add_argument("--no-cache", action="store_true", help="measure everything again, keep nothing")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_search)
 
 
@@ -86,36 +92,34 @@ class GlueMetric:
         return glue_metrics(self.task, logits.numpy(), labels.numpy())["main"]
 
 
-def load_task_model(path: str, task, device: str):
-    """A sequence-classification model and its tokenizer; warns when the task head is untrained."""
+def load_task_model(name: str, task, device: str):
+    """A sequence-classification model and its tokenizer (a built-in, folder or Hub id); warns when the
+    task head is untrained."""
     import torch
-    from transformers import AutoTokenizer
 
     from ..glue import task_info
-    from ..models.hf import load_for_task
+    from ..models.zoo import load_task_model as load
 
     t = task_info(task)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model, fresh = load_for_task(path, t.num_labels, t.is_regression, dtype=torch.float32)
+    model, tokenizer, fresh = load(name, t.num_labels, t.is_regression, dtype=torch.float32)
     if fresh:
         logger.warning("%s has no trained %s head (%s newly initialised): sensitivities of an untrained head say "
-                       "little; search a model fine-tuned on the task", path, t.name, ", ".join(fresh[:3]))
+                       "little; search a model fine-tuned on the task", name, t.name, ", ".join(fresh[:3]))
     return model.to(device).eval(), tokenizer
 
 
-def task_batches(task, data_dir, split: str, tokenizer, *, samples: int, train_samples: int, batch_size: int,
-                 max_length: int, seed: int):
-    """``(held-out batches, training batches)`` drawn disjointly from one split of a GLUE task."""
-    from ..glue import encode, load_glue, task_info
+def task_batches(task, data, tokenizer, *, samples: int, train_samples: int, batch_size: int, max_length: int,
+                 seed: int):
+    """``(held-out batches, training batches)`` drawn disjointly from ``data`` (one split of a GLUE task)."""
+    from ..glue import encode, task_info
     from ..search.batches import collate, split_sample
 
     t = task_info(task)
-    data = load_glue(t, split, data_dir)
     feats = encode(data, tokenizer, max_length=max_length)
     ev, tr = split_sample(len(feats), samples, train_samples, seed=seed)
     held = collate([feats[i] for i in ev], tokenizer, batch_size, regression=t.is_regression)
     train = collate([feats[i] for i in tr], tokenizer, batch_size, regression=t.is_regression) if tr else []
-    logger.info("held-out sample: %d examples of %s/%s; %d for short QAT", len(ev), t.name, split, len(tr))
+    logger.info("held-out sample: %d examples of %s; %d for short QAT", len(ev), t.name, len(tr))
     return held, train
 
 
@@ -126,25 +130,30 @@ def _sibling(out: Path, suffix: str) -> Path:
 def run_search(args) -> int:
     import torch
 
+    from .._checks import check_device
     from ..accounting import account
     from ..models.bert import bert_linears
     from ..search import plot_pareto, profile_sensitivity, search_plans, validate_plans
-    from ..search.sensitivity import default_cache_dir
+    from ..glue import load_glue
+    from ..search.sensitivity import candidate_specs, default_cache_dir
 
     if not 0.0 <= args.target < 1.0:
         raise ValueError(f"--target must be a compression ratio in [0, 1), e.g. 0.875; got {args.target}")
     ratio = args.ratio or ("true-fp32" if args.true_ratio else "nominal")
     if args.true_ratio and args.ratio not in (None, "true", "true-fp32"):
         raise ValueError(f"--true-ratio contradicts --ratio {args.ratio}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(check_device("--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     out = Path(args.out)
     if out.suffix.lower() != ".json":
         raise ValueError(f"--out must be a .json file, got {args.out!r}")
     progress = not args.no_progress
 
+    # What the command line can get wrong is checked before the model loads (seconds to minutes).
+    candidate_specs(args.candidates, "--candidates")
+    data = load_glue(args.task, args.split, args.data_dir)
     model, tokenizer = load_task_model(args.model, args.task, device)
     need_train = args.mode == "qat" or ("qat" in args.validate_mode and args.validate > 0)
-    held, train = task_batches(args.task, args.data_dir, args.split, tokenizer, samples=args.samples,
+    held, train = task_batches(args.task, data, tokenizer, samples=args.samples,
                                train_samples=args.train_samples if need_train else 0,
                                batch_size=args.batch_size, max_length=args.max_length, seed=args.seed)
     metric_fn = GlueMetric(args.task) if args.objective == "metric" else None

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..modules import NxMLinear, SwapReport, swap_in
+from ..modules import NxMLinear, SwapReport, after_swap, swap_in
 from ..plan import COMPONENTS, Plan, layer_name
 from ..spec import kernel_spec
 
@@ -61,7 +61,7 @@ def find_encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise ValueError(
         f"{type(model).__name__} does not have a BERT-like encoder (expected encoder.layer[i] with "
         "attention.self.query/key/value, attention.output.dense, intermediate.dense, output.dense); "
-        "for other models use swap_linears with explicit module-name patterns")
+        "for other models use nxm_kernels.swap_named_linears with module-name globs")
 
 
 def _get(module: nn.Module, path: str):
@@ -151,5 +151,6 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
     previous = getattr(model, "_nxm_plan", None)
     model._nxm_plan = Plan(list(Plan(previous).entries if previous else []) + plan.entries).to_dict()
+    after_swap(model)
     logger.info("%s", report)
     return report

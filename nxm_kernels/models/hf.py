@@ -10,7 +10,7 @@ import logging
 
 import torch.nn as nn
 
-__all__ = ["describe", "build_empty", "config_differences", "parameters_on_meta", "load_for_task", "ARCH_KEYS"]
+__all__ = ["describe", "build_empty", "config_differences", "parameters_on_meta", "load_for_task", "not_found", "ARCH_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,11 @@ def describe(model: nn.Module) -> dict | None:
     # BertModel(config, add_pooling_layer=False) is not visible in the config: record it.
     if hasattr(model, "pooler") and model.pooler is None:
         init_kwargs["add_pooling_layer"] = False
-    return {"library": "transformers", "class": type(model).__name__, "config": model.config.to_dict(),
+    config = model.config.to_dict()
+    # The Hugging Face quantizer's record (see hf_quantizer.attach) repeats what the checkpoint's own
+    # layer records say; rebuilding from it would ask transformers for that quantizer.
+    config.pop("quantization_config", None)
+    return {"library": "transformers", "class": type(model).__name__, "config": config,
             "init_kwargs": init_kwargs}
 
 
@@ -91,27 +95,36 @@ def config_differences(model: nn.Module, desc: dict | None) -> list[str]:
     return out
 
 
+def not_found(name: str, exc: Exception) -> FileNotFoundError:
+    """A one-line error for a model transformers could not find (its own messages run over several lines)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return FileNotFoundError(f"cannot load model {name!r}: no such folder here, and as a Hugging Face Hub id: "
+                             f"{first}")
+
+
 def load_for_task(path, num_labels: int, is_regression: bool = False, **kwargs):
-    """A sequence-classification model from a Hugging Face model directory, fitted to a task.
+    """A sequence-classification model from a Hugging Face model folder or Hub id, fitted to a task.
 
     A classification head of the wrong size is replaced (newly initialised) and regression tasks get
     the regression loss. Returns ``(model, fresh)`` where ``fresh`` lists the head parameters that were
     newly initialised (empty for a model already fine-tuned on the task). ``kwargs`` go to
-    ``from_pretrained`` (e.g. ``dtype``).
+    ``from_pretrained`` (e.g. ``dtype``). A model that cannot be found is a one-line ``FileNotFoundError``.
     """
-    from pathlib import Path
-
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    if not Path(path).is_dir():
-        raise FileNotFoundError(f"model must be a Hugging Face model directory, got {str(path)!r}")
-    config = AutoConfig.from_pretrained(path)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as exc:  # a missing folder, an unknown or unreachable Hub id
+        raise not_found(str(path), exc) from None
     kw = dict(kwargs)
     if getattr(config, "num_labels", None) != num_labels:
         kw.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     if is_regression:
         kw["problem_type"] = "regression"
-    model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kw)
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kw)
+    except OSError as exc:
+        raise not_found(str(path), exc) from None
     fresh = [k for k in info.get("missing_keys", []) if "classifier" in k or "score" in k]
     fresh += [str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", [])]
     return model, sorted(set(fresh))

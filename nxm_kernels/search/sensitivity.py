@@ -47,7 +47,7 @@ from ..spec import LayerSpec, parse_spec
 from .objective import Evaluator, check_batches, fingerprint_batches, fingerprint_model
 
 __all__ = ["DEFAULT_CANDIDATES", "GRANULARITIES", "MODES", "CACHE_VERSION", "Sensitivity", "fake_compressed",
-           "group_sites", "profile_sensitivity", "default_cache_dir"]
+           "group_sites", "profile_sensitivity", "default_cache_dir", "candidate_specs", "DEFAULT_CACHE_DESCRIPTION"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,28 @@ GRANULARITIES = ("component", "layer")
 MODES = ("oneshot", "qat")
 #: Bump when the meaning of a cached number changes (the compression math, an objective).
 CACHE_VERSION = 1
+
+
+def candidate_specs(candidates, name: str = "candidates") -> list[str]:
+    """The distinct specs of ``candidates`` (a spec string or an iterable of them) without ``fp``, which is
+    always an option and costs nothing; an error naming ``name`` when none is left or one does not parse."""
+    if isinstance(candidates, str):
+        candidates = [candidates]
+    specs = []
+    for c in candidates:
+        try:
+            s = parse_spec(c)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{name}: {exc}") from None
+        if not s.is_fp and str(s) not in specs:
+            specs.append(str(s))
+    if not specs:
+        raise ValueError(f"{name} must name at least one spec other than 'fp', got {list(candidates)!r}")
+    return specs
+
+
+#: How the help texts of ``nxm search`` and the examples name the default sensitivity cache.
+DEFAULT_CACHE_DESCRIPTION = "$NXM_CACHE_DIR/sensitivity, else ~/.cache/nxm_kernels/sensitivity"
 
 
 def default_cache_dir() -> Path:
@@ -266,17 +288,7 @@ def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = D
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(candidates, str):
-        candidates = [candidates]
-    specs = []
-    for c in candidates:
-        s = parse_spec(c)
-        if s.is_fp:
-            continue  # leaving a group alone is always an option; it costs nothing
-        if str(s) not in specs:
-            specs.append(str(s))
-    if not specs:
-        raise ValueError(f"candidates must name at least one spec other than 'fp', got {list(candidates)!r}")
+    specs = candidate_specs(candidates)
     check_choice("mode", mode, MODES)
     batches = check_batches(batches)
     sites = bert_linears(model)

@@ -75,6 +75,21 @@ class CompressionSchedule:
         if not isinstance(self.admm, ADMMConfig):
             raise TypeError(f"admm must be an ADMMConfig, got {type(self.admm).__name__}")
 
+    def admm_phase_steps(self, total_steps: int, steps_per_epoch: float) -> int:
+        """Optimizer steps in the ADMM phase of a run of ``total_steps`` (``steps_per_epoch`` per epoch)."""
+        for name, v in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if self.admm_steps is not None:
+            return min(self.admm_steps, int(total_steps))
+        if self.admm_epochs is not None:
+            return min(math.ceil(self.admm_epochs * steps_per_epoch - 1e-9), int(total_steps))
+        return math.ceil(self.admm_fraction * total_steps)
+
+    def admm_updates(self, total_steps: int, steps_per_epoch: float) -> int:
+        """Z/U updates the ADMM phase makes (one every ``admm.interval`` steps)."""
+        return self.admm_phase_steps(total_steps, steps_per_epoch) // self.admm.interval
+
 
 class NxMCompression(TrainerCallback):
     """ADMM N:M sparsification + STE QAT (+ optional distillation) as one ``TrainerCallback``.
@@ -157,13 +172,35 @@ class NxMCompression(TrainerCallback):
                            "interval >= %d (see ADMMConfig)", self.schedule.admm.interval, args.learning_rate, reach,
                            math.ceil(0.01 / args.learning_rate))
         if phase == "init":
+            self._warn_without_updates(args, state)
             self.admm.start()
-            logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
-                        len(self.admm.layers), len(self.layers), self._describe_end())
+            if self.schedule.admm_epochs is None and self._end_step == 0:
+                logger.info("compression: no ADMM phase (admm_steps=0): pruning %d layers to N:M at once, then "
+                            "masked QAT of %d layers", len(self.admm.layers), len(self.layers))
+            else:
+                logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
+                            len(self.admm.layers), len(self.layers), self._describe_end())
+        elif not self.admm.layers:
+            # A plan without N:M layers is QAT from the first step: there is no ADMM phase to resume.
+            logger.info("compression: QAT of %d layers (no N:M layer, so no ADMM phase)%s", len(self.layers),
+                        f", resuming at step {state.global_step}" if state.global_step else "")
         else:
             logger.info("compression: resuming in phase %r at step %d", phase, state.global_step)
         if self.phase == "admm" and self._admm_over(state):
             self._prune(state)
+
+    def _warn_without_updates(self, args, state) -> None:
+        total = int(state.max_steps or 0)
+        epochs = float(getattr(args, "num_train_epochs", 0) or 0)
+        per_epoch = total / epochs if epochs > 0 else float(total)
+        if args.max_steps and args.max_steps > 0 and getattr(state, "num_train_epochs", 0):
+            per_epoch = total / state.num_train_epochs
+        phase = self.schedule.admm_phase_steps(total, per_epoch)
+        if phase > 0 and self.schedule.admm_updates(total, per_epoch) == 0:
+            logger.warning("compression: the ADMM phase (%d optimizer steps) is shorter than the ADMM interval "
+                           "(%d steps): it will make no Z/U update and only prune by magnitude at its end; use "
+                           "ADMMConfig(interval=...) <= %d, or admm_steps=0 to prune at once", phase,
+                           self.schedule.admm.interval, phase)
 
     def _describe_end(self) -> str:
         if self.schedule.admm_epochs is not None:
