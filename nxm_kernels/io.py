@@ -3,7 +3,8 @@
 A checkpoint is a directory::
 
     nxm_config.json          format name and version, model class and config, plan, one record per
-                             NxMLinear (spec, shape, bias, fused activation), SHA-256 of the weights
+                             NxMLinear (spec, shape, bias, fused activation, fused projections),
+                             SHA-256 of the weights
     nxm_model.safetensors    the model's state dict: packed values/metadata/scales and biases of the
                              NxMLinear layers, every other (float) weight as it was
     (tokenizer files)        when a tokenizer was passed to save_compressed
@@ -17,6 +18,14 @@ the saved tensors: the dense encoder weights are never materialised. It checks t
 (a newer one is refused), the file's checksum and contents (a corrupt file is refused), and that the
 tensors fit the model (a mismatched config is refused), each with an error saying which.
 For models that are not transformers models, :func:`load_compressed` takes the ``model`` to load into.
+
+**Fused layers** (format version 2). A fused ``NxMLinear`` (e.g. query, key and value of a BERT
+layer, :mod:`nxm_kernels.fusion`) is stored once, under its own name (``...attention.self.qkv.values``,
+``.metadata``, ``.scales``, ``.bias``: the row concatenation of the three, ``docs/FORMAT.md``), and
+its record lists the linears it computes: ``"fused": [{"name": "...attention.self.query", "rows": 768},
+...]`` in row order. Loading registers the fused layer there and puts a ``FusedProjection`` at each
+listed name. Version 1 checkpoints (written before fusion existed; no ``"fused"`` records) load as they
+were written, one ``NxMLinear`` per linear; :func:`nxm_kernels.models.bert.fuse_qkv` fuses them afterwards.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import torch
 import torch.nn as nn
 
 from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
+from .fusion import fused_groups, install_fused
 from .modules import NxMLinear, compressed_linears
 from .spec import parse_spec
 
@@ -39,8 +49,9 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NA
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "nxm-checkpoint"
-#: Bumped whenever a reader of the previous version could misread a new checkpoint.
-CHECKPOINT_VERSION = 1
+#: Bumped whenever a reader of the previous version could misread a new checkpoint. Version 2 adds
+#: fused layers (their records' ``"fused"`` lists); this reader also reads version 1.
+CHECKPOINT_VERSION = 2
 CONFIG_NAME = "nxm_config.json"
 WEIGHTS_NAME = "nxm_model.safetensors"
 
@@ -99,6 +110,9 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     identity = [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
     records = {name: {"spec": str(m.spec), "shape": [m.out_features, m.in_features], "bias": m.bias is not None,
                       "activation": m.activation} for name, m in layers.items()}
+    modules = dict(model.named_modules())
+    for name, members in fused_groups(model).items():
+        records[name]["fused"] = [{"name": member, "rows": modules[member].out_features} for member in members]
     from . import __version__
     from .models.hf import describe
 
@@ -159,6 +173,9 @@ def read_checkpoint_config(path) -> dict:
     for key, kind in (("layers", dict), ("weights", dict), ("aliases", dict), ("identity_modules", list)):
         if not isinstance(cfg.get(key), kind):
             raise ValueError(f"{cfg_path} is corrupt: {key!r} must be a JSON {kind.__name__}")
+    if version < 2 and any(isinstance(r, dict) and "fused" in r for r in cfg["layers"].values()):
+        raise ValueError(f"{cfg_path} is corrupt: format version {version} has no fused layers, but a layer "
+                         "record lists 'fused' projections")
     return cfg
 
 
@@ -202,6 +219,9 @@ def _placeholders(model: nn.Module, cfg: dict, backend: str) -> None:
                               activation=rec.get("activation"), device="meta")
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
+        if "fused" in rec:  # one layer computing several linears of the model (format version 2)
+            _place_fused(model, modules, name, rec["fused"], layer)
+            continue
         existing = modules.get(name)
         if existing is not None and isinstance(existing, nn.Linear) and \
                 tuple(existing.weight.shape) != (out_f, in_f):
@@ -210,6 +230,26 @@ def _placeholders(model: nn.Module, cfg: dict, backend: str) -> None:
         _set_submodule(model, name, layer)
     for name in cfg["identity_modules"]:
         _set_submodule(model, name, nn.Identity())
+
+
+def _place_fused(model: nn.Module, modules: dict, name: str, members, layer: NxMLinear) -> None:
+    """Register the fused placeholder ``layer`` at ``name`` and its projections where its record says."""
+    if not isinstance(members, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("rows"), int) for m in members):
+        raise ValueError(f"checkpoint layer record {name!r} is invalid: 'fused' must be a list of "
+                         "{'name': str, 'rows': int} objects")
+    for m in members:
+        existing = modules.get(m["name"])
+        if existing is None:
+            raise ValueError(f"checkpoint does not match the model: it has no module {m['name']!r} "
+                             f"(computed by the fused layer {name})")
+        if isinstance(existing, nn.Linear) and tuple(existing.weight.shape) != (m["rows"], layer.in_features):
+            raise ValueError(f"checkpoint does not match the model config: {m['name']} is {m['rows']}x"
+                             f"{layer.in_features} in the checkpoint but {tuple(existing.weight.shape)} in the model")
+    try:
+        install_fused(model, name, layer, [(m["name"], m["rows"]) for m in members])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint layer record {name!r} does not fit the model: {exc}") from None
 
 
 def _check_state(model: nn.Module, state: dict, where: Path) -> None:

@@ -297,8 +297,9 @@ class SwappedLayer:
     spec: str
     shape: tuple         # (out_features, in_features)
     bytes_before: int
-    bytes_after: int
+    bytes_after: int     # this linear's packed bytes (its rows' share when fused: the same bytes)
     activation: str = "none"
+    fused_into: str | None = None  # qualified name of the fused NxMLinear computing it, if any
 
 
 @dataclass
@@ -309,6 +310,8 @@ class SwapReport:
     kept: list[str] = field(default_factory=list)
     backend: str | None = None
     fused_activations: list[str] = field(default_factory=list)  # modules replaced by nn.Identity
+    #: fused NxMLinear (qualified name) -> the linears it computes (qualified names, in row order)
+    fused: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def bytes_before(self) -> int:
@@ -332,11 +335,15 @@ class SwapReport:
     def to_dict(self) -> dict:
         return {"swapped": {s.name: s.spec for s in self.swapped}, "kept": list(self.kept),
                 "backend": self.backend, "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "fused_activations": list(self.fused_activations)}
+                "fused_activations": list(self.fused_activations),
+                "fused": {name: list(members) for name, members in self.fused.items()}}
 
     def __str__(self) -> str:
         specs = ", ".join(f"{n} x {s}" for s, n in self.by_spec().items()) or "nothing"
         kept = f"; {len(self.kept)} left in fp" if self.kept else ""
+        if self.fused:
+            members = sum(len(m) for m in self.fused.values())
+            kept += f"; {members} of them computed by {len(self.fused)} fused layers"
         return (f"swapped {len(self.swapped)} linears ({specs}){kept}; "
                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
                 f"({self.ratio:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")

@@ -161,7 +161,8 @@ def _edit_config(path, fn):
 def test_newer_format_version_is_refused(saved):
     _, _, path = saved
     _edit_config(path, lambda c: c.update(format_version=CHECKPOINT_VERSION + 1, nxm_kernels_version="9.0"))
-    with pytest.raises(ValueError, match=r"format version 2 was written by a newer nxm_kernels \(9.0\).*upgrade"):
+    with pytest.raises(ValueError, match=rf"format version {CHECKPOINT_VERSION + 1} was written by a newer "
+                                         r"nxm_kernels \(9.0\).*upgrade"):
         nxm.load_compressed(path)
 
 
