@@ -219,6 +219,40 @@ def test_projection_called_out_of_order_or_alone_is_still_right():
     assert len(calls) == 6  # key, query (again), key(y), value(x), key (after add_), query (twice)
 
 
+def test_threads_sharing_one_fused_model_get_exact_results():
+    """Two threads running the same fused attention block on different inputs, with the interpreter
+    switching threads as often as it can: every result equals the unfused layers' (a thread whose memo
+    entry was replaced by the other's recomputes)."""
+    import sys
+    import threading
+
+    fused, plain, _, _ = _pair()
+    f, p = fused.encoder.layer[0].attention.self, plain.encoder.layer[0].attention.self
+    inputs = [torch.randn(2, 7, 64) for _ in range(2)]
+    with torch.no_grad():
+        want = [[p.query(x), p.key(x), p.value(x)] for x in inputs]
+    bad = []
+
+    def worker(i):
+        with torch.no_grad():
+            for _ in range(30):
+                x = inputs[i].clone()
+                got = [f.query(x), f.key(x), f.value(x)]
+                bad.extend(i for g, w in zip(got, want[i]) if not torch.equal(g, w))
+
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(before)
+    assert bad == []
+
+
 def test_torch_compile_fullgraph_one_op_per_fused_layer():
     torch._dynamo.reset()
     fused, plain, _, _ = _pair(num_hidden_layers=1)

@@ -77,11 +77,12 @@ def test_each_swapped_linear_equals_fake_quant(plan):
     nxm.swap_linears(model, plan)
     seen = {}
     hooks = [s.module.register_forward_hook(lambda m, i, o, n=s.name: seen.__setitem__(n, (i[0], o)))
-             for s in bert_linears(model) if isinstance(s.module, NxMLinear)]
+             for s in bert_linears(model) if isinstance(s.module, (NxMLinear, FusedProjection))]
     _out(model, random_batch(model))
     for h in hooks:
         h.remove()
-    assert len(seen) == sum(isinstance(s.module, NxMLinear) for s in bert_linears(model))
+    assert len(seen) == sum(isinstance(s.module, (NxMLinear, FusedProjection)) for s in bert_linears(model))
+    assert any(n.endswith(".key") for n in seen)  # fused projections (rows of attention.self.qkv) included
     twins = {s.name: s.module for s in bert_linears(twin)}
     for name, (x, y) in seen.items():
         ref = twins[name](x)
