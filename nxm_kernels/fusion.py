@@ -22,7 +22,7 @@ Why a memo keyed by the input tensor's identity, and not another design:
 * **torch.compile(fullgraph=True).** The memo is an attribute of a plain Python object written and
   read inside the traced forward; Dynamo tracks it as a side effect, decides ``memo[0] is x`` while
   tracing, and since the memo ends the forward cleared, the graph gains no extra output. The compiled
-  graph holds one ``nxm::linear`` per fused group.
+  graph holds one GEMM op of ours per fused group (the tests count them).
 * **CUDA graphs.** The memo lives for one forward, in Python only; a replay runs no Python and the
   captured kernels read the captured fused output.
 * **Re-entrancy and threads.** A projection takes its slice from the memo only for the very tensor
