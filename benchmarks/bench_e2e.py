@@ -9,21 +9,32 @@ Variants (each timed eagerly and, on a GPU, replayed from a CUDA graph where cap
 
 =========================  =========================================================================
 ``hf-fp16``                Hugging Face ``BertModel`` in fp16, ``attn_implementation="sdpa"``
-``hf-fp16-compile``        the same under ``torch.compile`` (default mode; off in ``--quick``)
 ``nxm-<plan>-<backend>``   the fp16 model with its encoder linears swapped by ``nxm_kernels.swap_linears``
-                           (``w8a8``: all 2:4-w8a8; ``w4a8``: all 2:4-w4a8; ``hetero``: a mixed plan)
-``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile``, first plan only (off in ``--quick``)
+                           (``w8a8``: all 2:4-w8a8; ``w4a8``: all 2:4-w4a8; ``hetero``: a mixed plan;
+                           query/key/value fused into one layer where the plan gives them one spec)
 ``torchao-int8-2:4``       torchao's int8 dynamic-activation + 2:4 semi-sparse weights, when installed
+``hf-fp16-compile``        Hugging Face fp16 under ``torch.compile`` (default mode): the baseline the
+                           project's end-to-end goals are stated against
+``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile``, first plan, every backend
 =========================  =========================================================================
 
-Each swapped model's output is compared with the same plan on the reference backend (mean token
-cosine, max |diff|) before it is timed. Timing: CUDA events around each forward, after warm-up;
-p50/p99/mean latency, tokens/s and sequences/s; speedup over HF fp16 (eager, and same mode). Weights
-are not evicted from L2 between forwards (a model run back to back, as in serving).
+The compiled variants run last (compiling takes a minute or more per model; a run cut short by its
+time box keeps the uncompiled ones) and are on by default (``--no-compile`` drops them). Each
+swapped model's output is compared with the same plan on the reference backend (mean token cosine,
+max |diff|) before it is timed. Timing: CUDA events around each forward, after warm-up; p50/p99/mean
+latency, tokens/s and sequences/s. Weights are not evicted from L2 between forwards (a model run
+back to back, as in serving).
+
+**Ratios** (``speedup``): p50 of the Hugging Face baseline in the same mode (eager or CUDA graph)
+and the same compile state, divided by the row's p50: an uncompiled row against ``hf-fp16``, a
+compiled one against ``hf-fp16-compile``; ``speedup_baseline`` names the record used, the table
+header names the baselines. ``speedup_vs_hf_eager``, ``_same_mode`` and ``_compile`` are the
+other comparisons. A CPU smoke run has none: its timings mean nothing.
 
     python benchmarks/bench_e2e.py --quick      # BERT-base, a few shapes (what gpu_validate.sh runs)
-    python benchmarks/bench_e2e.py              # every model, the full grid, with torch.compile (long)
-    python benchmarks/bench_e2e.py --smoke      # CPU: tiny BERT, reference + interpreted Triton
+    python benchmarks/bench_e2e.py              # every model, the full grid (long)
+    python benchmarks/bench_e2e.py --smoke      # CPU: tiny BERT, reference + interpreted Triton; compiled
+                                                # variants with the aot_eager backend; results in a temp dir
 """
 
 from __future__ import annotations
@@ -76,20 +87,26 @@ class Variant:
     plan: str | None = None
     backend: str | None = None
     compile: bool = False
+    compile_backend: str | None = None  # torch.compile's backend when compiled ("inductor": the default)
 
 
-def variants(backends: list[str], plans: list[str], with_compile: bool, smoke: bool) -> list[Variant]:
+def variants(backends: list[str], plans: list[str], with_compile: bool, smoke: bool,
+             compile_backend: str = "inductor") -> list[Variant]:
+    """The variants in run order: uncompiled first (backend-major: a run cut short by its time box has
+    every plan of the first backend), then the compiled HF baseline and ours compiled (first plan;
+    in smoke mode only on the first backend, to keep it short)."""
     base = "hf-fp32" if smoke else "hf-fp16"
     out = [Variant(base, "hf")]
-    if with_compile:
-        out.append(Variant(f"{base}-compile", "hf", compile=True))
-    for b in backends:  # backend-major: a run cut short by its time box has every plan of the first backend
+    for b in backends:
         for plan in plans:
             out.append(Variant(f"nxm-{plan}-{b}", "nxm", plan, b))
-            if with_compile and plan == plans[0]:  # compiling is slow: one plan shows what it adds
-                out.append(Variant(f"nxm-{plan}-{b}-compile", "nxm", plan, b, compile=True))
     if not smoke:
         out.append(Variant("torchao-int8-2:4", "torchao"))
+    if with_compile:
+        out.append(Variant(f"{base}-compile", "hf", compile=True, compile_backend=compile_backend))
+        for b in backends[:1] if smoke else backends:  # compiling is slow: one plan shows what it adds
+            out.append(Variant(f"nxm-{plans[0]}-{b}-compile", "nxm", plans[0], b, compile=True,
+                               compile_backend=compile_backend))
     return out
 
 
@@ -124,12 +141,13 @@ def prepare_variant(v: Variant, model, device):
         layer_backends = use_backend(model, v.backend, device)
         info["swap"] = {"swapped": len(report.swapped), "bytes_before": report.bytes_before,
                         "bytes_after": report.bytes_after, "ratio": report.ratio, "by_spec": report.by_spec(),
-                        "fused_gelu": len(report.fused_activations), "layer_backends": layer_backends}
+                        "fused_gelu": len(report.fused_activations), "fused_qkv": len(report.fused),
+                        "layer_backends": layer_backends}
     elif v.kind == "torchao":
         apply_torchao(model)
         info["torchao"] = common._version("torchao")
     if v.compile:
-        model = torch.compile(model)
+        model = torch.compile(model, backend=v.compile_backend or "inductor")
     return model, info
 
 
@@ -241,7 +259,7 @@ def run(args) -> dict:
         logger.warning("no CUDA GPU: running the CPU smoke mode (tiny model, no timing claims)")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     env = common.environment(device)
-    outdir = common.results_dir(args.out, env)
+    outdir = common.results_dir(args.out, env, smoke=smoke)
     reasons = common.backend_status(device)
     if smoke:
         models = ["tiny"]
@@ -258,9 +276,12 @@ def run(args) -> dict:
     backends = common.our_backends(args.backends, device)
     plans = args.plans.split(",") if args.plans else (["hetero"] if smoke else QUICK_PLANS if args.quick
                                                         else list(PLANS))
-    # torch.compile costs a minute or more per model and shape: part of the full run only, unless asked.
-    with_compile = args.compile if args.compile is not None else not (smoke or args.quick)
-    vs = [v for v in variants(backends, plans, with_compile, smoke)
+    # Compiled variants run last (see variants()). In smoke mode they use aot_eager unless told
+    # otherwise: Dynamo + AOTAutograd tracing proves the compiled path works without a C++ toolchain
+    # or minutes of inductor compilation, and smoke timings mean nothing anyway.
+    with_compile = args.compile if args.compile is not None else True
+    compile_backend = args.compile_backend or ("aot_eager" if smoke else "inductor")
+    vs = [v for v in variants(backends, plans, with_compile, smoke, compile_backend)
           if not args.variants or any(fnmatch.fnmatchcase(v.name, g) for g in args.variants.split(","))]
     graphs = device.type == "cuda" and not args.no_graphs
     iters = dict(warmup=0, budget_s=0.0, min_iters=1, max_iters=1) if smoke else \
@@ -279,7 +300,8 @@ def run(args) -> dict:
     except common.TimeBoxExpired as exc:
         logger.error("stopped by %s: writing the results measured so far", exc)
         result["stopped"] = f"time box expired ({exc})"
-    add_speedups(result["records"])
+    if not smoke:  # smoke timings (a CPU, a tiny model, one call) mean nothing: no ratios at all
+        add_speedups(result["records"])
     result["complete"] = "stopped" not in result
     common.finish_results(path, outdir, result, plot=None if args.no_plots else plots.plot_e2e,
                           table=format_table)
@@ -375,10 +397,11 @@ def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, c
     with torch.inference_mode():
         rec = _rec(model_name, v, b, s, "eager")
         try:
-            if device.type == "cuda":  # the first call (compilation, autotuning) is reported apart
+            if device.type == "cuda" or v.compile:  # the first call (compilation, autotuning) is reported apart
                 t0 = time.perf_counter()
                 rot()
-                torch.cuda.synchronize()
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
                 rec["first_call_s"] = round(time.perf_counter() - t0, 3)
             rec.update(status="ok", **time_forward(rot, device, **iters))
             _throughput(rec)
@@ -421,11 +444,18 @@ def _throughput(rec: dict) -> None:
 
 
 def add_speedups(records: list[dict]) -> None:
-    """p50 speedups over HF fp16 at the same (model, batch, seq): eager, same mode, and compiled."""
+    """p50 speedups over the Hugging Face baseline at the same (model, batch, seq).
+
+    ``speedup`` (what the tables print): against the HF record of the same mode and the same
+    compile state, named in ``speedup_baseline`` (e.g. ``"hf-fp16-compile graph"``); none for the
+    HF rows themselves, and none where that baseline was not measured (never another one instead).
+    Also ``speedup_vs_hf_eager`` (HF uncompiled, eager), ``speedup_vs_hf_same_mode`` (HF
+    uncompiled, same mode) and ``speedup_vs_hf_compile`` (HF compiled, same mode).
+    """
     hf = {}
     for r in records:
         if r["kind"] == "hf" and r["status"] == "ok":
-            hf[(r["model"], r["batch"], r["seq"], r["mode"], r["compile"])] = r["p50_ms"]
+            hf[(r["model"], r["batch"], r["seq"], r["mode"], r["compile"])] = r
     for r in records:
         if r["status"] != "ok":
             continue
@@ -434,7 +464,17 @@ def add_speedups(records: list[dict]) -> None:
                         ("speedup_vs_hf_same_mode", (*key, r["mode"], False)),
                         ("speedup_vs_hf_compile", (*key, r["mode"], True))):
             if k in hf:
-                r[name] = hf[k] / r["p50_ms"]
+                r[name] = hf[k]["p50_ms"] / r["p50_ms"]
+        base = hf.get((*key, r["mode"], r["compile"]))
+        if base is not None and r["kind"] != "hf":
+            r["speedup"] = base["p50_ms"] / r["p50_ms"]
+            r["speedup_baseline"] = f"{base['variant']} {r['mode']}"
+
+
+def baseline_names(records: list[dict]) -> list[str]:
+    """The baselines the ``speedup`` ratios of ``records`` were really taken against, e.g.
+    ``["hf-fp16 eager", "hf-fp16 graph", "hf-fp16-compile eager"]``."""
+    return list(dict.fromkeys(r["speedup_baseline"] for r in records if r.get("speedup_baseline")))
 
 
 def format_table(result: dict) -> str:
@@ -442,7 +482,16 @@ def format_table(result: dict) -> str:
     for model in dict.fromkeys(r["model"] for r in result["records"]):
         rows = [r for r in result["records"] if r["model"] == model]
         shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
-        lines.append(f"\n== {model}: p50 ms (speedup vs HF fp16 in the same mode); eager | CUDA graph")
+        hf = list(dict.fromkeys(r["variant"] for r in rows if r["kind"] == "hf" and not r["compile"]))
+        bases = baseline_names(rows)
+        if result.get("smoke"):
+            what = (f"CPU smoke run, HF baseline {', '.join(hf) or 'none'}: timings mean nothing, so no "
+                    "speedup ratios")
+        elif bases:
+            what = f"(speedup = p50 of {', '.join(bases)} / p50 of the row: same shape, mode and compile state)"
+        else:
+            what = "no speedup ratios: no Hugging Face baseline was measured"
+        lines.append(f"\n== {model}: p50 ms, eager | CUDA graph; {what}")
         lines.append(f"{'':<28}" + "".join(f"{f'{b}x{s}':>22}" for b, s in shapes))
         for name in dict.fromkeys(r["variant"] for r in rows):
             cells = []
@@ -456,7 +505,7 @@ def format_table(result: dict) -> str:
                     elif r["status"] != "ok":
                         parts.append(r["status"][:7])
                     else:
-                        sp = r.get("speedup_vs_hf_same_mode")
+                        sp = r.get("speedup")
                         parts.append(f"{r['p50_ms']:.2f}" + (f"({sp:.1f}x)" if sp else ""))
                 cells.append(f"{' | '.join(parts):>22}")
             lines.append(f"{name[:28]:<28}" + "".join(cells))
@@ -479,7 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plans", help=f"comma-separated from {', '.join(PLANS)} (default: all)")
     p.add_argument("--variants", help="comma-separated globs over variant names, e.g. 'hf-*,nxm-w8a8-*'")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="the torch.compile variants (default: on, except with --quick or --smoke)")
+                   help="the torch.compile variants, run last (default: on; --no-compile drops them)")
+    p.add_argument("--compile-backend", help="torch.compile backend for them (default: inductor; aot_eager in "
+                                             "smoke mode, which needs no C++ toolchain)")
     p.add_argument("--no-graphs", action="store_true", help="eager timing only")
     common.add_output_args(p)
     return p

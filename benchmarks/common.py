@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -163,9 +164,16 @@ def run_name(env: dict) -> str:
     return f"{gpu}-{env['date'][:10].replace('-', '')}-{env['commit']}"
 
 
-def results_dir(out: str | None, env: dict) -> Path:
-    """``out`` if given, else ``$OUT`` if set, else ``benchmarks/results/<gpu>-<date>-<commit>/``."""
-    path = Path(out) if out else Path(os.environ["OUT"]) if os.environ.get("OUT") else RESULTS_ROOT / run_name(env)
+def results_dir(out: str | None, env: dict, *, smoke: bool = False) -> Path:
+    """``out`` if given, else ``$OUT`` if set, else ``benchmarks/results/<gpu>-<date>-<commit>/``; for a
+    smoke run ``<temp dir>/nxm_kernels-smoke/<run name>/`` instead, so that numbers which mean nothing
+    never land in the source tree beside committed results."""
+    if out or os.environ.get("OUT"):
+        path = Path(out or os.environ["OUT"])
+    elif smoke:
+        path = Path(tempfile.gettempdir()) / "nxm_kernels-smoke" / run_name(env)
+    else:
+        path = RESULTS_ROOT / run_name(env)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -199,7 +207,8 @@ def error_line(exc: BaseException) -> str:
 
 def add_output_args(p) -> None:
     """The output options every results-writing benchmark shares (see :func:`results_dir`)."""
-    p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>)")
+    p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>; "
+                                 "a smoke run's default is under the temp dir)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("-v", "--verbose", action="store_true")
 

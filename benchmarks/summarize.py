@@ -189,15 +189,18 @@ def e2e_lines(e: dict, markdown: bool = False) -> list[str]:
                     r = next((r for r in rows if (r["variant"], r["batch"], r["seq"], r["mode"]) == (v, b, s, mode)
                               and r["status"] == "ok"), None)
                     if r:
-                        sp = r.get("speedup_vs_hf_same_mode")
+                        sp = r.get("speedup")  # against the HF record of the same mode and compile state
                         part.append(f"{r['p50_ms']:.2f}" + (f" ({sp:.2f}x)" if sp and r["kind"] != "hf" else ""))
                     else:
                         part.append("-")
                 cells.append(" / ".join(part))
             if any(c != "- / -" for c in cells):
                 table.append([v] + cells)
+        bases = list(dict.fromkeys(r["speedup_baseline"] for r in rows if r.get("speedup_baseline")))
+        ratios = (f"speedup vs {', '.join(bases)}: same mode and compile state" if bases else
+                  "no speedup ratios" + (" (CPU smoke run)" if e.get("smoke") else ""))
         if table:
-            out += _table(f"{model}: p50 ms eager / CUDA graph (speedup vs HF fp16, same mode)",
+            out += _table(f"{model}: p50 ms eager / CUDA graph ({ratios})",
                           ["variant"] + [f"{b}x{s}" for b, s in shapes], table, markdown)
     return out
 

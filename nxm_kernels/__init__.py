@@ -17,7 +17,8 @@ Drop-in use on a Hugging Face BERT (swap, save small, load back without the dens
 from .backends import available_backends, resolve_backend
 from .format import FORMAT_VERSION, PackedWeight, pack
 from .io import load_compressed, save_compressed
-from .models.bert import swap_linears
+from .fusion import FusedProjection
+from .models.bert import fuse_qkv, swap_linears
 from .modules import NxMLinear, SwapReport, set_backend, swap_named_linears
 from .ops import sparse_int_linear, sparse_int_mm
 from .plan import Plan
@@ -32,5 +33,5 @@ __all__ = [
     "quantize_per_token", "dequantize", "fake_quant_weight", "fake_quant_per_token", "sparse_int_linear",
     "sparse_int_mm", "available_backends", "resolve_backend", "LayerSpec", "parse_spec", "__version__",
     "NxMLinear", "swap_linears", "swap_named_linears", "set_backend", "SwapReport", "Plan", "save_compressed",
-    "load_compressed",
+    "load_compressed", "fuse_qkv", "FusedProjection",
 ]

@@ -29,8 +29,8 @@ from .quant import quantize_weight
 from .sparsity import check_nm, prune_nm
 from .spec import KERNEL_PATTERNS, WEIGHT_BITS, parse_spec
 
-__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "K_ALIGN", "MAX_K", "PAD_METADATA_BYTE", "PackedWeight", "pack",
-           "packed_shapes", "padded_k", "values_dtype"]
+__all__ = ["FORMAT_NAME", "FORMAT_VERSION", "K_ALIGN", "MAX_K", "PAD_METADATA_BYTE", "PackedWeight", "cat_rows",
+           "pack", "packed_shapes", "padded_k", "values_dtype"]
 
 FORMAT_NAME = "nxm-packed"
 FORMAT_VERSION = 1
@@ -255,6 +255,23 @@ class PackedWeight:
         b["total"] = sum(b.values())
         return b
 
+    def rows(self, start: int, stop: int) -> "PackedWeight":
+        """Output rows ``start:stop`` as a packed weight of shape ``(stop - start, K)`` (views, no copy).
+
+        Every tensor of the format is laid out per output row, so a row range of a packed weight is
+        itself a valid packed weight: the codes, metadata and scale of row ``n`` do not depend on any
+        other row.
+        """
+        n = self.out_features
+        for arg, v in (("start", start), ("stop", stop)):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{arg} must be an int, got {v!r}")
+        if not 0 <= start < stop <= n:
+            raise ValueError(f"rows need 0 <= start < stop <= out_features ({n}), got start={start}, stop={stop}")
+        meta = None if self.metadata is None else self.metadata[start:stop]
+        return PackedWeight(self.values[start:stop], meta, self.scales[start:stop], (stop - start, self.shape[1]),
+                            self.bits, self.pattern, self.version)
+
     def to(self, device) -> "PackedWeight":
         """A copy on ``device`` (prepared layouts are not carried over)."""
         return PackedWeight(self.values.to(device), None if self.metadata is None else self.metadata.to(device),
@@ -295,6 +312,34 @@ class PackedWeight:
                  config["bits"], config["pattern"], config["version"])
         pw.validate(deep=True)
         return pw
+
+
+def cat_rows(parts) -> PackedWeight:
+    """Stack packed weights with one ``K``, ``bits`` and ``pattern`` into one ``[sum N_i, K]`` weight.
+
+    The format is per output row (see :meth:`PackedWeight.rows`), so this is a concatenation of
+    ``values``, ``metadata`` and ``scales`` along the rows: ``cat_rows([pack(w) for w in ws])`` is
+    bit for bit ``pack(torch.cat(ws))``. Fused projections (query, key and value of an attention block
+    computed by one GEMM) are stored this way.
+    """
+    if isinstance(parts, PackedWeight) or not isinstance(parts, (list, tuple)):
+        raise TypeError(f"parts must be a list or tuple of PackedWeight, got {type(parts).__name__}")
+    if not parts:
+        raise ValueError("parts must hold at least one PackedWeight")
+    for i, p in enumerate(parts):
+        if not isinstance(p, PackedWeight):
+            raise TypeError(f"parts[{i}] must be a PackedWeight, got {type(p).__name__}")
+    first = parts[0]
+    for i, p in enumerate(parts[1:], 1):
+        for what, a, b in (("in_features", p.in_features, first.in_features), ("bits", p.bits, first.bits),
+                           ("pattern", p.pattern, first.pattern), ("version", p.version, first.version),
+                           ("device", p.device, first.device)):
+            if a != b:
+                raise ValueError(f"parts must share {what}: parts[{i}] has {a}, parts[0] has {b}")
+    meta = None if first.metadata is None else torch.cat([p.metadata for p in parts])
+    return PackedWeight(torch.cat([p.values for p in parts]), meta, torch.cat([p.scales for p in parts]),
+                        (sum(p.out_features for p in parts), first.in_features), first.bits, first.pattern,
+                        first.version)
 
 
 def pack(weight: torch.Tensor, bits: int = 8, pattern: str = "2:4", *, prune: bool = False,

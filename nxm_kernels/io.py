@@ -3,7 +3,8 @@
 A checkpoint is a directory::
 
     nxm_config.json          format name and version, model class and config, plan, one record per
-                             NxMLinear (spec, shape, bias, fused activation), SHA-256 of the weights
+                             NxMLinear (spec, shape, bias, fused activation, fused projections),
+                             SHA-256 of the weights
     nxm_model.safetensors    the model's state dict: packed values/metadata/scales and biases of the
                              NxMLinear layers, every other (float) weight as it was
     (tokenizer files)        when a tokenizer was passed to save_compressed
@@ -19,6 +20,14 @@ tensors fit the model (a mismatched config is refused), each with an error sayin
 For models that are not transformers models, :func:`load_compressed` takes the ``model`` to load into.
 A swapped transformers model can also be saved the Hugging Face way, ``model.save_pretrained(dir)``
 and ``AutoModel.from_pretrained(dir)`` (see :mod:`nxm_kernels.models.hf_quantizer`).
+
+**Fused layers** (format version 2). A fused ``NxMLinear`` (e.g. query, key and value of a BERT
+layer, :mod:`nxm_kernels.fusion`) is stored once, under its own name (``...attention.self.qkv.values``,
+``.metadata``, ``.scales``, ``.bias``: the row concatenation of the three, ``docs/FORMAT.md``), and
+its record lists the linears it computes: ``"fused": [{"name": "...attention.self.query", "rows": 768},
+...]`` in row order. Loading registers the fused layer there and puts a ``FusedProjection`` at each
+listed name. Version 1 checkpoints (written before fusion existed; no ``"fused"`` records) load as they
+were written, one ``NxMLinear`` per linear; :func:`nxm_kernels.models.bert.fuse_qkv` fuses them afterwards.
 """
 
 from __future__ import annotations
@@ -33,7 +42,8 @@ import torch.nn as nn
 
 from ._checks import check_device
 from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
-from .modules import after_swap, compressed_linears, identity_module_names, layer_records, place_compressed_layers
+from .modules import after_swap, compressed_linears
+from .records import identity_module_names, layer_records, place_compressed_layers
 from .spec import parse_spec
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "save_compressed",
@@ -42,8 +52,9 @@ __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NA
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "nxm-checkpoint"
-#: Bumped whenever a reader of the previous version could misread a new checkpoint.
-CHECKPOINT_VERSION = 1
+#: Bumped whenever a reader of the previous version could misread a new checkpoint. Version 2 adds
+#: fused layers (their records' ``"fused"`` lists); this reader also reads version 1.
+CHECKPOINT_VERSION = 2
 CONFIG_NAME = "nxm_config.json"
 WEIGHTS_NAME = "nxm_model.safetensors"
 
@@ -180,6 +191,9 @@ def read_checkpoint_config(path) -> dict:
     for key, kind in (("layers", dict), ("weights", dict), ("aliases", dict), ("identity_modules", list)):
         if not isinstance(cfg.get(key), kind):
             raise ValueError(f"{cfg_path} is corrupt: {key!r} must be a JSON {kind.__name__}")
+    if version < 2 and any(isinstance(r, dict) and "fused" in r for r in cfg["layers"].values()):
+        raise ValueError(f"{cfg_path} is corrupt: format version {version} has no fused layers, but a layer "
+                         "record lists 'fused' projections")
     return cfg
 
 

@@ -349,61 +349,6 @@ def set_backend(model: nn.Module, backend: str) -> nn.Module:
     return model
 
 
-def layer_records(model: nn.Module) -> dict[str, dict]:
-    """One JSON-ready record per ``NxMLinear`` of ``model`` (``spec``, ``shape`` ``[out, in]``, ``bias``,
-    ``activation``): what :func:`place_compressed_layers` needs to rebuild the layers empty."""
-    return {name: {"spec": str(m.spec), "shape": [m.out_features, m.in_features], "bias": m.bias is not None,
-                   "activation": m.activation} for name, m in compressed_linears(model).items()}
-
-
-def identity_module_names(model: nn.Module) -> list[str]:
-    """Qualified names of every ``nn.Identity`` in ``model``.
-
-    All of them are recorded, not only those standing for an activation fused into an ``NxMLinear``
-    epilogue: replacing an Identity by an Identity on load is harmless, missing one would apply an
-    activation twice.
-    """
-    return [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-        getattr(parent, attr)
-    except AttributeError:
-        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}") from None
-    setattr(parent, attr, module)
-
-
-def place_compressed_layers(model: nn.Module, layers: Mapping, identity_modules: Iterable[str],
-                            backend: str = "auto", *, dtype: torch.dtype | None = None) -> None:
-    """Put meta-device ``NxMLinear`` placeholders where ``layers`` (:func:`layer_records`) says and
-    ``nn.Identity`` modules at ``identity_modules``, in place, ready to receive a compressed state dict.
-    ``dtype`` is the placeholders' bias dtype (default float32).
-
-    The one rebuild step of :func:`nxm_kernels.load_compressed` and of the Hugging Face quantizer.
-    """
-    if not isinstance(layers, Mapping):
-        raise TypeError(f"layers must be a mapping of module names to layer records, got {type(layers).__name__}")
-    modules = dict(model.named_modules())
-    for name, rec in layers.items():
-        try:
-            out_f, in_f = (int(v) for v in rec["shape"])
-            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), backend=backend,
-                              activation=rec.get("activation"), device="meta", dtype=dtype)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
-        existing = modules.get(name)
-        if existing is not None and isinstance(existing, nn.Linear) and \
-                tuple(existing.weight.shape) != (out_f, in_f):
-            raise ValueError(f"checkpoint does not match the model config: {name} is {out_f}x{in_f} in the "
-                             f"checkpoint but {tuple(existing.weight.shape)} in the model")
-        _set_submodule(model, name, layer)
-    for name in identity_modules:
-        _set_submodule(model, name, nn.Identity())
-
-
 @dataclass
 class SwappedLayer:
     name: str            # the plan name (``layer.3.ffn1``) or the module name for generic swaps
@@ -411,8 +356,9 @@ class SwappedLayer:
     spec: str
     shape: tuple         # (out_features, in_features)
     bytes_before: int
-    bytes_after: int
+    bytes_after: int     # this linear's packed bytes (its rows' share when fused: the same bytes)
     activation: str = "none"
+    fused_into: str | None = None  # qualified name of the fused NxMLinear computing it, if any
 
 
 @dataclass
@@ -423,6 +369,8 @@ class SwapReport:
     kept: list[str] = field(default_factory=list)
     backend: str | None = None
     fused_activations: list[str] = field(default_factory=list)  # modules replaced by nn.Identity
+    #: fused NxMLinear (qualified name) -> the linears it computes (qualified names, in row order)
+    fused: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def bytes_before(self) -> int:
@@ -446,11 +394,15 @@ class SwapReport:
     def to_dict(self) -> dict:
         return {"swapped": {s.name: s.spec for s in self.swapped}, "kept": list(self.kept),
                 "backend": self.backend, "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
-                "fused_activations": list(self.fused_activations)}
+                "fused_activations": list(self.fused_activations),
+                "fused": {name: list(members) for name, members in self.fused.items()}}
 
     def __str__(self) -> str:
         specs = ", ".join(f"{n} x {s}" for s, n in self.by_spec().items()) or "nothing"
         kept = f"; {len(self.kept)} left in fp" if self.kept else ""
+        if self.fused:
+            members = sum(len(m) for m in self.fused.values())
+            kept += f"; {members} of them computed by {len(self.fused)} fused layers"
         return (f"swapped {len(self.swapped)} linears ({specs}){kept}; "
                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
                 f"({self.ratio:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")

@@ -71,23 +71,37 @@ def test_gemm_smoke_runs_end_to_end(tmp_path):
 
 @cpu_only
 def test_e2e_smoke_runs_end_to_end(tmp_path):
-    _run(["benchmarks/bench_e2e.py", "--smoke", "--out", str(tmp_path)])
-    result = json.loads((tmp_path / "e2e.json").read_text())
+    results_before = sorted(p.name for p in common.RESULTS_ROOT.iterdir())
+    # No --out: a smoke run writes under the temp dir (TMPDIR here), never into the source tree.
+    proc = _run(["benchmarks/bench_e2e.py", "--smoke"], TMPDIR=str(tmp_path))
+    assert sorted(p.name for p in common.RESULTS_ROOT.iterdir()) == results_before
+    (out,) = (tmp_path / "nxm_kernels-smoke").iterdir()
+    result = json.loads((out / "e2e.json").read_text())
     assert result["smoke"] is True and result["complete"] is True
     recs = result["records"]
-    assert {r["variant"] for r in recs} == {"hf-fp32", "nxm-hetero-reference", "nxm-hetero-triton"}
+    # the compiled HF baseline and ours compiled run too (aot_eager in smoke mode), after the rest
+    assert [v["name"] for v in result["variants"]] == ["hf-fp32", "nxm-hetero-reference", "nxm-hetero-triton",
+                                                       "hf-fp32-compile", "nxm-hetero-reference-compile"]
+    assert {v["compile_backend"] for v in result["variants"] if v["compile"]} == {"aot_eager"}
+    assert {r["variant"] for r in recs} == {v["name"] for v in result["variants"]}
     assert all(r["status"] == "ok" and r["mode"] == "eager" and r["p50_ms"] > 0 for r in recs)
+    assert all("first_call_s" in r for r in recs if r["compile"])  # compilation is not in the timing
     # both swapped models reproduce the plan on the reference backend before they are timed
     checks = {c["variant"]: c for c in result["checks"]}
-    assert set(checks) == {"nxm-hetero-reference", "nxm-hetero-triton"}
+    assert set(checks) == {"nxm-hetero-reference", "nxm-hetero-triton", "nxm-hetero-reference-compile"}
     for c in checks.values():
         assert c["ok"] and c["mean_token_cosine"] >= bench_e2e.MIN_COSINE
         assert c["swap"]["swapped"] == 12 and c["swap"]["ratio"] > 1
         assert c["swap"]["by_spec"] == {"dense-w8a8": 6, "2:4-w8a8": 2, "2:4-w4a8": 4}
-    assert checks["nxm-hetero-triton"]["swap"]["layer_backends"] == {"triton": 12}
-    assert all("speedup_vs_hf_eager" in r for r in recs)
-    assert (tmp_path / "e2e_tiny.png").stat().st_size > 0
-    assert "tiny" in summarize.summarize(tmp_path)
+        assert c["swap"]["fused_qkv"] == 1  # layer 0 (all dense-w8a8); layer 1's value has another spec
+    # 10 NxMLinear: layer 0's fused qkv, attn_out, ffn1, ffn2 and layer 1's six
+    assert checks["nxm-hetero-triton"]["swap"]["layer_backends"] == {"triton": 10}
+    # smoke timings mean nothing: no ratios in the records, the table or the summary
+    assert not [k for r in recs for k in r if k.startswith("speedup")]
+    assert "no speedup ratios" in proc.stdout and "x)" not in proc.stdout
+    assert (out / "e2e_tiny.png").stat().st_size > 0
+    text = summarize.summarize(out)
+    assert "tiny" in text and "no speedup ratios (CPU smoke run)" in text and "x)" not in text
 
 
 @cpu_only
@@ -194,17 +208,40 @@ def test_e2e_speedups_and_summary(tmp_path):
 
     recs = [rec("hf-fp16", "hf", "eager", 8.0), rec("hf-fp16", "hf", "graph", 4.0),
             rec("hf-fp16-compile", "hf", "eager", 5.0, True), rec("nxm-w8a8-cuda", "nxm", "eager", 10.0),
-            rec("nxm-w8a8-cuda", "nxm", "graph", 2.0)]
+            rec("nxm-w8a8-cuda", "nxm", "graph", 2.0), rec("nxm-w8a8-cuda-compile", "nxm", "eager", 2.5, True),
+            rec("nxm-w8a8-cuda-compile", "nxm", "graph", 1.0, True)]
     bench_e2e.add_speedups(recs)
     assert recs[4]["speedup_vs_hf_eager"] == 4.0 and recs[4]["speedup_vs_hf_same_mode"] == 2.0
     assert recs[3]["speedup_vs_hf_compile"] == 0.5 and "speedup_vs_hf_compile" not in recs[4]
+    # the printed ratio: against HF in the same mode and compile state, and named
+    assert (recs[3]["speedup"], recs[3]["speedup_baseline"]) == (0.8, "hf-fp16 eager")
+    assert (recs[4]["speedup"], recs[4]["speedup_baseline"]) == (2.0, "hf-fp16 graph")
+    assert (recs[5]["speedup"], recs[5]["speedup_baseline"]) == (2.0, "hf-fp16-compile eager")
+    assert "speedup" not in recs[6]  # no compiled HF CUDA-graph record: no ratio rather than another baseline
+    assert "speedup" not in recs[0] and "speedup" not in recs[2]  # the baselines themselves
     result = {"environment": _fake_gemm_result()["environment"], "records": recs, "checks": [
         {"model": "bert-base", "variant": "nxm-w4a8-cuda", "ok": False, "mean_token_cosine": 0.5}]}
-    assert "nxm-w8a8-cuda" in bench_e2e.format_table(result)
+    table = bench_e2e.format_table(result)
+    assert "nxm-w8a8-cuda" in table and "2.50(2.0x) | 1.00" in table
+    assert "p50 of hf-fp16 eager, hf-fp16 graph, hf-fp16-compile eager / p50 of the row" in table
     assert plots.plot_e2e(result, tmp_path)[0].name == "e2e_bert-base.png"
     common.write_json(tmp_path / "e2e.json", result)
     text = summarize.summarize(tmp_path)
     assert "CHECK FAILED bert-base nxm-w4a8-cuda" in text and "2.00 (2.00x)" in text
+    assert "speedup vs hf-fp16 eager, hf-fp16 graph, hf-fp16-compile eager" in text
+
+
+def test_e2e_variants_compiled_last():
+    """On a GPU the compiled HF baseline and ours compiled (first plan, every backend) run by default,
+    after every uncompiled variant, so a run cut short by its time box keeps those."""
+    vs = bench_e2e.variants(["cuda", "triton"], ["w8a8", "hetero"], True, False)
+    assert [v.name for v in vs] == ["hf-fp16", "nxm-w8a8-cuda", "nxm-hetero-cuda", "nxm-w8a8-triton",
+                                    "nxm-hetero-triton", "torchao-int8-2:4", "hf-fp16-compile",
+                                    "nxm-w8a8-cuda-compile", "nxm-w8a8-triton-compile"]
+    assert {v.compile_backend for v in vs if v.compile} == {"inductor"}
+    assert not [v for v in bench_e2e.variants(["cuda"], ["w8a8"], False, False) if v.compile]
+    args = bench_e2e.build_parser().parse_args(["--quick"])
+    assert args.compile is None and args.compile_backend is None  # None: on, inductor (aot_eager in smoke)
 
 
 @pytest.mark.parametrize("name, card, tops, gbps", [

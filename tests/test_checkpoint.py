@@ -37,8 +37,8 @@ def test_round_trip_is_exact(saved):
     loaded = nxm.load_compressed(path)
     assert type(loaded) is type(model) and not loaded.training
     assert torch.equal(_out(loaded, batch), _out(model, batch))
-    specs = {s.name: str(s.module.spec) for s in bert_linears(loaded) if isinstance(s.module, NxMLinear)}
-    assert specs == {s.name: str(s.module.spec) for s in bert_linears(model) if isinstance(s.module, NxMLinear)}
+    specs = {s.name: str(s.module.spec) for s in bert_linears(loaded) if hasattr(s.module, "spec")}
+    assert specs == {s.name: str(s.module.spec) for s in bert_linears(model) if hasattr(s.module, "spec")}
     assert isinstance(loaded.encoder.layer[0].attention.self.value, nn.Linear)   # "fp" stays float
     assert isinstance(loaded.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)  # fused GELU
     for name, layer in compressed_linears(loaded).items():
@@ -183,7 +183,8 @@ def _edit_config(path, fn):
 def test_newer_format_version_is_refused(saved):
     _, _, path = saved
     _edit_config(path, lambda c: c.update(format_version=CHECKPOINT_VERSION + 1, nxm_kernels_version="9.0"))
-    with pytest.raises(ValueError, match=r"format version 2 was written by a newer nxm_kernels \(9.0\).*upgrade"):
+    with pytest.raises(ValueError, match=rf"format version {CHECKPOINT_VERSION + 1} was written by a newer "
+                                         r"nxm_kernels \(9.0\).*upgrade"):
         nxm.load_compressed(path)
 
 

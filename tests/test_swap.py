@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 import nxm_kernels as nxm
+from nxm_kernels.fusion import FusedProjection
 from nxm_kernels.models.bert import as_plan, bert_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
 from _dropin_helpers import fake_quant_twin, random_batch, tiny_bert
@@ -21,9 +22,17 @@ def test_swap_all_encoder_linears_and_report():
     report = nxm.swap_linears(model, "2:4-w8a8")
     sites = bert_linears(model)
     assert len(report.swapped) == len(sites) == 12 and report.kept == []
-    assert all(isinstance(s.module, NxMLinear) and str(s.module.spec) == "2:4-w8a8" for s in sites)
+    # query/key/value share a spec: each layer computes them as one fused NxMLinear (attention.self.qkv)
+    qkv = ("query", "key", "value")
+    assert all(isinstance(s.module, FusedProjection if s.name.rsplit(".", 1)[1] in qkv else NxMLinear)
+               and str(s.module.spec) == "2:4-w8a8" for s in sites)
+    assert report.fused == {f"encoder.layer.{i}.attention.self.qkv": [
+        f"encoder.layer.{i}.attention.self.{c}" for c in qkv] for i in range(2)}
+    assert {s.name: s.fused_into for s in report.swapped}["layer.1.key"] == "encoder.layer.1.attention.self.qkv"
+    assert {s.name: s.fused_into for s in report.swapped}["layer.1.ffn1"] is None
     assert report.bytes_before == dense_bytes
     assert report.bytes_after == sum(s.module.nbytes()["total"] for s in sites)
+    assert report.bytes_after == sum(m.nbytes()["total"] for m in compressed_linears(model).values())
     assert report.ratio > 5  # int8 2:4: ~1/8 of fp32 values + metadata/scales/bias
     assert report.backend == "reference"
     assert report.by_spec() == {"2:4-w8a8": 12}
@@ -38,7 +47,8 @@ def test_plan_rules_most_specific_then_later_wins():
     model = tiny_bert()
     plan = {"*": "2:4-w8a8", "ffn2": "dense-w8a8", "layer.1": "2:4-w4a8", "layer.1.ffn2": "fp", "query": "dense-w4a8"}
     report = nxm.swap_linears(model, plan)
-    specs = {s.name: (str(s.module.spec) if isinstance(s.module, NxMLinear) else "fp") for s in bert_linears(model)}
+    specs = {s.name: (str(s.module.spec) if isinstance(s.module, (NxMLinear, FusedProjection)) else "fp")
+             for s in bert_linears(model)}
     assert specs["layer.0.key"] == "2:4-w8a8"
     assert specs["layer.0.ffn2"] == "dense-w8a8"
     assert specs["layer.0.query"] == "dense-w4a8"
@@ -67,11 +77,12 @@ def test_each_swapped_linear_equals_fake_quant(plan):
     nxm.swap_linears(model, plan)
     seen = {}
     hooks = [s.module.register_forward_hook(lambda m, i, o, n=s.name: seen.__setitem__(n, (i[0], o)))
-             for s in bert_linears(model) if isinstance(s.module, NxMLinear)]
+             for s in bert_linears(model) if isinstance(s.module, (NxMLinear, FusedProjection))]
     _out(model, random_batch(model))
     for h in hooks:
         h.remove()
-    assert len(seen) == sum(isinstance(s.module, NxMLinear) for s in bert_linears(model))
+    assert len(seen) == sum(isinstance(s.module, (NxMLinear, FusedProjection)) for s in bert_linears(model))
+    assert any(n.endswith(".key") for n in seen)  # fused projections (rows of attention.self.qkv) included
     twins = {s.name: s.module for s in bert_linears(twin)}
     for name, (x, y) in seen.items():
         ref = twins[name](x)
@@ -116,7 +127,8 @@ def test_sequence_classification_model():
     report = nxm.swap_linears(model, "dense-w8a8")
     assert len(report.swapped) == 12
     assert isinstance(model.classifier, nn.Linear) and isinstance(model.bert.pooler.dense, nn.Linear)
-    assert set(compressed_linears(model)) == {s.qualified_name for s in bert_linears(model)}
+    covered = set(compressed_linears(model)) - set(report.fused) | {m for ms in report.fused.values() for m in ms}
+    assert covered == {s.qualified_name for s in bert_linears(model)}
     assert all(n.startswith("bert.encoder.layer.") for n in compressed_linears(model))
     with torch.no_grad():
         after = model(**batch).logits
@@ -128,8 +140,8 @@ def test_fp16_model():
     model = tiny_bert().half()
     batch = random_batch(model)
     nxm.swap_linears(model, "2:4-w8a8")
-    layer = model.encoder.layer[0].attention.self.query
-    assert layer.bias.dtype == torch.float16 and layer.scales.dtype == torch.float32
+    for layer in (model.encoder.layer[0].attention.self.qkv, model.encoder.layer[0].output.dense):
+        assert layer.bias.dtype == torch.float16 and layer.scales.dtype == torch.float32
     out = _out(model, batch)
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
 
@@ -228,7 +240,10 @@ def test_swapping_twice_is_refused():
         nxm.swap_linears(model, "dense-w8a8")
     # a second swap of the remaining layers is fine and the recorded plan grows
     nxm.swap_linears(model, {"*": "dense-w8a8", "ffn1": "fp"})
-    assert len(compressed_linears(model)) == 12
+    assert len(compressed_linears(model)) == 8  # per layer: fused qkv, attn_out, ffn1, ffn2
+    with pytest.raises(ValueError, match=r"layer\.0\.query .* is already swapped: rows of the fused NxMLinear "
+                                         r"encoder\.layer\.0\.attention\.self\.qkv"):
+        nxm.swap_linears(model, {"query": "dense-w8a8"})
     assert model._nxm_plan == {"ffn1": "fp", "*": "dense-w8a8"}
 
 

@@ -44,7 +44,9 @@ def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert metrics["admm"]["updates"] >= 2 and metrics["compression_ratio"] > 4
     model = load_compressed(out / "compressed")
     layers = [m for m in model.modules() if isinstance(m, NxMLinear)]
-    assert len(layers) == 12 and {str(m.spec) for m in layers} == {"2:4-w8a8", "2:4-w4a8"}
+    # per layer: query/key/value fused into one (attention.self.qkv), attn_out, ffn1, ffn2
+    assert len(layers) == 8 and {str(m.spec) for m in layers} == {"2:4-w8a8", "2:4-w4a8"}
+    assert sum(m.out_features == 3 * model.config.hidden_size for m in layers) == 2
     capsys.readouterr()
     rc = nxm(["evaluate", "--model", str(out / "compressed"), "--task", "mrpc", "--data-dir", str(FIXTURES),
               "--output", str(tmp_path / "eval.json"), "--device", "cpu"])

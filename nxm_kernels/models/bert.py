@@ -5,7 +5,10 @@ Works for ``BertModel``, ``BertFor*`` task models and models with the same encod
 ``attention.self.{query,key,value}``, ``attention.output.dense``, ``intermediate.dense`` and
 ``output.dense``. The pooler and task heads are not encoder linears.
 
-:func:`swap_linears` replaces those linears with :class:`~nxm_kernels.modules.NxMLinear` per a plan.
+:func:`swap_linears` replaces those linears with :class:`~nxm_kernels.modules.NxMLinear` per a plan,
+and by default fuses each layer's query, key and value into one ``NxMLinear`` registered as
+``attention.self.qkv`` (:func:`fuse_qkv`; how the fused layer plugs into Hugging Face's attention
+forward is explained in :mod:`nxm_kernels.fusion`).
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from typing import NamedTuple
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..fusion import FusedProjection, fusable_reason, fuse_linears
 from ..modules import NxMLinear, SwapReport, after_swap, swap_in
 from ..plan import COMPONENTS, Plan, layer_name
 from ..spec import kernel_spec
 
-__all__ = ["COMPONENT_PATHS", "LinearSite", "find_encoder_layers", "bert_linears", "as_plan", "swap_linears"]
+__all__ = ["COMPONENT_PATHS", "QKV", "QKV_ATTR", "LinearSite", "find_encoder_layers", "bert_linears", "as_plan",
+           "swap_linears", "fuse_qkv"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,10 @@ COMPONENT_PATHS = {
     "ffn2": "output.dense",
 }
 assert tuple(COMPONENT_PATHS) == COMPONENTS
+#: The components fused into one layer, in the fused layer's row order.
+QKV = ("query", "key", "value")
+#: Attribute of ``attention.self`` holding the fused query/key/value ``NxMLinear``.
+QKV_ATTR = "qkv"
 
 
 class LinearSite(NamedTuple):
@@ -105,7 +114,7 @@ def _is_exact_gelu(act) -> bool:
 
 
 def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fuse_gelu: bool = True,
-                 strict: bool = True) -> SwapReport:
+                 fuse_qkv: bool = True, strict: bool = True) -> SwapReport:
     """Replace the encoder linears of a Hugging Face BERT-family model with :class:`NxMLinear`, in place.
 
     ``plan`` says which spec each of ``layer.<i>.{query,key,value,attn_out,ffn1,ffn2}`` gets (see
@@ -113,12 +122,18 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     ``nn.Linear``, as do the pooler and task heads. With ``strict`` every plan pattern must match
     some layer (the error lists the names). With ``fuse_gelu``, a compressed ``ffn1`` followed by an
     exact GELU computes the GELU in its epilogue and the model's activation module becomes
-    ``nn.Identity`` (outputs unchanged up to float rounding).
+    ``nn.Identity`` (outputs unchanged up to float rounding). With ``fuse_qkv``, a layer whose
+    query, key and value get the same spec computes them as one ``NxMLinear`` of ``3 x hidden``
+    outputs at ``attention.self.qkv`` (one activation quantization and one GEMM instead of three;
+    the outputs are bit-identical to the unfused swap, see :func:`fuse_qkv`); the report still lists
+    the three linears, each with ``fused_into`` naming the fused layer.
 
     Works for ``BertModel``, ``BertFor*`` and models with the same encoder layout (MiniLM, RoBERTa,
     ...); anything else raises ``ValueError`` (use :func:`nxm_kernels.swap_named_linears`).
     Returns a :class:`~nxm_kernels.modules.SwapReport`.
     """
+    if not isinstance(fuse_qkv, bool):
+        raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
     plan = as_plan(plan)
     sites = bert_linears(model)
     specs = plan.resolve([s.name for s in sites], strict=strict)
@@ -130,6 +145,10 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
         if isinstance(site.module, NxMLinear):
             raise ValueError(f"{site.name} ({site.qualified_name}) already is an NxMLinear ({site.module.spec}); "
                              "swap a fresh model, or leave it out of the plan")
+        if isinstance(site.module, FusedProjection):
+            raise ValueError(f"{site.name} ({site.qualified_name}) is already swapped: rows of the fused NxMLinear "
+                             f"{site.module.fused_name} ({site.module.spec}); swap a fresh model, or leave it out "
+                             "of the plan")
         if not isinstance(site.module, nn.Linear):
             raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
                             f"got {type(site.module).__name__}")
@@ -148,9 +167,71 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
         if act_site is not None:
             setattr(site.parent, GELU_ATTR, nn.Identity())
             report.fused_activations.append(act_site)
+    if fuse_qkv:
+        # Only layers whose three projections this call swapped: the report then covers every member.
+        swapped_now = {s.name for s in todo}
+        for fused_name, members in _qkv_groups(bert_linears(model)):  # the sites now hold the NxMLinears
+            if all(m.name in swapped_now for m in members):
+                if _fuse(model, fused_name, members):
+                    report.fused[fused_name] = [m.qualified_name for m in members]
+        for entry in report.swapped:
+            entry.fused_into = next((f for f, ms in report.fused.items() if entry.module_name in ms), None)
     # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
     previous = getattr(model, "_nxm_plan", None)
     model._nxm_plan = Plan(list(Plan(previous).entries if previous else []) + plan.entries).to_dict()
     after_swap(model)
     logger.info("%s", report)
     return report
+
+
+# ---------------------------------------------------------------------------------- fused QKV
+def _qkv_groups(sites: list[LinearSite]) -> list[tuple[str, list[LinearSite]]]:
+    """``(fused layer name, [query, key, value sites])`` per encoder layer, from :func:`bert_linears`."""
+    by_layer: dict[str, dict[str, LinearSite]] = {}
+    for site in sites:
+        layer, _, comp = site.name.rpartition(".")
+        if comp in QKV:
+            by_layer.setdefault(layer, {})[comp] = site
+    out = []
+    for comps in by_layer.values():
+        members = [comps[c] for c in QKV]
+        out.append((members[0].qualified_name.rsplit(".", 1)[0] + "." + QKV_ATTR, members))
+    return out
+
+
+def _fuse(model: nn.Module, fused_name: str, members: list[LinearSite]) -> bool:
+    """Fuse one layer's query/key/value if they can be; log why not otherwise."""
+    why = fusable_reason([m.module for m in members])
+    if why is None and hasattr(members[0].parent, QKV_ATTR):
+        why = f"{type(members[0].parent).__name__} already has an attribute {QKV_ATTR!r}"
+    if why is not None:
+        layer = members[0].name.rpartition(".")[0]
+        logger.info("%s: query, key and value stay separate layers (%s)", layer, why)
+        return False
+    fuse_linears(model, fused_name, [m.qualified_name for m in members])
+    return True
+
+
+def fuse_qkv(model: nn.Module) -> dict[str, list[str]]:
+    """Fuse the query, key and value ``NxMLinear`` of each encoder layer into one, in place.
+
+    A layer whose three projections are ``NxMLinear`` with the same spec, bias presence, device and
+    backend gets one ``NxMLinear`` of ``N = N_q + N_k + N_v`` rows at ``attention.self.qkv``: its packed
+    weight is the row concatenation of the three (the same codes, 2:4 metadata and per-channel
+    scales: the format is per output row), its bias the concatenation of theirs. ``query``, ``key``
+    and ``value`` become :class:`~nxm_kernels.fusion.FusedProjection` modules returning their rows
+    of it, so Hugging Face's attention forward runs unchanged and the model's outputs are
+    bit-identical to the unfused ones. Layers that do not qualify (or are already fused) are left as
+    they are, with the reason logged.
+
+    :func:`swap_linears` does this by default; call it yourself for a model swapped with
+    ``fuse_qkv=False`` or loaded from a checkpoint written unfused. Returns
+    ``{fused layer name: [query, key, value module names]}`` for the layers fused by this call.
+    """
+    out = {}
+    for fused_name, members in _qkv_groups(bert_linears(model)):
+        if any(isinstance(m.module, FusedProjection) for m in members):
+            continue  # already fused
+        if _fuse(model, fused_name, members):
+            out[fused_name] = [m.qualified_name for m in members]
+    return out

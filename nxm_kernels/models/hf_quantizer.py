@@ -36,7 +36,8 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..format import FORMAT_VERSION
-from ..modules import compressed_linears, identity_module_names, layer_records, place_compressed_layers
+from ..modules import compressed_linears
+from ..records import identity_module_names, layer_records, place_compressed_layers
 
 __all__ = ["QUANT_METHOD", "MIN_TRANSFORMERS", "NxMQuantizationConfig", "NxMHfQuantizer", "supported", "register",
            "attach"]

@@ -5,7 +5,9 @@ Each ``QATLinear`` becomes an ``nn.Linear`` holding its masked fp32 master weigh
 kept as they are, not re-pruned; GELU is fused into ``ffn1`` as usual). The per-channel scales
 ``pack`` computes for the masked weight are the ones the QAT forward used, so the packed weight
 dequantizes to the QAT layer's fake-quantized weight **bit for bit**; :func:`export_model` checks
-this for every layer (``torch.equal``) and refuses to return a model where it fails.
+this for every layer (``torch.equal``) and refuses to return a model where it fails. As with any
+swap, query, key and value exported to one spec are fused into one ``NxMLinear`` per layer
+(``fuse_qkv``); the check then reads each projection's rows of the fused weight.
 
 What still differs between the QAT model and the exported one is float rounding: the kernels
 accumulate integer products exactly and scale afterwards, the QAT forward multiplies dequantized
@@ -61,13 +63,17 @@ def to_linear(layer: QATLinear) -> nn.Linear:
 
 
 @torch.no_grad()
-def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True):
+def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True, fuse_qkv: bool = True):
     """Replace every ``QATLinear`` of ``model`` by an ``NxMLinear`` in place; returns the
     :class:`~nxm_kernels.modules.SwapReport` of the swap.
 
     ``check`` (default) verifies that each packed weight dequantizes exactly to the weight the QAT
-    layer computed with. The model is left in eval mode.
+    layer computed with. ``fuse_qkv`` (default) fuses each layer's query, key and value into one
+    ``NxMLinear`` where they share a spec, as :func:`~nxm_kernels.models.bert.swap_linears` does.
+    The model is left in eval mode.
     """
+    if not isinstance(fuse_qkv, bool):
+        raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
     layers = qat_layers(model)
     if not layers:
         raise ValueError(f"{type(model).__name__} holds no QATLinear layers; train it with prepare_qat / "
@@ -87,7 +93,7 @@ def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True)
             raise ValueError(f"QATLinear {name!r} is not at its encoder position; export works on BERT-family "
                              "models prepared with prepare_qat")
         setattr(site.parent, site.attr, to_linear(layer))
-    report = swap_linears(model, Plan(specs), backend=backend)
+    report = swap_linears(model, Plan(specs), backend=backend, fuse_qkv=fuse_qkv)
     if check:
         for site in bert_linears(model):
             if site.name not in trained:
