@@ -182,8 +182,9 @@ def test_torch_compile_fullgraph_swapped_bert():
 
 def test_compiled_graph_runs_only_our_gemm_op():
     """Compiled, the swapped model is one graph whose only ops of ours are the GEMM + epilogue
-    (``nxm::linear_q``, one per swapped linear): the activation quantization is plain torch ops (no
-    ``nxm::linear`` / ``nxm::int_mm``, nothing a fusing compiler cannot see into)."""
+    (``nxm::linear_q``, one per ``NxMLinear``: the fused query/key/value layer of an attention block is
+    one op for three linears): the activation quantization is plain torch ops (no ``nxm::linear`` /
+    ``nxm::int_mm``, nothing a fusing compiler cannot see into)."""
     torch._dynamo.reset()
     model = tiny_bert(num_hidden_layers=2)
     report = nxm.swap_linears(model, {"*": "2:4-w8a8", "ffn2": "dense-w4a8"})
@@ -199,7 +200,11 @@ def test_compiled_graph_runs_only_our_gemm_op():
     assert len(graphs) == 1  # no graph break (fullgraph=True would raise on one; a count says it plainly)
     targets = [str(n.target) for n in graphs[0].graph.nodes if n.op in ("call_function", "call_method")]
     ours = [t for t in targets if t.startswith("nxm.")]
-    assert ours == ["nxm.linear_q.default"] * len(report.swapped), ours
+    layers = compressed_linears(model)
+    # 12 linears swapped; each layer's query/key/value are fused: 2 x (qkv, attn_out, ffn1, ffn2) modules.
+    assert len(report.swapped) == 12 and len(layers) == 8
+    assert sorted(n for n in layers if n.endswith(".qkv")) == [f"encoder.layer.{i}.attention.self.qkv" for i in (0, 1)]
+    assert ours == ["nxm.linear_q.default"] * len(layers), ours
     assert any("round" in t for t in targets) and any("amax" in t for t in targets)  # the quantization, traced
     assert torch.equal(out, _out(model, batch))
     torch._dynamo.reset()

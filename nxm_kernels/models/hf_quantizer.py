@@ -6,7 +6,8 @@ for that method rebuilds the quantized modules before the weights are loaded. Th
 plug-in for the method ``"nxm"``:
 
 * :class:`NxMQuantizationConfig` records what :func:`nxm_kernels.load_compressed` records in
-  ``nxm_config.json``: one record per ``NxMLinear`` (spec, shape, bias, fused activation), the
+  ``nxm_config.json``: one record per ``NxMLinear`` (spec, shape, bias, fused activation, and for a
+  fused layer such as ``attention.self.qkv`` the linears it computes, see :mod:`nxm_kernels.records`), the
   ``nn.Identity`` modules standing for fused activations, the plan and the packed-format version.
 * :class:`NxMHfQuantizer` puts meta-device ``NxMLinear`` placeholders where the records say
   before loading (so the dense encoder weights are never materialised), lets transformers load the
@@ -50,7 +51,10 @@ QUANT_METHOD = "nxm"
 #: loader's contract (tested with 5.24). Older versions get the clear refusal instead.
 MIN_TRANSFORMERS = (5, 0)
 #: Version of :class:`NxMQuantizationConfig`'s fields, bumped when an older reader could misread them.
-CONFIG_VERSION = 1
+#: Version 2 adds fused layers (records with a ``"fused"`` list): a version-1 reader would not put the
+#: projections in place and fail with a misleading "no module ...qkv"; told the version, it says to
+#: upgrade instead. This reader also reads version 1.
+CONFIG_VERSION = 2
 
 _SAVE_HINT = ("save it with nxm_kernels.save_compressed(model, dir) and load it back with "
               "nxm_kernels.load_compressed(dir)")
@@ -76,7 +80,8 @@ class NxMQuantizationConfig(QuantizationConfigMixin):
     """``quantization_config`` of an nxm-compressed transformers model (``quant_method="nxm"``).
 
     Args:
-        layers: ``{module name: {"spec", "shape", "bias", "activation"}}`` for every ``NxMLinear``.
+        layers: ``{module name: {"spec", "shape", "bias", "activation"[, "fused"]}}`` for every ``NxMLinear``
+            (:func:`nxm_kernels.records.layer_records`).
         identity_modules: names of the ``nn.Identity`` modules (activations fused into a layer).
         plan: the plan the model was swapped with (informational), or ``None``.
         packed_format_version: the packed format (``docs/FORMAT.md``) the tensors are in.
@@ -108,6 +113,9 @@ class NxMQuantizationConfig(QuantizationConfigMixin):
                              f"this nxm_kernels reads version {FORMAT_VERSION}")
         if not isinstance(self.layers, dict) or not all(isinstance(v, dict) for v in self.layers.values()):
             raise ValueError("nxm quantization_config 'layers' must map module names to layer records")
+        if self.config_version < 2 and any("fused" in r for r in self.layers.values()):
+            raise ValueError(f"nxm quantization_config is corrupt: version {self.config_version} has no fused layers, "
+                             "but a layer record lists 'fused' projections")
         if not all(isinstance(n, str) for n in self.identity_modules):
             raise ValueError("nxm quantization_config 'identity_modules' must be a list of module names")
 
@@ -145,17 +153,14 @@ class NxMHfQuantizer(HfQuantizer):
 
     requires_calibration = True
 
-    def __init__(self, quantization_config, **kwargs):
-        super().__init__(quantization_config, **kwargs)
-        self._names: dict[str, str] = {}
-
     # ---------------------------------------------------------------- loading
     def validate_environment(self, *args, **kwargs):
         device_map = kwargs.get("device_map")
         if isinstance(device_map, dict) and "disk" in device_map.values():
             raise ValueError("nxm-compressed models cannot be offloaded to disk (device_map has 'disk')")
 
-    def _module_name(self, model: nn.Module, name: str, modules: dict) -> str:
+    @staticmethod
+    def _module_name(model: nn.Module, name: str, modules: dict) -> str:
         """``name`` as recorded, adjusted for the base-model prefix when a checkpoint saved from a task model
         (``bert.encoder...``) loads into a base model, or the other way round, as transformers does for weights."""
         if name in modules:
@@ -167,11 +172,41 @@ class NxMHfQuantizer(HfQuantizer):
             return f"{prefix}.{name}"
         return name  # place_compressed_layers reports the missing module
 
+    @classmethod
+    def _remap_record(cls, model: nn.Module, name: str, record: dict, modules: dict) -> tuple[str, dict]:
+        """``(name, record)`` adjusted for the base-model prefix like :meth:`_module_name`, fused records included.
+
+        A fused layer (``...attention.self.qkv``) does not exist in the model before it is placed, so its
+        own name cannot say whether the prefix applies: its members (``query``, ``key``, ``value``, which
+        do exist) decide, and the fused name moves with them. The record is copied, never edited in place:
+        it belongs to the ``quantization_config`` that the loaded model's config keeps.
+        """
+        members = record.get("fused") if isinstance(record, dict) else None
+        if not isinstance(members, list) or not members or \
+                not all(isinstance(m, dict) and isinstance(m.get("name"), str) for m in members):
+            # Unfused, or a malformed "fused" list that place_compressed_layers refuses with the reason.
+            return cls._module_name(model, name, modules), record
+        first = members[0]["name"]
+        mapped = cls._module_name(model, first, modules)
+        if mapped == first:  # names fit as they are (or nothing fits: place_compressed_layers says which)
+            return name, record
+        prefix = model.base_model_prefix
+        strip = mapped == first[len(prefix) + 1:]
+
+        def move(n: str) -> str:
+            if strip:
+                # Every name of a task model's encoder starts with the prefix; one that does not belongs to
+                # no module of the base model, and stays as recorded so the error names it.
+                return n[len(prefix) + 1:] if n.startswith(prefix + ".") else n
+            return f"{prefix}.{n}"
+
+        fused = [{**m, "name": move(m["name"])} for m in members]
+        return move(name), {**record, "fused": fused}
+
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         cfg = self.quantization_config
         modules = dict(model.named_modules())
-        self._names = {self._module_name(model, n, modules): n for n in cfg.layers}
-        layers = {new: cfg.layers[old] for new, old in self._names.items()}
+        layers = dict(self._remap_record(model, n, rec, modules) for n, rec in cfg.layers.items())
         identity = [self._module_name(model, n, modules) for n in cfg.identity_modules]
         identity = [n for n in identity if n in modules]  # e.g. a base model's pooler is absent from a task model
         # Biases in the model's float dtype (from_pretrained(dtype=...) built it in that dtype; transformers
