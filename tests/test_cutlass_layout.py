@@ -120,3 +120,20 @@ def test_sm90_layout_decodes_through_cutlass_layouts(host_check, tmp_path, bits)
         _run(exe, tmp_path, np_, kp)
         dense = torch.from_numpy(np.fromfile(tmp_path / "dense.bin", dtype=np.int8)).view(np_, kp)
         assert torch.equal(dense, _dense_padded(p)), f"fill_layoutA/E decode disagrees, shape {(n, k)}"
+
+
+# ---------------------------------------------------------------------------------------- kernel choice
+def test_select_kernel_rule():
+    """The cuda backend's one choice between its kernels (replaced by the measured dispatch later)."""
+    from nxm_kernels.backends.cuda.backend import CUTLASS_MIN_M, select_kernel
+
+    assert select_kernel(CUTLASS_MIN_M, 768, True) == "cutlass"
+    assert select_kernel(CUTLASS_MIN_M - 1, 768, True) == "mma_sp"       # small M: mma.sp (split-K, int4 packed)
+    assert select_kernel(4096, 770, True) == "mma_sp"                    # N % 8 != 0: the kernels' store rule
+    assert select_kernel(4096, 768, False) == "mma_sp"                   # no CUTLASS layout (no kernels here)
+
+
+def test_prepare_off_the_gpu_has_no_cutlass_layout():
+    from nxm_kernels.backends.cuda.backend import prepare
+
+    assert len(prepare(_packed(64, 64, 8))) == 3

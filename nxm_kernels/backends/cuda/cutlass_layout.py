@@ -8,7 +8,8 @@ offsets ``(0, 1)``. Each function returns ``[values int8 [Np, KP/2], meta, scale
 
 * **values** (both archs): CUTLASS's compressed A for int8 K-major is row-major ``[Np, KP/2]``, the
   two kept codes of each group of four in column order: byte for byte the canonical int8 ``values``,
-  padded. int4 weights are expanded to int8 codes here (the sparse int8 tensor cores take them as
+  padded (for int8 weights whose N and K are multiples of 128, the canonical tensor itself: no copy).
+  int4 weights are expanded to int8 codes here (the sparse int8 tensor cores take them as
   they are: |code| <= 7); this costs ``Np * KP / 2`` bytes instead of ``Np * KP / 4`` (see README).
 * **meta, sm_90a** (:func:`cutlass_sm90_layout`): uint8, the canonical metadata bytes (one byte per 8
   dense K: two groups, low nibble first, 2-bit indices ``i0 | i1 << 2``) rearranged into
@@ -52,7 +53,8 @@ def _padded_codes_meta(packed: PackedWeight):
     n, k = packed.shape
     np_, kp = prepared_dims(n, k)
     codes = packed.codes()                                  # int8 for both widths
-    codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
+    if tuple(codes.shape) != (np_, kp // 2):                # int8 without padding: the canonical tensor itself
+        codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
     meta = torch.full((np_, kp // 8), PAD_METADATA_BYTE, dtype=torch.uint8, device=packed.device)
     meta[:n, : packed.metadata.shape[1]] = packed.metadata
     scales = torch.ones(np_, dtype=torch.float32, device=packed.device)
