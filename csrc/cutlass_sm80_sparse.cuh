@@ -110,7 +110,10 @@ struct ColumnMajorStore {
                             make_stride(_1{}, params_ptr->ld, int64_t(0)));  // (M, N, L), column-major
     // VECTOR, FRAGMENT_COLUMN, FRAGMENT_ROW, (ITERATION_ROW, ITERATION_GROUP, ITERATION_CLUSTER)
     Tensor tC_g = group_modes<3, 6>(ThreadMap::partition(mD, thread_idx, tb_offset));
-    Tensor tC_r = make_tensor_like(take<0, 3>(tC_g));
+    // Registers: compact and column-major over (VECTOR, FRAGMENT_COLUMN, FRAGMENT_ROW), so that fragment
+    // frg_idx is FragmentSize consecutive registers (make_tensor_like would copy the column-major gmem
+    // stride order and put FRAGMENT_ROW first).
+    Tensor tC_r = make_tensor<Element>(make_layout(shape(take<0, 3>(tC_g))));
     Tensor tC_c = group_modes<3, 6>(ThreadMap::partition(make_identity_tensor(mD.shape()), thread_idx, tb_offset));
     auto bound = make_shape(params_ptr->valid_rows, get<1>(problem_shape), get<2>(problem_shape));
     return Callbacks<decltype(tC_g), decltype(tC_r), decltype(tC_c), decltype(bound)>(
