@@ -62,14 +62,22 @@ def _nvcc_version() -> str:
     return subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout if NVCC else ""
 
 
-def _key(*parts) -> str:
+#: The csrc headers a CUTLASS translation unit of each family includes (the cache key covers these).
+FAMILY_HEADERS = {
+    "sm90": ("nxm_kernels.h", "nxm_cutlass.h", "cutlass_epilogue.cuh", "cutlass_sm90_sparse.cuh"),
+    "sm80": ("nxm_kernels.h", "nxm_cutlass.h", "cutlass_epilogue.cuh", "cutlass_sm80_sparse.cuh"),
+}
+assert all(h in HEADERS for hs in FAMILY_HEADERS.values() for h in hs)
+
+
+def _key(family: str, *parts) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(p if isinstance(p, bytes) else str(p).encode())
     version = Path(cutlass_include_dirs()[0]) / "cutlass" / "version.h"
     h.update(version.read_bytes())
     h.update(_nvcc_version().encode())
-    for name in HEADERS:
+    for name in FAMILY_HEADERS[family]:
         h.update((csrc_dir() / name).read_bytes())
     return h.hexdigest()[:16]
 
@@ -84,7 +92,7 @@ def compile_instance(instance: str, arch: str | None = None) -> dict:
     arch = arch or FAMILY_ARCH[family_of(instance)]
     src = csrc_dir() / "cutlass_instances" / instance
     flags = [*nvcc_flags([arch]), f"-DNXM_WITH_CUTLASS_{family_of(instance).upper()}", "-Xptxas", "-v"]
-    out = cache_root() / _key(src.read_bytes(), " ".join(flags))
+    out = cache_root() / _key(family_of(instance), src.read_bytes(), " ".join(flags))
     cubin, log = out / (src.stem + f".sm{arch}.cubin"), out / (src.stem + f".sm{arch}.log")
     if cubin.is_file() and log.is_file():
         return {"cubin": cubin, "log": log.read_text(), "seconds": 0.0, "cached": True}
@@ -106,7 +114,7 @@ def compile_host_check(name: str) -> Path:
     src = HOST_DIR / f"{name}.cu"
     arch = "90a" if "sm90" in name else "80"
     flags = ["-std=c++17", "--expt-relaxed-constexpr", "-O1", "-DNDEBUG", f"-arch=sm_{arch}"]
-    out = cache_root() / _key(src.read_bytes(), " ".join(flags))
+    out = cache_root() / _key("sm90" if "sm90" in name else "sm80", src.read_bytes(), " ".join(flags))
     exe = out / name
     if exe.is_file():
         return exe

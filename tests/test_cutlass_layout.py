@@ -137,3 +137,11 @@ def test_prepare_off_the_gpu_has_no_cutlass_layout():
     from nxm_kernels.backends.cuda.backend import prepare
 
     assert len(prepare(_packed(64, 64, 8))) == 3
+
+
+def test_cutlass_unavailable_reason_names_the_rule(monkeypatch):
+    from nxm_kernels.backends.cuda.backend import CUTLASS_ENV, cutlass_unavailable_reason
+
+    assert "sm_80/86/89 or sm_90" in cutlass_unavailable_reason(torch.device("cpu"))
+    monkeypatch.setenv(CUTLASS_ENV, "0")
+    assert f"{CUTLASS_ENV}=0" in cutlass_unavailable_reason(torch.device("cpu"))
