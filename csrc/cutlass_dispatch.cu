@@ -74,6 +74,7 @@ Entry lookup(int arch, int config, int out_kind) {
 bool bad_params(const NxmCutlassParams* p) {
   if (!p || !p->xq || !p->w_values || !p->w_meta || !p->out) return true;
   if (p->M < 1 || p->N < 1 || p->N % 8 || p->Np < p->N || p->Np % 128 || p->KP < 128 || p->KP % 128) return true;
+  if (p->Mp < p->M) return true;
   if (p->out_kind != NXM_OUT_INT32 && (!p->x_scale || !p->w_scale)) return true;
   return false;
 }
@@ -83,6 +84,8 @@ bool bad_params(const NxmCutlassParams* p) {
 extern "C" int nxm_cutlass_available(int arch) {
   return lookup(arch, 0, NXM_OUT_F16).run != nullptr ? 1 : 0;
 }
+
+extern "C" int nxm_cutlass_token_multiple(int arch) { return arch == NXM_CUTLASS_SM80 ? 16 : 1; }
 
 extern "C" int nxm_cutlass_select(int arch, int M, int N, int out_kind, int* config) {
   if (!config || M < 1 || N < 1) return NXM_ERR_ARGUMENT;
@@ -110,6 +113,7 @@ extern "C" int nxm_cutlass_sparse_gemm(int arch, const NxmCutlassParams* p, void
   if ((reinterpret_cast<uintptr_t>(p->xq) | reinterpret_cast<uintptr_t>(p->w_values) |
        reinterpret_cast<uintptr_t>(p->w_meta) | reinterpret_cast<uintptr_t>(p->out)) & 15)
     return NXM_ERR_ALIGNMENT;
+  if (p->Mp % nxm_cutlass_token_multiple(arch)) return NXM_ERR_ARGUMENT;
   Entry e = lookup(arch, p->config, p->out_kind);
   if (!e.run) return NXM_ERR_UNSUPPORTED;
   return e.run(p, workspace, stream);

@@ -8,9 +8,11 @@
 // D[GEMM-M = weight rows, GEMM-N = tokens] = W . xq^T: A = W (RowMajor, compressed), B = xq
 // (ColumnMajor = K-major tokens), D written column-major = y[M, N] row-major.
 // The GEMM runs on all Np (padded) weight rows: the reordered metadata interleaves rows inside groups
-// of 16 (below), so predicating the E loads on a ragged N could mask metadata of real rows. The store
-// predicates on the real N instead (NxmCutlassParams::N), and the per-row vectors (w_scale, bias)
-// hold Np entries (the binding pads the bias).
+// of 16 (below), so predicating the E loads on a ragged N could mask metadata of real rows. It also runs
+// on Mp = M rounded up to 16 tokens (SparseGemm's can_implement requires GEMM-N % 16 == 0, the int8 B
+// access width): the binding allocates xq and x_scale with Mp rows. The store predicates on the real
+// (N, M) instead (ColumnMajorStore), and the per-row vectors (w_scale, bias) hold Np entries (the
+// binding pads the bias).
 //
 // ---------------------------------------------------------------------------------------------
 // Operand layouts (nxm_kernels/backends/cuda/layout.py: cutlass_sm80_layout)
@@ -60,6 +62,7 @@ struct ColumnMajorStore {
     Element* ptr = nullptr;
     int64_t ld = 0;          // elements between consecutive GEMM-N columns (= y's row pitch)
     int valid_rows = 0;      // GEMM-M rows to write (the real N; the GEMM runs on Np)
+    int valid_cols = 0;      // GEMM-N columns to write (the real M; the GEMM runs on Mp)
   };
   using Params = Arguments;
   struct SharedStorage {};
@@ -115,7 +118,7 @@ struct ColumnMajorStore {
     // stride order and put FRAGMENT_ROW first).
     Tensor tC_r = make_tensor<Element>(make_layout(shape(take<0, 3>(tC_g))));
     Tensor tC_c = group_modes<3, 6>(ThreadMap::partition(make_identity_tensor(mD.shape()), thread_idx, tb_offset));
-    auto bound = make_shape(params_ptr->valid_rows, get<1>(problem_shape), get<2>(problem_shape));
+    auto bound = make_shape(params_ptr->valid_rows, params_ptr->valid_cols, get<2>(problem_shape));
     return Callbacks<decltype(tC_g), decltype(tC_r), decltype(tC_c), decltype(bound)>(
         cute::move(tC_g), cute::move(tC_r), cute::move(tC_c), bound);
   }
@@ -162,7 +165,7 @@ struct SparseGemm {
   static_assert(sizeof(ElementE) == 4, "int8 metadata words are 32-bit");
 
   static typename Tree::Arguments tree_args(const NxmCutlassParams& p) {
-    typename Store::Arguments store{static_cast<ElementD*>(p.out), p.N, p.N};
+    typename Store::Arguments store{static_cast<ElementD*>(p.out), p.N, p.N, p.M};
     if constexpr (kRaw) {
       return {{}, store};
     } else {
@@ -184,11 +187,16 @@ struct SparseGemm {
   static typename Gemm::Arguments arguments(const NxmCutlassParams& p) {
     const int e_cols = p.KP / 2 / Gemm::kElementsPerElementE;  // 32 dense K per uint32
     return typename Gemm::Arguments(
-        {p.Np, p.M, p.KP},
+        {p.Np, p.Mp, p.KP},
         {p.w_values, cutlass::layout::RowMajor(p.KP / 2)},
         {p.xq, cutlass::layout::ColumnMajor(p.KP)},
         {reinterpret_cast<ElementE*>(const_cast<uint8_t*>(p.w_meta)), LayoutE::packed({p.Np, e_cols})},
         tree_args(p));
+  }
+
+  // CUTLASS's own admission check (host only, no GPU needed).
+  static bool can_implement(const NxmCutlassParams& p) {
+    return Gemm::can_implement(arguments(p)) == cutlass::Status::kSuccess;
   }
 
   static int workspace_size(const NxmCutlassParams& p, size_t* bytes) {
@@ -197,9 +205,9 @@ struct SparseGemm {
   }
 
   static int run(const NxmCutlassParams& p, void* workspace, cudaStream_t stream) {
+    if (!can_implement(p)) return NXM_ERR_ARGUMENT;
     auto args = arguments(p);
     Gemm gemm;
-    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return NXM_ERR_ARGUMENT;
     cutlass::Status st = gemm.initialize(args, workspace, stream);
     if (st == cutlass::Status::kSuccess) st = gemm(stream);
     cudaError_t err = cudaGetLastError();

@@ -144,18 +144,23 @@ struct SparseGemm {
 
   static_assert(size<2>(TileShape{}) == 128, "the prepared metadata layout assumes tile K = 128");
 
+  // The current device and its SM count (the persistent grid's size).
+  static cutlass::KernelHardwareInfo hw_info() {
+    cutlass::KernelHardwareInfo hw;
+    hw.device_id = 0;
+    cudaGetDevice(&hw.device_id);
+    hw.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(hw.device_id);
+    return hw;
+  }
+
   // Arguments for problem (gemm_m, M, KP); the operand layouts always describe the padded Np rows.
-  static typename Gemm::Arguments arguments(const NxmCutlassParams& p, int gemm_m) {
+  static typename Gemm::Arguments arguments(const NxmCutlassParams& p, int gemm_m, cutlass::KernelHardwareInfo hw) {
     const auto padded = make_shape(p.Np, p.M, p.KP, 1);
     const auto layout_a = SparseConfig::fill_layoutA(padded);
     const auto layout_e = SparseConfig::fill_layoutE(padded);
     const StrideB stride_b = cutlass::make_cute_packed_stride(StrideB{}, make_shape(p.M, p.KP, 1));
     // Column-major D [N, M]: unit stride along GEMM-M, N elements between tokens.
     const StrideD stride_d = cutlass::make_cute_packed_stride(StrideD{}, make_shape(p.N, p.M, 1));
-    cutlass::KernelHardwareInfo hw;
-    hw.device_id = 0;
-    cudaGetDevice(&hw.device_id);
-    hw.sm_count = cutlass::KernelHardwareInfo::query_device_multiprocessor_count(hw.device_id);
     return typename Gemm::Arguments{
         cutlass::gemm::GemmUniversalMode::kGemm,
         {gemm_m, p.M, p.KP, 1},
@@ -164,15 +169,20 @@ struct SparseGemm {
         hw};
   }
 
+  // CUTLASS's own admission check (host only, no GPU needed): the layouts describe Np rows, so it is
+  // asked about the padded problem; the kernel then runs on the N real rows.
+  static bool can_implement(const NxmCutlassParams& p) {
+    return Gemm::can_implement(arguments(p, p.Np, cutlass::KernelHardwareInfo{})) == cutlass::Status::kSuccess;
+  }
+
   static int workspace_size(const NxmCutlassParams& p, size_t* bytes) {
-    *bytes = Gemm::get_workspace_size(arguments(p, p.N));
+    *bytes = Gemm::get_workspace_size(arguments(p, p.N, hw_info()));
     return NXM_OK;
   }
 
   static int run(const NxmCutlassParams& p, void* workspace, cudaStream_t stream) {
-    // The layouts describe Np rows: validate against that problem, then run on the N real rows.
-    if (Gemm::can_implement(arguments(p, p.Np)) != cutlass::Status::kSuccess) return NXM_ERR_ARGUMENT;
-    auto args = arguments(p, p.N);
+    if (!can_implement(p)) return NXM_ERR_ARGUMENT;
+    auto args = arguments(p, p.N, hw_info());
     Gemm gemm;
     cutlass::Status st = gemm.initialize(args, workspace, stream);
     if (st != cutlass::Status::kSuccess) {

@@ -35,6 +35,8 @@ typedef struct {
   const float* bias;        // [N] float32 or NULL
   void* out;                // [M, N] row-major (row pitch N elements)
   int M, N, KP, Np;         // KP % 128 == 0, Np % 128 == 0, N % 8 == 0
+  int Mp;                   // token rows allocated in xq and x_scale: Mp >= M, a multiple of
+                            // nxm_cutlass_token_multiple(arch); rows M..Mp-1 are read, never stored
   int out_kind;             // NXM_OUT_INT32 / F16 / BF16 / F32 (nxm_kernels.h)
   int act;                  // NXM_ACT_NONE / NXM_ACT_GELU (ignored for NXM_OUT_INT32)
   int config;               // tile configuration (nxm_cutlass_select)
@@ -42,6 +44,11 @@ typedef struct {
 
 // 1 when this build holds CUTLASS kernels for `arch` (NXM_CUTLASS_SM80 / SM90), else 0.
 int nxm_cutlass_available(int arch);
+
+// The multiple the token rows of xq and x_scale are allocated to (NxmCutlassParams::Mp): 16 on sm_80
+// (CUTLASS 2.x SparseGemm requires GEMM-N % 16 == 0, the int8 B access width, and reads all of them),
+// 1 on sm_90a (TMA loads are bounds-checked).
+int nxm_cutlass_token_multiple(int arch);
 
 // Pick the tile configuration for an M-token problem on `arch` with output `out_kind`; writes it to
 // `config`. NXM_ERR_UNSUPPORTED when no compiled kernel serves this (arch, out_kind).

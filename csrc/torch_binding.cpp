@@ -193,11 +193,38 @@ void check_cutlass_weights(const torch::Tensor& values, const torch::Tensor& met
               "the CUTLASS kernels need out_features N to be a multiple of 8, got ", n);
 }
 
-torch::Tensor run_cutlass(int64_t arch, const torch::Tensor& xq, const float* x_scale, const torch::Tensor& values,
-                          const torch::Tensor& meta, const torch::Tensor& w_scale,
+// Token rows the CUTLASS kernel of `arch` reads: M rounded up to nxm_cutlass_token_multiple.
+int64_t cutlass_rows(int64_t arch, int64_t m) {
+  const int64_t t = nxm_cutlass_token_multiple(static_cast<int>(arch));
+  return (m + t - 1) / t * t;
+}
+
+// Per-token quantization into buffers of `mp` >= M rows (rows M.. zero: read by the kernel, never stored).
+std::pair<torch::Tensor, torch::Tensor> quantize_padded(const torch::Tensor& x, int64_t kp, int64_t mp) {
+  const int64_t m = x.size(0);
+  auto xq = torch::empty({mp, kp}, x.options().dtype(at::kChar));
+  auto xs = torch::empty({mp}, x.options().dtype(at::kFloat));
+  if (mp > m) {
+    xq.narrow(0, m, mp - m).zero_();
+    xs.narrow(0, m, mp - m).zero_();
+  }
+  if (m > 0)
+    check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m),
+                                   static_cast<int>(x.size(1)), x.stride(0), static_cast<int>(kp),
+                                   xq.data_ptr<int8_t>(), xs.data_ptr<float>(), nullptr, 0,
+                                   c10::cuda::getCurrentCUDAStream()),
+                 "nxm activation quantizer");
+  return {xq, xs};
+}
+
+// xq holds Mp >= m rows (cutlass_rows); the result has the m real rows.
+torch::Tensor run_cutlass(int64_t arch, const torch::Tensor& xq, int64_t m, const float* x_scale,
+                          const torch::Tensor& values, const torch::Tensor& meta, const torch::Tensor& w_scale,
                           const c10::optional<torch::Tensor>& bias, int64_t n, int out_kind, at::ScalarType out_dtype,
                           int64_t act) {
-  const int64_t m = xq.size(0), kp = xq.size(1), np = values.size(0);
+  const int64_t kp = xq.size(1), np = values.size(0);
+  TORCH_CHECK(xq.size(0) >= m && xq.size(0) % nxm_cutlass_token_multiple(static_cast<int>(arch)) == 0,
+              "xq rows must be padded for the CUTLASS kernel");
   TORCH_CHECK(m <= INT32_MAX && np <= INT32_MAX && kp <= INT32_MAX, "problem too large");
   auto out = torch::empty({m, n}, xq.options().dtype(out_dtype));
   if (m == 0) return out;
@@ -217,13 +244,17 @@ torch::Tensor run_cutlass(int64_t arch, const torch::Tensor& xq, const float* x_
   }
   p.out = out.data_ptr();
   p.M = static_cast<int>(m);
+  p.Mp = static_cast<int>(xq.size(0));
   p.N = static_cast<int>(n);
   p.KP = static_cast<int>(kp);
   p.Np = static_cast<int>(np);
   p.out_kind = out_kind;
   p.act = static_cast<int>(act);
   const int a = static_cast<int>(arch);
-  check_status(nxm_cutlass_select(a, p.M, p.N, out_kind, &p.config), "CUTLASS kernel selection");
+  const int sel = nxm_cutlass_select(a, p.M, p.N, out_kind, &p.config);
+  TORCH_CHECK(sel != NXM_ERR_UNSUPPORTED, "this build of the CUDA extension has no CUTLASS kernel for sm_", a,
+              " with output kind ", out_kind, " (see nxm_kernels/backends/cuda/build.py)");
+  check_status(sel, "CUTLASS kernel selection");
   size_t ws_bytes = 0;
   check_status(nxm_cutlass_workspace_size(a, &p, &ws_bytes), "CUTLASS workspace size");
   torch::Tensor ws;
@@ -246,9 +277,9 @@ torch::Tensor cutlass_linear(const torch::Tensor& x, const torch::Tensor& values
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1 && x.size(1) == k, "x must be a CUDA [M, K] tensor");
   check_cutlass_weights(values, meta, w_scale, n, kp);
   c10::cuda::CUDAGuard guard(x.device());
-  auto [xq, xs] = quantize(x, kp, nullptr, 0);
-  return run_cutlass(arch, xq, xs.data_ptr<float>(), values, meta, w_scale, bias, n, kind_of(x.scalar_type()),
-                     x.scalar_type(), act);
+  auto [xq, xs] = quantize_padded(x, kp, cutlass_rows(arch, x.size(0)));
+  return run_cutlass(arch, xq, x.size(0), xs.data_ptr<float>(), values, meta, w_scale, bias, n,
+                     kind_of(x.scalar_type()), x.scalar_type(), act);
 }
 
 // xq[M, KP] int8 (already padded) -> raw int32 accumulators [M, N] through the CUTLASS kernel of `arch`.
@@ -258,7 +289,10 @@ torch::Tensor cutlass_int_mm(const torch::Tensor& xq, const torch::Tensor& value
               "xq must be a contiguous int8 CUDA [M, KP] tensor");
   check_cutlass_weights(values, meta, w_scale, n, xq.size(1));
   c10::cuda::CUDAGuard guard(xq.device());
-  return run_cutlass(arch, xq, nullptr, values, meta, w_scale, c10::nullopt, n, NXM_OUT_INT32, at::kInt, NXM_ACT_NONE);
+  const int64_t m = xq.size(0), mp = cutlass_rows(arch, m);
+  auto xp = mp == m ? xq : torch::constant_pad_nd(xq, {0, 0, 0, mp - m}, 0);
+  return run_cutlass(arch, xp, m, nullptr, values, meta, w_scale, c10::nullopt, n, NXM_OUT_INT32, at::kInt,
+                     NXM_ACT_NONE);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

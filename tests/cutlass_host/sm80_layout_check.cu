@@ -7,6 +7,7 @@
 // [NP, KP/8], the canonical metadata bytes, padded), then writes
 //   DIR/dense.bin          int8 [NP, KP]: cutlass::uncompress(values, metadata read as the kernel's
 //                          ElementE words) - must equal our dense decode (PackedWeight.int_weight);
+//   (with N: can_implement of the kernel for this weight at several token counts, see below)
 //   DIR/meta_reordered.bin the same words after cutlass::reorder_meta into the kernel's LayoutE - must
 //                          equal nxm_kernels.backends.cuda.cutlass_layout.cutlass_sm80_layout's meta.
 // The kernel type itself (csrc/cutlass_sm80_sparse.cuh) supplies ElementE, LayoutE and the sparsity
@@ -24,6 +25,32 @@
 using Gemm = nxm::sm80::SparseGemm<cutlass::half_t>::Gemm;
 using ElementE = typename Gemm::GemmKernel::ElementE;
 using LayoutE = typename Gemm::GemmKernel::LayoutE;
+
+// With N given: CUTLASS's own admission check (can_implement, host code) of the kernel for problems with
+// this weight at several token counts, with the arguments the launcher builds. Returns the failures.
+static int check_can_implement(int np, int kp, int n) {
+  alignas(256) static char dummy[256];  // 16-byte aligned stand-ins: can_implement reads no data
+  int failures = 0;
+  for (int m : {1, 7, 255, 256, 300, 2048, 4099}) {
+    NxmCutlassParams p{};
+    p.xq = reinterpret_cast<const int8_t*>(dummy);
+    p.x_scale = reinterpret_cast<const float*>(dummy);
+    p.w_values = reinterpret_cast<const int8_t*>(dummy);
+    p.w_meta = reinterpret_cast<const uint8_t*>(dummy);
+    p.w_scale = reinterpret_cast<const float*>(dummy);
+    p.out = dummy;
+    p.M = m;
+    p.Mp = (m + 15) / 16 * 16;  // nxm_cutlass_token_multiple: the launcher's padding of the token rows
+    p.N = n;
+    p.KP = kp;
+    p.Np = np;
+    p.out_kind = NXM_OUT_F16;
+    const bool ok = nxm::sm80::SparseGemm<cutlass::half_t>::can_implement(p);
+    std::printf("can_implement M=%d N=%d KP=%d: %d\n", m, n, kp, ok ? 1 : 0);
+    failures += !ok;
+  }
+  return failures;
+}
 
 static std::vector<char> read_file(const std::string& path, size_t bytes) {
   std::vector<char> buf(bytes);
@@ -46,8 +73,8 @@ static void write_file(const std::string& path, const void* data, size_t bytes) 
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s DIR NP KP\n", argv[0]);
+  if (argc != 4 && argc != 5) {
+    std::fprintf(stderr, "usage: %s DIR NP KP [N]\n", argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
@@ -76,5 +103,5 @@ int main(int argc, char** argv) {
   write_file(dir + "/dense.bin", dense.host_data(), size_t(np) * kp);
   write_file(dir + "/meta_reordered.bin", e_reordered.host_data(), e_reordered.capacity() * sizeof(ElementE));
   std::printf("ok sm80 np=%d kp=%d e_cols=%d capacity=%zu\n", np, kp, e_cols, size_t(e_reordered.capacity()));
-  return 0;
+  return argc == 5 && check_can_implement(np, kp, std::atoi(argv[4])) ? 4 : 0;
 }

@@ -14,7 +14,8 @@
 //
 // Reads DIR/values.bin (int8 [NP, KP/2]) and DIR/meta.bin (NP*KP/8 bytes) as produced by
 // nxm_kernels.backends.cuda.cutlass_layout.cutlass_sm90_layout, writes DIR/dense.bin (int8 [NP, KP]),
-// which must equal our dense decode (PackedWeight.int_weight). The GPU compressor itself cannot run on
+// which must equal our dense decode (PackedWeight.int_weight). With N, it also asks the kernel type's
+// can_implement about the launcher's arguments for this weight at several token counts. The GPU compressor itself cannot run on
 // the host; its index maths is what is exercised here.
 #include <cstdio>
 #include <cstdlib>
@@ -29,6 +30,32 @@ using SparseConfig = Kernel::SparseConfig;
 using ElementEMma = typename SparseConfig::ElementEMma;
 using ElementEMmaRaw = typename SparseConfig::ElementEMmaRaw;
 
+// With N given: CUTLASS's own admission check (can_implement, host code) of the kernel for problems with
+// this weight at several token counts, with the arguments the launcher builds. Returns the failures.
+static int check_can_implement(int np, int kp, int n) {
+  alignas(256) static char dummy[256];  // 16-byte aligned stand-ins: can_implement reads no data
+  int failures = 0;
+  for (int m : {1, 7, 255, 256, 300, 2048, 4099}) {
+    NxmCutlassParams p{};
+    p.xq = reinterpret_cast<const int8_t*>(dummy);
+    p.x_scale = reinterpret_cast<const float*>(dummy);
+    p.w_values = reinterpret_cast<const int8_t*>(dummy);
+    p.w_meta = reinterpret_cast<const uint8_t*>(dummy);
+    p.w_scale = reinterpret_cast<const float*>(dummy);
+    p.out = dummy;
+    p.M = m;
+    p.Mp = (m + 0) / 1 * 1;  // nxm_cutlass_token_multiple: the launcher's padding of the token rows
+    p.N = n;
+    p.KP = kp;
+    p.Np = np;
+    p.out_kind = NXM_OUT_F16;
+    const bool ok = Kernel::can_implement(p);
+    std::printf("can_implement M=%d N=%d KP=%d: %d\n", m, n, kp, ok ? 1 : 0);
+    failures += !ok;
+  }
+  return failures;
+}
+
 static std::vector<uint8_t> read_file(const std::string& path, size_t bytes) {
   std::vector<uint8_t> buf(bytes);
   FILE* f = std::fopen(path.c_str(), "rb");
@@ -41,8 +68,8 @@ static std::vector<uint8_t> read_file(const std::string& path, size_t bytes) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::fprintf(stderr, "usage: %s DIR NP KP\n", argv[0]);
+  if (argc != 4 && argc != 5) {
+    std::fprintf(stderr, "usage: %s DIR NP KP [N]\n", argv[0]);
     return 2;
   }
   const std::string dir = argv[1];
@@ -89,5 +116,5 @@ int main(int argc, char** argv) {
   std::printf("ok sm90 np=%d kp=%d layout_e=", np, kp);
   print(layout_e);
   std::printf("\n");
-  return 0;
+  return argc == 5 && check_can_implement(np, kp, std::atoi(argv[4])) ? 4 : 0;
 }
