@@ -22,9 +22,11 @@ class BuildPyWithCudaSources(build_py):
         super().run()
         target = Path(self.build_lib) / "nxm_kernels" / "_csrc"
         target.mkdir(parents=True, exist_ok=True)
-        for src in (HERE / "csrc").iterdir():
-            if src.suffix in (".h", ".cuh", ".cu", ".cpp"):
-                shutil.copy2(src, target / src.name)
+        for src in (HERE / "csrc").rglob("*"):
+            if src.suffix in (".h", ".cuh", ".cu", ".cpp"):  # with csrc/cutlass_instances/
+                dst = target / src.relative_to(HERE / "csrc")
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
 
 
 ext_modules, cmdclass = [], {"build_py": BuildPyWithCudaSources}

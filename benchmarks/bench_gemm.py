@@ -469,6 +469,46 @@ def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Ca
     return build
 
 
+def build_cuda_kernel(kernel: str, spec: str, mode: str) -> Callable[[Problem, int], Case]:
+    """One of the cuda backend's candidate kernels at every M, past its dispatch rule: ``"cutlass"``
+    (csrc/cutlass_*.cuh) or ``"cslt"`` (cuSPARSELt through torch, nxm_kernels/backends/cuda/cusparselt.py)."""
+    def build(p: Problem, m: int) -> Case:
+        from nxm_kernels.backends import WeightMeta
+        from nxm_kernels.backends.cuda import backend as cb
+        from nxm_kernels.backends.cuda import cusparselt
+
+        packed = p.packed(spec)
+        why = cb.cutlass_unavailable_reason(p.device) if kernel == "cutlass" else cusparselt.unavailable_reason(p.device)
+        if why:
+            raise Unsupported(why)
+        meta = WeightMeta.of(packed)
+        if kernel == "cutlass":
+            from nxm_kernels.ops import prepared_weights
+
+            w0 = prepared_weights(packed, "cuda")
+            if len(w0) != 5:
+                raise Unsupported("no CUTLASS layout for this weight (N % 8 != 0)")
+            gemm, lin = cb.cutlass_int_mm, cb.cutlass_linear
+            make = lambda: cb.prepare(_clone_packed(packed))  # noqa: E731
+        else:
+            w0 = cusparselt.prepare(packed)
+            gemm, lin = cusparselt.int_mm, cusparselt.linear
+            make = lambda: cusparselt.prepare(packed)  # noqa: E731
+        wbytes = sum(t.numel() * t.element_size() for t in w0)
+        ws = _weight_copies(p, f"{kernel}-{spec}", make, wbytes)
+        xs, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+        if mode == "gemm":
+            op = lambda xq, w: gemm(xq, w, meta)  # noqa: E731
+            chk = check_exact(op(xqs[0], ws[0]), p.nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
+            return Case(_sets(op, xqs, ws), m * p.k + wbytes + 4 * m * p.n, m, max(len(xqs), len(ws)), chk)
+        op = lambda x, w: lin(x, w, meta, None, "none")  # noqa: E731
+        chk = check_close(op(xs[0], ws[0]), p.nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL,
+                          OP_ATOL, "op vs reference op")
+        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+
+    return build
+
+
 #: Providers left out unless ``--providers`` names them (see ``run``).
 OPT_IN_PROVIDERS = ("cslt-fp16-2:4",)
 
@@ -486,6 +526,13 @@ def all_providers(backends: list[str], specs: list[str], modes: list[str],
         Provider("cslt-fp16-2:4", "fp16 2:4 torch._cslt_sparse_mm (cuSPARSELt)", "baseline", "op",
                  build=build_cslt_fp16),
     ]
+    if "cuda" in backends:  # the cuda backend's candidate kernels, each at every M (issue 14)
+        for spec in (sp for sp in specs if sp.startswith("2:4")):
+            for mode in modes:
+                out.append(Provider(f"nxm-cuda:cutlass-{spec}-{mode}", f"nxm CUTLASS kernel {spec} {mode}", "ours", mode,
+                                    "cuda", spec, build=build_cuda_kernel("cutlass", spec, mode)))
+            out.append(Provider(f"nxm-cuda:cslt-{spec}-op", f"nxm quant + cuSPARSELt (alpha=w_scale) + epilogue {spec}",
+                                "ours", "op", "cuda", spec, build=build_cuda_kernel("cslt", spec, "op")))
     for backend in backends:
         for spec in specs:
             for mode in modes:

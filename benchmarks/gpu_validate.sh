@@ -76,7 +76,12 @@ print(json.dumps(e, indent=1)); common.write_json(common.Path(\"$RESULTS/environ
 assert torch.cuda.is_available(), \"no CUDA GPU visible to torch\"'"
 
 # 2. Install without network (the machine has torch, triton, transformers; no package registry).
-run_step install 90 375 "$PY -m pip install --no-deps --no-build-isolation -e . && $PY -c 'import nxm_kernels; print(nxm_kernels.__file__)'"
+#    The CUTLASS headers (nvidia-cutlass, pinned in the 'cuda' extra) come as a carried wheel when the machine
+#    lacks them: `pip download --no-deps nvidia-cutlass==4.2.0.0 -d .whl` beforehand, carry .whl.
+run_step install 90 375 "if ! $PY -c 'import importlib.util as u; assert u.find_spec(\"cutlass_library\")' 2>/dev/null; then \
+  ls .whl/nvidia_cutlass-*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-deps --no-index .whl/nvidia_cutlass-*.whl \
+  || echo 'nvidia-cutlass not installed and no .whl/nvidia_cutlass-*.whl: building without the CUTLASS kernels'; fi; \
+  $PY -m pip install --no-deps --no-build-isolation -e . && $PY -c 'import nxm_kernels; print(nxm_kernels.__file__)'"
 
 # 3. Build the CUDA extension (csrc/) through the cuda backend's build function, then show the backends.
 run_step build 240 255 "$PY - <<'EOF'
@@ -87,10 +92,12 @@ from nxm_kernels.backends import BACKENDS, unavailable_reason
 for name in BACKENDS:
     print(f'backend {name}:', unavailable_reason(name, 'cuda') or 'available')
 assert unavailable_reason('cuda', 'cuda') is None, 'cuda backend still unavailable after the build'
+print('CUTLASS kernels:', cuda.cutlass_unavailable_reason(torch.device('cuda')) or 'available')
 EOF"
 
 # 4. The GPU tests (marked @pytest.mark.gpu; the CPU tests are CI's job).
-run_step gpu-tests 170 300 "$PY -m pytest -m gpu tests -q -rfE --tb=short -p no:cacheprovider --junitxml='$RESULTS/gpu-tests.xml'"
+#    (includes tests/test_cutlass_backend.py: the CUTLASS kernels and cuSPARSELt, exactness and epilogue)
+run_step gpu-tests 170 300 "$PY -m pytest -m gpu tests/test_cutlass_backend.py tests -q -rfE --tb=short -p no:cacheprovider --junitxml='$RESULTS/gpu-tests.xml'"
 
 # 5. Short GEMM microbenchmark (all BERT shapes, a few M; every provider checked before timing).
 run_step gemm 140 160 "$PY benchmarks/bench_gemm.py --quick ${NXM_GEMM_ARGS:-} --out '$RESULTS'"

@@ -2,6 +2,11 @@
 //
 // W is 2:4 sparse with int8 or int4 codes, xq int8 per-token quantized activations; int32 accumulation.
 //
+// Where it runs (nxm_kernels/backends/cuda/backend.py, select_kernel): every call below 256 tokens (its
+// split-K small tiles and the packed int4 codes fit the memory-bound regime), out_features not a multiple
+// of 8, and GPUs or builds without the CUTLASS kernels. From 256 tokens, int8 and int4 2:4 weights run on
+// the CUTLASS-built kernels (csrc/cutlass_sm90_sparse.cuh, csrc/cutlass_sm80_sparse.cuh).
+//
 // ---------------------------------------------------------------------------------------------
 // The instruction
 // ---------------------------------------------------------------------------------------------

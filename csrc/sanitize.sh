@@ -18,7 +18,8 @@ import torch, nxm_kernels as nxm
 torch.manual_seed(0)
 dev = "cuda"
 # (M, N, K): small-M configs with split-K, a ragged shape, the 128x128 config with split-K.
-for m, n, k in [(1, 768, 768), (20, 100, 200), (64, 1024, 1024), (200, 384, 640)]:
+# (300, 768, 768): M >= 256 runs the CUTLASS kernel (nxm_kernels/backends/cuda/backend.py, select_kernel).
+for m, n, k in [(1, 768, 768), (20, 100, 200), (64, 1024, 1024), (200, 384, 640), (300, 768, 768)]:
     for bits in (8, 4):
         # packed on the CPU so the sanitizer instruments few kernels besides ours
         p = nxm.pack(torch.randn(n, k), bits=bits, pattern="2:4", prune=True).to(dev)

@@ -9,6 +9,7 @@
 #include <climits>
 
 #include "nxm_kernels.h"
+#include "nxm_cutlass.h"
 
 namespace {
 
@@ -171,10 +172,136 @@ torch::Tensor mma_sp_probe(const torch::Tensor& a, const torch::Tensor& b, const
   return d;
 }
 
+// ------------------------------------------------------------------ CUTLASS-built 2:4 int8 kernels
+// (csrc/cutlass_*.cuh, C-style API in nxm_cutlass.h). Weights in the arch's CUTLASS layout
+// (backends/cuda/cutlass_layout.py): values int8 [Np, KP/2], meta (uint8 for sm_90a, int32 for sm_80),
+// w_scale float32 [Np].
+namespace {
+
+void check_cutlass_weights(const torch::Tensor& values, const torch::Tensor& meta, const torch::Tensor& w_scale,
+                           int64_t n, int64_t kp) {
+  TORCH_CHECK(values.is_cuda() && values.scalar_type() == at::kChar && values.is_contiguous() && values.dim() == 2,
+              "CUTLASS values must be a contiguous int8 CUDA [Np, KP/2] tensor");
+  TORCH_CHECK(meta.is_cuda() && meta.is_contiguous() && meta.nbytes() == static_cast<size_t>(values.size(0) * kp / 8),
+              "CUTLASS metadata must be a contiguous CUDA tensor of Np * KP / 8 bytes");
+  TORCH_CHECK(w_scale.is_cuda() && w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 &&
+                  w_scale.size(0) == values.size(0),
+              "w_scale must be a float32 CUDA vector of length Np");
+  TORCH_CHECK(values.size(1) * 2 == kp && kp % 128 == 0 && values.size(0) % 128 == 0,
+              "CUTLASS weights must be padded to multiples of 128 (prepared layout)");
+  TORCH_CHECK(n >= 1 && n <= values.size(0) && n % 8 == 0,
+              "the CUTLASS kernels need out_features N to be a multiple of 8, got ", n);
+}
+
+// Token rows the CUTLASS kernel of `arch` reads: M rounded up to nxm_cutlass_token_multiple.
+int64_t cutlass_rows(int64_t arch, int64_t m) {
+  const int64_t t = nxm_cutlass_token_multiple(static_cast<int>(arch));
+  return (m + t - 1) / t * t;
+}
+
+// Per-token quantization into buffers of `mp` >= M rows (rows M.. zero: read by the kernel, never stored).
+std::pair<torch::Tensor, torch::Tensor> quantize_padded(const torch::Tensor& x, int64_t kp, int64_t mp) {
+  const int64_t m = x.size(0);
+  auto xq = torch::empty({mp, kp}, x.options().dtype(at::kChar));
+  auto xs = torch::empty({mp}, x.options().dtype(at::kFloat));
+  if (mp > m) {
+    xq.narrow(0, m, mp - m).zero_();
+    xs.narrow(0, m, mp - m).zero_();
+  }
+  if (m > 0)
+    check_status(nxm_quantize_rows(x.data_ptr(), kind_of(x.scalar_type()), static_cast<int>(m),
+                                   static_cast<int>(x.size(1)), x.stride(0), static_cast<int>(kp),
+                                   xq.data_ptr<int8_t>(), xs.data_ptr<float>(), nullptr, 0,
+                                   c10::cuda::getCurrentCUDAStream()),
+                 "nxm activation quantizer");
+  return {xq, xs};
+}
+
+// xq holds Mp >= m rows (cutlass_rows); the result has the m real rows.
+torch::Tensor run_cutlass(int64_t arch, const torch::Tensor& xq, int64_t m, const float* x_scale,
+                          const torch::Tensor& values, const torch::Tensor& meta, const torch::Tensor& w_scale,
+                          const c10::optional<torch::Tensor>& bias, int64_t n, int out_kind, at::ScalarType out_dtype,
+                          int64_t act) {
+  const int64_t kp = xq.size(1), np = values.size(0);
+  TORCH_CHECK(xq.size(0) >= m && xq.size(0) % nxm_cutlass_token_multiple(static_cast<int>(arch)) == 0,
+              "xq rows must be padded for the CUTLASS kernel");
+  TORCH_CHECK(m <= INT32_MAX && np <= INT32_MAX && kp <= INT32_MAX, "problem too large");
+  auto out = torch::empty({m, n}, xq.options().dtype(out_dtype));
+  if (m == 0) return out;
+  NxmCutlassParams p{};
+  p.xq = xq.data_ptr<int8_t>();
+  p.x_scale = x_scale;
+  p.w_values = values.data_ptr<int8_t>();
+  p.w_meta = static_cast<const uint8_t*>(meta.data_ptr());
+  p.w_scale = w_scale.data_ptr<float>();
+  // The kernels read a float32 bias of Np entries (sm_80 runs on all Np rows): padded with zeros.
+  torch::Tensor bias_f;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->is_cuda() && bias->dim() == 1 && bias->size(0) == n, "bias must be a CUDA vector of length N");
+    bias_f = torch::zeros({np}, xq.options().dtype(at::kFloat));
+    bias_f.narrow(0, 0, n).copy_(*bias);
+    p.bias = bias_f.data_ptr<float>();
+  }
+  p.out = out.data_ptr();
+  p.M = static_cast<int>(m);
+  p.Mp = static_cast<int>(xq.size(0));
+  p.N = static_cast<int>(n);
+  p.KP = static_cast<int>(kp);
+  p.Np = static_cast<int>(np);
+  p.out_kind = out_kind;
+  p.act = static_cast<int>(act);
+  const int a = static_cast<int>(arch);
+  const int sel = nxm_cutlass_select(a, p.M, p.N, out_kind, &p.config);
+  TORCH_CHECK(sel != NXM_ERR_UNSUPPORTED, "this build of the CUDA extension has no CUTLASS kernel for sm_", a,
+              " with output kind ", out_kind, " (see nxm_kernels/backends/cuda/build.py)");
+  check_status(sel, "CUTLASS kernel selection");
+  size_t ws_bytes = 0;
+  check_status(nxm_cutlass_workspace_size(a, &p, &ws_bytes), "CUTLASS workspace size");
+  torch::Tensor ws;
+  if (ws_bytes > 0) ws = torch::empty({static_cast<int64_t>(ws_bytes)}, xq.options().dtype(at::kByte));
+  check_status(nxm_cutlass_sparse_gemm(a, &p, ws_bytes > 0 ? ws.data_ptr() : nullptr,
+                                       c10::cuda::getCurrentCUDAStream()),
+               "CUTLASS sparse GEMM");
+  return out;
+}
+
+}  // namespace
+
+// 1 when this build holds the CUTLASS kernels of `arch` (80: sm_80/86/89, 90: sm_90a).
+bool cutlass_available(int64_t arch) { return nxm_cutlass_available(static_cast<int>(arch)) == 1; }
+
+// x[M, K] (fp16/bf16/fp32) -> y[M, N] in x's dtype through the CUTLASS kernel of `arch`.
+torch::Tensor cutlass_linear(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& meta,
+                             const torch::Tensor& w_scale, const c10::optional<torch::Tensor>& bias, int64_t n,
+                             int64_t k, int64_t kp, int64_t arch, int64_t act) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1 && x.size(1) == k, "x must be a CUDA [M, K] tensor");
+  check_cutlass_weights(values, meta, w_scale, n, kp);
+  c10::cuda::CUDAGuard guard(x.device());
+  auto [xq, xs] = quantize_padded(x, kp, cutlass_rows(arch, x.size(0)));
+  return run_cutlass(arch, xq, x.size(0), xs.data_ptr<float>(), values, meta, w_scale, bias, n,
+                     kind_of(x.scalar_type()), x.scalar_type(), act);
+}
+
+// xq[M, KP] int8 (already padded) -> raw int32 accumulators [M, N] through the CUTLASS kernel of `arch`.
+torch::Tensor cutlass_int_mm(const torch::Tensor& xq, const torch::Tensor& values, const torch::Tensor& meta,
+                             const torch::Tensor& w_scale, int64_t n, int64_t arch) {
+  TORCH_CHECK(xq.is_cuda() && xq.scalar_type() == at::kChar && xq.dim() == 2 && xq.is_contiguous(),
+              "xq must be a contiguous int8 CUDA [M, KP] tensor");
+  check_cutlass_weights(values, meta, w_scale, n, xq.size(1));
+  c10::cuda::CUDAGuard guard(xq.device());
+  const int64_t m = xq.size(0), mp = cutlass_rows(arch, m);
+  auto xp = mp == m ? xq : torch::constant_pad_nd(xq, {0, 0, 0, mp - m}, 0);
+  return run_cutlass(arch, xp, m, nullptr, values, meta, w_scale, c10::nullopt, n, NXM_OUT_INT32, at::kInt,
+                     NXM_ACT_NONE);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "nxm-kernels CUDA kernels: 2:4 sparse int8/int4 x int8 GEMM on sparse tensor cores";
   m.def("linear", &linear, "quantize x per token and run the sparse GEMM with the fused epilogue");
   m.def("int_mm", &int_mm, "raw int32 accumulators of the sparse GEMM");
   m.def("quantize_rows", &quantize_rows, "per-token int8 quantization");
   m.def("mma_sp_probe", &mma_sp_probe, "one mma.sp m16n8k64 on explicit fragments");
+  m.def("cutlass_available", &cutlass_available, "whether the CUTLASS kernels of an arch (80, 90) are built");
+  m.def("cutlass_linear", &cutlass_linear, "quantize x per token and run the CUTLASS 2:4 GEMM with the fused epilogue");
+  m.def("cutlass_int_mm", &cutlass_int_mm, "raw int32 accumulators of the CUTLASS 2:4 GEMM");
 }

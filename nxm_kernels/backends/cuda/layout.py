@@ -104,7 +104,23 @@ class CudaLayout(Layout):
     values: torch.Tensor
     metadata: torch.Tensor
     scales: torch.Tensor
+    #: On a GPU with the CUTLASS kernels, the same weight in their layout (:mod:`.cutlass_layout`:
+    #: int8 codes and reordered metadata; they share ``scales``), else None.
+    cutlass_values: torch.Tensor | None = None
+    cutlass_metadata: torch.Tensor | None = None
     backend: ClassVar[str] = "cuda"
+
+    @classmethod
+    def _expand(cls, tensors: list, meta) -> list:
+        if len(tensors) not in (3, 5):
+            raise ValueError("weights are not in the cuda backend's prepared layout (use ops.prepared_weights): "
+                             f"expected 3 tensors (values, metadata, scales) or 5 (with the CUTLASS values and "
+                             f"metadata), got {len(tensors)}")
+        return tensors if len(tensors) == 5 else tensors + [None, None]
+
+    def with_cutlass(self, values: torch.Tensor, metadata: torch.Tensor) -> "CudaLayout":
+        """This layout with the CUTLASS kernels' tensors of the same weight added (checked)."""
+        return type(self)(self.meta, self.values, self.metadata, self.scales, values, metadata)
 
     def _check(self) -> None:
         meta = self.meta
@@ -122,6 +138,17 @@ class CudaLayout(Layout):
                                  f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
             if not t.is_contiguous():
                 raise ValueError(f"{name} must be contiguous (use prepare())")
+        # The CUTLASS tensors come as a pair; their exact shapes are the CUTLASS layout's business
+        # (cutlass_layout.py, tested there), here only that they are int8 codes and metadata words
+        # (uint8 for sm_90a, int32 for sm_80).
+        if (self.cutlass_values is None) != (self.cutlass_metadata is None):
+            raise ValueError("cutlass_values and cutlass_metadata must both be given or both be None")
+        if self.cutlass_values is not None:
+            for name, dtypes in (("cutlass_values", (torch.int8,)), ("cutlass_metadata", (torch.uint8, torch.int32))):
+                t = getattr(self, name)
+                if not isinstance(t, torch.Tensor) or t.dtype not in dtypes or not t.is_contiguous():
+                    raise ValueError(f"{name} must be a contiguous {' or '.join(map(str, dtypes))} tensor (use "
+                                     f"prepare()), got {getattr(t, 'dtype', type(t).__name__)}")
 
     @property
     def padded_k(self) -> int:

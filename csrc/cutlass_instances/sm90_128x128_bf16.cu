@@ -1,0 +1,3 @@
+// sm_90a, tile 128 (weight rows) x 128 (tokens) x 128 (dense K), cluster 1x1, bf16 output.
+#include "../cutlass_sm90_sparse.cuh"
+NXM_SM90_INSTANCE(sm90_128x128_bf16, 128, 128, 1, 1, cutlass::bfloat16_t)
