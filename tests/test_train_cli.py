@@ -75,6 +75,19 @@ def test_nxm_compress_regression_task_and_bad_input(tiny_model_dir, tmp_path, ca
                 "--output-dir", str(out)]) == 2
 
 
+def test_nxm_compress_calibrated_init(tiny_model_dir, tmp_path, caplog):
+    out = tmp_path / "init"
+    with caplog.at_level("INFO"):
+        rc = nxm(["compress", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(FIXTURES),
+                  "--plan", "2:4-w8a8", "--output-dir", str(out), "--max-steps", "2", "--admm-steps", "0",
+                  "--batch-size", "8", "--init", "sparsegpt", "--calibration-samples", "16", "--distill",
+                  "--hidden-weight", "1", "--hidden-loss", "squarehead", "--cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["init"] == "sparsegpt" and metrics["export_agreement"] >= 0.999
+    assert "--init sparsegpt: calibrated 12 linears on 16 examples" in caplog.text
+
+
 def _run(args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
