@@ -21,14 +21,18 @@ Methods (per linear ``W[out, in]``, inputs ``X[tokens, in]`` over non-padding to
 * ``"wanda"``: mask by ``|w| * ||x_j||`` (no weight update), then plain rounding as ``pack()`` does.
 * ``"magnitude"``: magnitude N:M pruning and plain rounding: exactly what ``swap_linears`` does.
 
-Two refinements, on by default for ``sparsegpt`` (measured on MiniLM, see the README):
+Two refinements (measured on MiniLM, see the README):
 
 * ``dense_targets``: fit each linear to the *dense* model's output on the same token,
   ``min ||X_dense Wᵀ − X_comp Ŵᵀ||``, instead of its own output on the compressed model's input. With
   ``C = 2 X_denseᵀ X_comp / n`` that is SparseGPT/GPTQ on ``H`` applied to the target
   ``W* = W C H⁻¹`` (the unconstrained least-squares solution): the error already made upstream is
-  corrected here rather than carried on.
-* ``fit_bias``: after the weights, the bias absorbs the mean output error over the calibration tokens.
+  corrected here rather than carried on. On by default for ``sparsegpt``/``gptq`` when there are
+  enough calibration tokens (MiniLM 2:4-w8a8: cosine 0.882 -> 0.899).
+* ``fit_bias`` (off by default): the bias absorbs the mean output error over the calibration tokens.
+
+Both ``H`` and the cross term are taken over the per-token int8 *quantized* inputs: what the deployed
+layer multiplies.
 
 Edge cases: an input column that is zero for every token (``H_jj = 0``, e.g. a channel every token
 quantizes to zero) gets ``H_jj = 1`` and its weights are pruned/zeroed, as they do not matter; if the
@@ -67,6 +71,9 @@ METHODS = ("sparsegpt", "gptq", "wanda", "magnitude")
 DEFAULT_BLOCKSIZE = 128
 DEFAULT_DAMP = 0.01
 DEFAULT_SAMPLES = 256
+#: With ``dense_targets=None`` (auto), a linear fits the dense model's outputs only with at least this many
+#: calibration tokens per input feature.
+MIN_TOKENS_PER_INPUT = 4
 #: Clip factors tried for each row's scale (1.0 = the row's max magnitude, as pack() does).
 CLIP_GRID = tuple(1.0 - 0.02 * i for i in range(21))
 
@@ -366,6 +373,14 @@ def _token_mask(batch: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- the model-level pass
+def _fake_quant_tokens(x: torch.Tensor) -> torch.Tensor:
+    """Per-token int8 fake quantization: the kernels' activation math (:func:`nxm_kernels.quant.quantize_per_token`)."""
+    amax = x.detach().abs().amax(dim=-1, keepdim=True).float()
+    s = amax / torch.full_like(amax, ACT_QMAX)
+    s = torch.where(s > 0, s, torch.ones_like(s))
+    return (torch.clamp(torch.round(x.float() / s), -ACT_QMAX, ACT_QMAX) * s).to(x.dtype)
+
+
 class _Compressed(nn.Module):
     """What a compressed linear computes, in float (per-token int8 fake quant, then the calibrated weight),
     used for the layers after it during the pass."""
@@ -375,11 +390,7 @@ class _Compressed(nn.Module):
         self.weight, self.bias = weight, bias
 
     def forward(self, x):
-        amax = x.detach().abs().amax(dim=-1, keepdim=True).float()
-        s = amax / torch.full_like(amax, ACT_QMAX)
-        s = torch.where(s > 0, s, torch.ones_like(s))
-        xq = (torch.clamp(torch.round(x.float() / s), -ACT_QMAX, ACT_QMAX) * s).to(x.dtype)
-        return F.linear(xq, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return F.linear(_fake_quant_tokens(x), self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
 
 
 class _Stop(Exception):
@@ -411,9 +422,10 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     if n_samples is not None:
         check_int("n_samples", n_samples, minimum=1)
     check_int("blocksize", blocksize, minimum=1)
-    dense_targets = method == "sparsegpt" if dense_targets is None else bool(dense_targets)
-    fit_bias = method == "sparsegpt" if fit_bias is None else bool(fit_bias)
-    if dense_targets and method not in ("sparsegpt", "gptq"):
+    auto_targets = dense_targets is None
+    dense_targets = method in ("sparsegpt", "gptq") if dense_targets is None else bool(dense_targets)
+    fit_bias = False if fit_bias is None else bool(fit_bias)
+    if dense_targets and not auto_targets and method not in ("sparsegpt", "gptq"):
         raise ValueError(f"dense_targets needs a method that updates weights ('sparsegpt' or 'gptq'), got {method!r}")
     plan = Plan.coerce(plan)
     sites = bert_linears(model)
@@ -432,6 +444,17 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     device = next(model.parameters()).device
     batches = _as_batches(calibration, n_samples, device)
     masks = [_token_mask(b) for b in batches]
+    if method == "magnitude" and not fit_bias:
+        # Magnitude pruning and rounding read no data: no forward pass needed.
+        results = {}
+        n_tokens = sum(int(m.sum()) for m in masks)
+        for name, site in todo.items():
+            res = compress_weight(site.module.weight, specs[name], method="magnitude", name=name)
+            res.bias = None if site.module.bias is None else site.module.bias.detach().clone()
+            res.extras.update(n_samples=sum(int(m.shape[0]) for m in masks), n_tokens=n_tokens)
+            site.module.weight.data.copy_(res.weight.to(site.module.weight.dtype))
+            results[name] = res
+        return results
     _, layers = find_encoder_layers(model)
     was_training = model.training
     model.eval()
@@ -478,7 +501,13 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                 k = lin.in_features
                 need_h = method != "magnitude"
                 h = torch.zeros(k, k, dtype=torch.float64, device=device) if need_h else None
-                cross = torch.zeros(k, k, dtype=torch.float64, device=device) if dense_targets else None
+                # The least-squares target W C H⁻¹ overfits when the tokens hardly outnumber the inputs:
+                # by default it needs MIN_TOKENS_PER_INPUT tokens per input feature.
+                use_cross = dense_targets and (not auto_targets or n_tokens >= MIN_TOKENS_PER_INPUT * k)
+                if dense_targets and not use_cross:
+                    logger.info("%s: %d calibration tokens < %d x %d inputs: fitting its own outputs, not the "
+                                "dense model's", names[0], n_tokens, MIN_TOKENS_PER_INPUT, k)
+                cross = torch.zeros(k, k, dtype=torch.float64, device=device) if use_cross else None
                 sums = {"c": torch.zeros(k, dtype=torch.float64, device=device),
                         "d": torch.zeros(k, dtype=torch.float64, device=device)}
                 slot: dict = {}
@@ -500,8 +529,10 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                         if dense_layer is not None:
                             dense_layer(dense_h[bi], *args[1:], **kwargs)
                         layer(comp_h[bi], *args[1:], **kwargs)
-                        xc = slot["c"][m].double()
+                        xc = slot["c"][m]
                         check_finite(f"the inputs of {names[0]} on calibration[{bi}]", xc)
+                        # The deployed layer multiplies the int8 per-token quantized input: fit that one.
+                        xc = _fake_quant_tokens(xc).double()
                         if need_h:
                             h.addmm_(xc.T, xc, alpha=2.0 / n_tokens)
                         sums["c"] += xc.sum(0)
@@ -575,7 +606,10 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
         n_samples: at most this many sequences are used, the first ones (``None``: all) [256].
         blocksize: columns per SparseGPT/GPTQ block (a multiple of 4) [128].
         damp: Hessian damping, as a fraction of ``mean(diag H)`` [0.01].
-        dense_targets, fit_bias: the refinements of the module docstring (default: on for ``sparsegpt``).
+        dense_targets: fit the dense model's outputs (module docstring); ``None`` (default): on for
+            ``sparsegpt``/``gptq`` where the calibration has at least 4 tokens per input feature of the linear
+            (fewer overfit the least-squares target), off otherwise.
+        fit_bias: refit biases to the mean output error (default: off; measured +0.0003 cosine on MiniLM).
         clip_search: search each row's scale clip (GPTQ methods) [True].
         backend, fuse_gelu, strict: as :func:`nxm_kernels.swap_linears`.
 

@@ -124,13 +124,14 @@ def _tiny():
                    {"input_ids": ids[6:] * mask[6:], "attention_mask": mask[6:]}]
 
 
-def test_calibrate_model_packs_the_calibrated_weights_exactly():
+@pytest.mark.parametrize("refine", [{}, {"dense_targets": True, "fit_bias": True}])
+def test_calibrate_model_packs_the_calibrated_weights_exactly(refine):
     model, calib = _tiny()
     plan = {"*": "2:4-w4a8", "ffn2": "dense-w4a8", "layer.1.query": "fp"}
     a = copy.deepcopy(model)
-    results = calibrate_weights(a, plan, calib, "sparsegpt", progress=False)
+    results = calibrate_weights(a, plan, calib, "sparsegpt", progress=False, **refine)
     b = copy.deepcopy(model)
-    report = nxm.calibrate(b, plan, calib, "sparsegpt", backend="reference", progress=False)
+    report = nxm.calibrate(b, plan, calib, "sparsegpt", backend="reference", progress=False, **refine)
     assert isinstance(report, nxm.SwapReport) and len(report.swapped) == 11 and report.kept == ["layer.1.query"]
     assert report.calibration["method"] == "sparsegpt" and report.calibration["n_samples"] == 12
     sites_a = {s.name: s.module for s in bert_linears(a)}
