@@ -341,7 +341,8 @@ def _as_batches(calibration, n_samples: int | None, device) -> list[dict]:
         check_tensor(f"calibration[{i}][{key!r}]", x)
         want = 2 if key == "input_ids" else 3
         if x.dim() != want or x.shape[0] == 0 or x.shape[1] == 0:
-            raise ValueError(f"calibration[{i}][{key!r}] must be a non-empty {want}-D tensor, got shape {tuple(x.shape)}")
+            raise ValueError(f"calibration[{i}][{key!r}] must be a non-empty {want}-D tensor, got shape "
+                             f"{tuple(x.shape)}")
         if key == "inputs_embeds":
             check_finite(f"calibration[{i}]['inputs_embeds']", x)
         am = b.get("attention_mask")
@@ -390,7 +391,8 @@ class _Compressed(nn.Module):
         self.weight, self.bias = weight, bias
 
     def forward(self, x):
-        return F.linear(_fake_quant_tokens(x), self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.linear(_fake_quant_tokens(x), self.weight.to(x.dtype), bias)
 
 
 class _Stop(Exception):
@@ -440,7 +442,8 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
             raise TypeError(f"{name} ({site.qualified_name}) must be an nn.Linear to be calibrated, got "
                             f"{type(site.module).__name__}")
     if nm_blocks := [str(specs[n]) for n in todo if specs[n].sparse and blocksize % specs[n].nm[1]]:
-        raise ValueError(f"blocksize must be a multiple of the N:M group size of {sorted(set(nm_blocks))}, got {blocksize}")
+        raise ValueError(f"blocksize must be a multiple of the N:M group size of {sorted(set(nm_blocks))}, "
+                         f"got {blocksize}")
     device = next(model.parameters()).device
     batches = _as_batches(calibration, n_samples, device)
     masks = [_token_mask(b) for b in batches]
@@ -489,7 +492,8 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     originals = {name: (site.parent, site.attr, site.module) for name, site in todo.items()}
     n_tokens = sum(int(m.sum()) for m in masks)
     track_dense = dense_targets or fit_bias
-    bar = tqdm(total=len(todo), desc=f"calibrating ({method})", unit="linear", disable=progress is False or None,
+    bar = tqdm(total=len(todo), desc=f"calibrating ({method})", unit="linear",
+               disable=None if progress is None else not progress,
                leave=False)
     try:
         for li, layer in enumerate(layers):

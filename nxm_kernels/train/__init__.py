@@ -16,4 +16,5 @@ from .export import export_model, export_spec
 from .qat import QATLinear, prepare_qat, qat_layers
 
 __all__ = ["QATLinear", "prepare_qat", "qat_layers", "ADMM", "ADMMConfig", "project", "NxMCompression",
-           "CompressionSchedule", "Distiller", "DistillConfig", "distillation_loss", "hidden_state_loss", "export_model", "export_spec"]
+           "CompressionSchedule", "Distiller", "DistillConfig", "distillation_loss", "hidden_state_loss",
+           "export_model", "export_spec"]

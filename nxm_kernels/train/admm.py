@@ -103,7 +103,8 @@ def _check_masks(masks, layers: dict) -> dict:
             raise ValueError(f"masks names {name!r}, which is not an N:M QAT layer here; layers: "
                              f"{', '.join(list(layers)[:12])}")
         layer = layers[name]
-        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != tuple(layer.weight.shape):
+        if (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                or tuple(mask.shape) != tuple(layer.weight.shape)):
             raise ValueError(f"masks[{name!r}] must be a bool tensor of shape {tuple(layer.weight.shape)}")
         if count_nm_violations(mask, *layer.nm):
             raise ValueError(f"masks[{name!r}] is not {layer.nm[0]}:{layer.nm[1]}")

@@ -11,9 +11,9 @@ where ``D`` is the plain MSE (``hidden_loss="mse"``) or SquareHead's normalised 
 (``hidden_loss="squarehead"``: ``||s_l - t_l||² / ||t_l||²`` per layer, so that every layer counts
 alike whatever its activations' scale; the form published 2:4 recipes use to recover accuracy fastest).
 The SquareHead term counts real tokens only (the batch's ``attention_mask``; see
-:func:`hidden_state_loss`); the plain MSE keeps its all-positions form. (For a regression head, one output, the logit term is the MSE between logits). Because the
-combined value is the model's own ``loss``, a ``Trainer`` scales, accumulates and reduces it exactly
-like a task loss. Evaluation forwards are untouched. Hidden-state matching needs student and teacher
+:func:`hidden_state_loss`); the plain MSE keeps its all-positions form. For a regression head (one
+output) the logit term is the MSE between logits. Because the combined value is the model's own
+``loss``, a ``Trainer`` scales, accumulates and reduces it exactly like a task loss. Evaluation forwards are untouched. Hidden-state matching needs student and teacher
 of the same width and depth (the compressed model and its dense original are).
 """
 
