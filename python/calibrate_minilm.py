@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 import nxm_kernels
 from nxm_kernels._json import dump_json
 from nxm_kernels.calibrate import calibrate, calibrate_weights
-from nxm_kernels.models.text import STDLIB, _held_out, docstring_sentences, split_sentences
+from nxm_kernels.models.text import STDLIB, docstring_sentences, is_held_out, split_sentences
 from nxm_kernels.models.zoo import SENTENCES, mean_pool, minilm_dir
 from nxm_kernels.train import ADMM, export_model, hidden_state_loss, prepare_qat
 
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     teacher = AutoModel.from_pretrained(str(path)).eval()
     for q in teacher.parameters():
         q.requires_grad_(False)
-    modules = [m for m in STDLIB if _held_out(m)][:2] + [m for m in STDLIB if not _held_out(m)][:4] if args.smoke \
+    modules = [m for m in STDLIB if is_held_out(m)][:2] + [m for m in STDLIB if not is_held_out(m)][:4] if args.smoke \
         else STDLIB
     train, held = split_sentences(docstring_sentences(modules))
     avoid = set(SENTENCES) | set(held)  # a sentence may appear in two modules' docstrings

@@ -18,7 +18,8 @@ import zlib
 
 from .._checks import check_int
 
-__all__ = ["STDLIB", "docstring_sentences", "split_sentences", "calibration_sentences", "heldout_sentences"]
+__all__ = ["STDLIB", "docstring_sentences", "is_held_out", "split_sentences", "calibration_sentences",
+           "heldout_sentences"]
 
 # Pure-Python, side-effect-free standard library modules with plenty of prose docstrings.
 STDLIB = ["argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
@@ -74,7 +75,8 @@ def docstring_sentences(modules=STDLIB) -> dict[str, list[str]]:
     return out
 
 
-def _held_out(name: str, share: float = HELD_OUT_SHARE) -> bool:
+def is_held_out(name: str, share: float = HELD_OUT_SHARE) -> bool:
+    """Whether module ``name``'s sentences are held out for evaluation (a stable hash of the name)."""
     return zlib.crc32(name.encode()) % 1000 < share * 1000
 
 
@@ -83,7 +85,7 @@ def split_sentences(by_module: dict, held_out_share: float = HELD_OUT_SHARE):
     hash of the module name), each list shuffled with a fixed seed."""
     train, held = [], []
     for name, sents in by_module.items():
-        (held if _held_out(name, held_out_share) else train).extend(sents)
+        (held if is_held_out(name, held_out_share) else train).extend(sents)
     rng = random.Random(0)
     rng.shuffle(train)
     rng.shuffle(held)
@@ -98,7 +100,7 @@ def calibration_sentences(n: int = 256) -> list[str]:
     check_int("n", n, minimum=1)
     # A sentence can appear in two modules (shared or inherited docstrings): drop the held-out ones too.
     avoid = set(SENTENCES) | set(heldout_sentences())
-    train, _ = split_sentences(docstring_sentences([m for m in STDLIB if not _held_out(m)]))
+    train, _ = split_sentences(docstring_sentences([m for m in STDLIB if not is_held_out(m)]))
     out = [s for s in train if s not in avoid][:n]
     if not out:
         raise RuntimeError("no standard-library docstring text found for calibration (a stripped Python?)")
@@ -107,5 +109,5 @@ def calibration_sentences(n: int = 256) -> list[str]:
 
 def heldout_sentences(n: int | None = None) -> list[str]:
     """Sentences from the held-out modules (for evaluation), at most ``n``."""
-    _, held = split_sentences(docstring_sentences([m for m in STDLIB if _held_out(m)]))
+    _, held = split_sentences(docstring_sentences([m for m in STDLIB if is_held_out(m)]))
     return held if n is None else held[:n]
