@@ -73,7 +73,7 @@ DEFAULT_DAMP = 0.01
 DEFAULT_SAMPLES = 256
 #: With ``dense_targets=None`` (auto), a linear fits the dense model's outputs only with at least this many
 #: calibration tokens per input feature.
-MIN_TOKENS_PER_INPUT = 4
+MIN_TOKENS_PER_INPUT = 2
 #: Clip factors tried for each row's scale (1.0 = the row's max magnitude, as pack() does).
 CLIP_GRID = tuple(1.0 - 0.02 * i for i in range(21))
 
@@ -611,7 +611,7 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
         blocksize: columns per SparseGPT/GPTQ block (a multiple of 4) [128].
         damp: Hessian damping, as a fraction of ``mean(diag H)`` [0.01].
         dense_targets: fit the dense model's outputs (module docstring); ``None`` (default): on for
-            ``sparsegpt``/``gptq`` where the calibration has at least 4 tokens per input feature of the linear
+            ``sparsegpt``/``gptq`` where the calibration has at least 2 tokens per input feature of the linear
             (fewer overfit the least-squares target), off otherwise.
         fit_bias: refit biases to the mean output error (default: off; measured +0.0003 cosine on MiniLM).
         clip_search: search each row's scale clip (GPTQ methods) [True].
