@@ -70,7 +70,7 @@ logger = logging.getLogger(__name__)
 METHODS = ("sparsegpt", "gptq", "wanda", "magnitude")
 DEFAULT_BLOCKSIZE = 128
 DEFAULT_DAMP = 0.01
-DEFAULT_SAMPLES = 256
+DEFAULT_SAMPLES = 512
 #: With ``dense_targets=None`` (auto), a linear fits the dense model's outputs only with at least this many
 #: calibration tokens per input feature.
 MIN_TOKENS_PER_INPUT = 2
@@ -607,7 +607,8 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
             of them, or a 2-D ``input_ids`` tensor. Padding tokens (``attention_mask == 0``) are ignored.
         method: ``"sparsegpt"`` (default; GPTQ alone for dense specs), ``"gptq"`` (dense specs only),
             ``"wanda"`` or ``"magnitude"`` (see the module docstring).
-        n_samples: at most this many sequences are used, the first ones (``None``: all) [256].
+        n_samples: at most this many sequences are used, the first ones (``None``: all) [512; on MiniLM
+            2:4-w8a8, 256 sentences gave cosine 0.898 and 512 gave 0.916].
         blocksize: columns per SparseGPT/GPTQ block (a multiple of 4) [128].
         damp: Hessian damping, as a fraction of ``mean(diag H)`` [0.01].
         dense_targets: fit the dense model's outputs (module docstring); ``None`` (default): on for

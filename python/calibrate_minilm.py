@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--specs", nargs="+", default=["2:4-w8a8", "2:4-w4a8", "dense-w4a8"])
     p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
-    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--calibration-samples", type=int, default=512)
     p.add_argument("--n-eval", type=int, default=512, help="held-out sentences: the cosine set and retrieval corpus")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=0, help="SparseGPT-initialised training steps per 2:4 spec (0: none)")

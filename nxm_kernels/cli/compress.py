@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                    help="starting point: magnitude (the dense weights; Z and the prune-at-once mask by magnitude), or "
                         "calibrated one-shot weights and masks (nxm_kernels.calibrate) from the first "
                         "--calibration-samples training examples [magnitude]")
-    g.add_argument("--calibration-samples", type=int, default=256, help="examples used by --init [256]")
+    g.add_argument("--calibration-samples", type=int, default=512, help="examples used by --init [512]")
     g = p.add_argument_group("training")
     g.add_argument("--lr", type=float, default=5e-5)
     g.add_argument("--weight-decay", type=float, default=0.0)

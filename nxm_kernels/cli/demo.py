@@ -60,8 +60,8 @@ def register(subparsers) -> None:
                    help="calibrated one-shot compression (nxm_kernels.calibrate) on built-in text disjoint from the "
                         "evaluation sentences: sparsegpt (SparseGPT 2:4 + GPTQ; the default when the flag is given), "
                         "wanda or magnitude [off: plain magnitude pruning and rounding]")
-    p.add_argument("--calibration-samples", type=int, default=256, metavar="N",
-                   help="calibration sequences for --calibrate [256]")
+    p.add_argument("--calibration-samples", type=int, default=512, metavar="N",
+                   help="calibration sequences for --calibrate [512]")
     p.set_defaults(func=run)
 
 

@@ -92,7 +92,7 @@ def split_sentences(by_module: dict, held_out_share: float = HELD_OUT_SHARE):
     return train, held
 
 
-def calibration_sentences(n: int = 256) -> list[str]:
+def calibration_sentences(n: int = 512) -> list[str]:
     """``n`` sentences from the calibration/training modules (never the held-out ones, never the demo's
     evaluation sentences); the same list on every call with the same Python."""
     from .zoo import SENTENCES

@@ -141,7 +141,7 @@ def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> 
     return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
-def calibration_batches(builtin: BuiltinModel, n: int = 256, *, batch_size: int = 64,
+def calibration_batches(builtin: BuiltinModel, n: int = 512, *, batch_size: int = 64,
                         max_length: int = 128) -> list[dict]:
     """Unlabeled calibration inputs for a built-in model, disjoint from its evaluation inputs.
 
