@@ -96,7 +96,7 @@ def train_from_calibrated(teacher, tokenizer, spec, calib, train, args) -> tuple
     bar = tqdm(range(1, total + 1), desc=f"train {spec}", unit="step", disable=None)
     for step in bar:
         batch = dict(tokenizer(rng.sample(train, args.batch_size), padding=True, truncation=True,
-                               max_length=args.max_length, return_tensors="pt"))
+                               max_length=args.train_max_length, return_tensors="pt"))
         with torch.no_grad():
             t_out = teacher(**batch, output_hidden_states=True)
         s_out = student(**batch, output_hidden_states=True)
@@ -122,12 +122,14 @@ def train_from_calibrated(teacher, tokenizer, spec, calib, train, args) -> tuple
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--specs", nargs="+", default=["2:4-w8a8", "2:4-w4a8", "dense-w4a8"])
-    p.add_argument("--methods", nargs="+", default=["magnitude", "wanda", "sparsegpt"])
+    p.add_argument("--methods", nargs="*", default=["magnitude", "wanda", "sparsegpt"],
+                   help="one-shot methods (none: only the training rows)")
     p.add_argument("--calibration-samples", type=int, default=512)
     p.add_argument("--n-eval", type=int, default=512, help="held-out sentences: the cosine set and retrieval corpus")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--train-steps", type=int, default=0, help="SparseGPT-initialised training steps per 2:4 spec (0: none)")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--train-max-length", type=int, default=32, help="training sequence length (as distill_minilm.py)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--hidden-weight", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -139,7 +141,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     if args.smoke:
         args.specs, args.methods = args.specs[:1], ["magnitude", "sparsegpt"]
-        args.calibration_samples, args.n_eval, args.max_length = 16, 24, 32
+        args.calibration_samples, args.n_eval, args.max_length, args.train_max_length = 16, 24, 32, 16
         args.train_steps = min(args.train_steps, 2) or 1
         args.batch_size = 4
     path = minilm_dir()
