@@ -12,6 +12,10 @@ Drop-in use on a Hugging Face BERT (swap, save small, load back without the dens
     report = nxm.swap_linears(model, {"*": "2:4-w8a8", "ffn2": "dense-w8a8"})
     nxm.save_compressed(model, "minilm-2to4")
     model = nxm.load_compressed("minilm-2to4", device="cuda", dtype=torch.float16)
+
+Calibrated one-shot compression (SparseGPT 2:4 + GPTQ from a few hundred unlabeled inputs)::
+
+    report = nxm.calibrate(model, "2:4-w8a8", batches, method="sparsegpt")
 """
 
 from .backends import available_backends, resolve_backend
@@ -26,6 +30,10 @@ from .quant import dequantize, fake_quant_per_token, fake_quant_weight, quantize
 from .sparsity import is_nm, nm_mask, prune_nm
 from .spec import LayerSpec, parse_spec
 
+# Last: the function ``calibrate`` takes the name over from its module (``nxm_kernels.calibrate``, which
+# ``from nxm_kernels.calibrate import ...`` still reaches through sys.modules).
+from .calibrate import calibrate  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -33,5 +41,5 @@ __all__ = [
     "quantize_per_token", "dequantize", "fake_quant_weight", "fake_quant_per_token", "sparse_int_linear",
     "sparse_int_mm", "available_backends", "resolve_backend", "LayerSpec", "parse_spec", "__version__",
     "NxMLinear", "swap_linears", "swap_named_linears", "set_backend", "SwapReport", "Plan", "save_compressed",
-    "load_compressed", "fuse_qkv", "FusedProjection",
+    "load_compressed", "fuse_qkv", "FusedProjection", "calibrate",
 ]

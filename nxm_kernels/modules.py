@@ -120,9 +120,11 @@ class NxMLinear(nn.Module):
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_linear(cls, linear: nn.Linear, spec: "str | LayerSpec" = "2:4-w8a8", *, backend: str = "auto",
-                    activation: str | None = None) -> "NxMLinear":
+                    activation: str | None = None, scale: torch.Tensor | None = None) -> "NxMLinear":
         """Compress an ``nn.Linear``: 2:4 specs prune by magnitude unless the weight already is 2:4
-        (then its zeros are kept as they are); weights are quantized per output channel.
+        (then its zeros are kept as they are); weights are quantized per output channel, with the
+        per-channel ``scale`` given (float32 ``[out_features]``, as :func:`~nxm_kernels.format.pack`
+        takes it; what calibrated compression chose) or else the one ``pack`` derives.
 
         The result lives on the linear's device; the bias keeps its dtype. The linear is not modified.
         """
@@ -133,7 +135,10 @@ class NxMLinear(nn.Module):
         if w.device.type == "meta":
             raise ValueError("linear.weight is on the meta device (no data); load real weights first")
         prune = s.sparse and not is_nm(w, 2, 4)
-        packed = pack(w, bits=s.weight_bits, pattern=s.pattern, prune=prune)
+        if scale is not None:
+            check_tensor("scale", scale, dtypes=(torch.float32,), ndim=1)
+            scale = scale.to(w.device)
+        packed = pack(w, bits=s.weight_bits, pattern=s.pattern, prune=prune, scale=scale)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls.from_packed(packed, bias, backend=backend, activation=activation)
 
@@ -371,6 +376,8 @@ class SwapReport:
     fused_activations: list[str] = field(default_factory=list)  # modules replaced by nn.Identity
     #: fused NxMLinear (qualified name) -> the linears it computes (qualified names, in row order)
     fused: dict[str, list[str]] = field(default_factory=dict)
+    #: Set by :func:`nxm_kernels.calibrate`: the method, calibration size and per-layer relative output error.
+    calibration: dict | None = None
 
     @property
     def bytes_before(self) -> int:
@@ -395,7 +402,8 @@ class SwapReport:
         return {"swapped": {s.name: s.spec for s in self.swapped}, "kept": list(self.kept),
                 "backend": self.backend, "bytes_before": self.bytes_before, "bytes_after": self.bytes_after,
                 "fused_activations": list(self.fused_activations),
-                "fused": {name: list(members) for name, members in self.fused.items()}}
+                "fused": {name: list(members) for name, members in self.fused.items()},
+                "calibration": self.calibration}
 
     def __str__(self) -> str:
         specs = ", ".join(f"{n} x {s}" for s, n in self.by_spec().items()) or "nothing"
@@ -421,10 +429,11 @@ def after_swap(model: nn.Module) -> None:
 
 
 def swap_in(report: SwapReport, parent: nn.Module, attr: str, linear: nn.Linear, spec: LayerSpec, *, name: str,
-            qualified_name: str, backend: str, activation: str | None = None) -> NxMLinear:
+            qualified_name: str, backend: str, activation: str | None = None,
+            scale: torch.Tensor | None = None) -> NxMLinear:
     """Replace ``parent.<attr>`` (``linear``) by ``NxMLinear.from_linear(linear, spec, ...)`` and record it in
     ``report``; the one swap step of :func:`swap_named_linears` and :func:`nxm_kernels.swap_linears`."""
-    new = NxMLinear.from_linear(linear, spec, backend=backend, activation=activation)
+    new = NxMLinear.from_linear(linear, spec, backend=backend, activation=activation, scale=scale)
     report.swapped.append(SwappedLayer(name, qualified_name, str(spec), tuple(linear.weight.shape),
                                        linear_nbytes(linear), new.nbytes()["total"], new.activation))
     setattr(parent, attr, new)

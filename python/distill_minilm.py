@@ -20,15 +20,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
-import inspect
 import logging
 import random
-import re
 import sys
 import time
-import warnings
-import zlib
 from pathlib import Path
 
 import torch
@@ -37,67 +32,11 @@ from tqdm.auto import tqdm
 
 import nxm_kernels
 from nxm_kernels._json import dump_json
+from nxm_kernels.models.text import STDLIB, docstring_sentences, split_sentences
 from nxm_kernels.models.zoo import mean_pool, minilm_dir
 from nxm_kernels.train import ADMM, ADMMConfig, export_model, prepare_qat
 
 logger = logging.getLogger("distill_minilm")
-
-# Pure-Python, side-effect-free standard library modules with plenty of prose docstrings.
-STDLIB = ["argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
-          "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "email",
-          "enum", "fileinput", "fnmatch", "fractions", "ftplib", "functools", "getopt", "gettext", "glob", "gzip",
-          "hashlib", "heapq", "hmac", "html", "http.client", "http.server", "imaplib", "inspect", "io",
-          "ipaddress", "json", "logging", "logging.handlers", "lzma", "mailbox", "mimetypes", "multiprocessing",
-          "netrc", "numbers", "operator", "optparse", "os", "pathlib", "pickle", "pkgutil", "platform",
-          "plistlib", "poplib", "pprint", "queue", "quopri", "random", "re", "reprlib", "sched", "secrets",
-          "selectors", "shelve", "shlex", "shutil", "smtplib", "socket", "socketserver", "sqlite3", "ssl",
-          "statistics", "string", "subprocess", "tarfile", "tempfile", "textwrap", "threading", "timeit",
-          "tokenize", "trace", "traceback", "typing", "unittest", "urllib.parse", "urllib.request", "uuid",
-          "warnings", "weakref", "xml.dom.minidom", "xml.etree.ElementTree", "zipfile", "zoneinfo"]
-
-
-def docstring_sentences(modules=STDLIB) -> dict[str, list[str]]:
-    """English sentences from the docstrings of ``modules`` (and their classes and functions), by module."""
-    out = {}
-    for name in modules:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                mod = importlib.import_module(name)
-        except Exception:  # an optional module missing from this Python is fine
-            continue
-        docs = [inspect.getdoc(mod) or ""]
-        for _, obj in inspect.getmembers(mod):
-            if getattr(obj, "__module__", None) == mod.__name__ and (inspect.isclass(obj) or inspect.isfunction(obj)):
-                docs.append(inspect.getdoc(obj) or "")
-                if inspect.isclass(obj):
-                    docs += [inspect.getdoc(f) or "" for _, f in inspect.getmembers(obj, inspect.isfunction)
-                             if getattr(f, "__module__", None) == mod.__name__]
-        sents = set()
-        for doc in docs:
-            for para in re.split(r"\n\s*\n", doc):
-                text = " ".join(para.split())
-                if not text or text.startswith((">>>", "...")) or "::" in text:
-                    continue
-                for s in re.split(r"(?<=[.!?])\s+(?=[A-Z])", text):
-                    letters = sum(c.isalpha() for c in s)
-                    if 30 <= len(s) <= 300 and letters > 0.7 * len(s) and len(s.split()) >= 5:
-                        sents.add(s)
-        if sents:
-            out[name] = sorted(sents)
-    return out
-
-
-def split_sentences(by_module: dict, held_out_share: float = 0.2):
-    """Held-out sentences come from other modules than the training ones (chosen by a stable hash)."""
-    train, held = [], []
-    for name, sents in by_module.items():
-        (held if zlib.crc32(name.encode()) % 1000 < held_out_share * 1000 else train).extend(sents)
-    rng = random.Random(0)
-    rng.shuffle(train)
-    rng.shuffle(held)
-    return train, held
-
 
 @torch.no_grad()
 def embed(model, batches) -> torch.Tensor:

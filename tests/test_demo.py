@@ -93,3 +93,28 @@ def test_triton_on_a_cpu_is_announced_and_labelled(caplog, capsys):
     out = capsys.readouterr().out
     assert "CPU timings of the reference backend (plain PyTorch, not a kernel) and the Triton kernels run by " \
            "Triton's CPU interpreter" in out
+
+
+@pytest.mark.usefixtures("one_thread")  # a tiny model: see conftest
+def test_demo_calibrate_tiny(tmp_path, capsys):
+    report = tmp_path / "demo.json"
+    code = main(["demo", "--model", "tiny", "--repeats", "1", "--plan", "2:4-w4a8", "--calibrate",
+                 "--calibration-samples", "24", "--json", str(report)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "calibrated one-shot (sparsegpt) on 24 built-in calibration sequences" in out
+    data = json.loads(report.read_text())
+    assert data["compression"] == "sparsegpt"
+    r = data["results"][0]
+    assert r["reload_exact"] is True and r["swapped"] == 12
+    assert r["calibration"]["method"] == "sparsegpt" and r["calibration"]["n_samples"] == 24
+    assert 0.9 < r["cosine_mean"] <= 1.0
+
+
+def test_calibration_text_is_disjoint_from_evaluation():
+    from nxm_kernels.models.text import calibration_sentences, heldout_sentences
+    from nxm_kernels.models.zoo import SENTENCES
+
+    calib = calibration_sentences(256)
+    assert len(calib) == 256 and len(set(calib)) == 256
+    assert not set(calib) & set(SENTENCES) and not set(calib) & set(heldout_sentences())

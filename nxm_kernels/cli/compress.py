@@ -46,6 +46,11 @@ def register(subparsers) -> None:
     g.add_argument("--rho-max", type=float, default=1.0, help="rho cap (default 1)")
     g.add_argument("--projection", choices=("nm", "nm+quant"), default="nm",
                    help="Z projection: onto N:M, or onto N:M and the quantization grid (default nm)")
+    g.add_argument("--init", choices=("magnitude", "sparsegpt", "wanda"), default="magnitude",
+                   help="starting point: magnitude (the dense weights; Z and the prune-at-once mask by magnitude), or "
+                        "calibrated one-shot weights and masks (nxm_kernels.calibrate) from the first "
+                        "--calibration-samples training examples [magnitude]")
+    g.add_argument("--calibration-samples", type=int, default=512, help="examples used by --init [512]")
     g = p.add_argument_group("training")
     g.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW; default 5e-5)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
@@ -65,6 +70,8 @@ def register(subparsers) -> None:
     g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
     g.add_argument("--temperature", type=float, default=2.0, help="distillation softmax temperature (default 2)")
     g.add_argument("--hidden-weight", type=float, default=0.0, help="weight of hidden-state matching")
+    g.add_argument("--hidden-loss", choices=("mse", "squarehead"), default="mse",
+                   help="hidden-state term: plain MSE or SquareHead's per-layer normalised MSE [mse]")
     p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
     p.set_defaults(func=run)
 
@@ -104,6 +111,29 @@ def check_admm_updates(schedule, plan, n_train: int, args) -> None:
                      f"examples, --batch-size {args.batch_size}, {total} steps in all) but --admm-interval is "
                      f"{schedule.admm.interval}{how}; pass --admm-interval {max(1, phase // 4)} (at most {phase}), "
                      "train longer (--epochs, --max-steps, --admm-steps), or prune at once with --admm-steps 0")
+
+
+def _calibrated_start(model, plan, train, tokenizer, args) -> dict:
+    """Calibrate the model's weights in place (``--init``) and return the N:M masks chosen."""
+    import torch
+
+    from ..calibrate import calibrate_weights
+    from ..glue import encode
+
+    if args.calibration_samples < 1:
+        raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
+    feats = encode(train.subset(min(args.calibration_samples, len(train))), tokenizer, args.max_length)
+    batches = []
+    for i in range(0, len(feats), 32):
+        chunk = [{k: v for k, v in f.items() if k != "labels"} for f in feats[i:i + 32]]
+        batches.append(dict(tokenizer.pad(chunk, return_tensors="pt")))
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    model.to(device)
+    t0 = time.time()
+    results = calibrate_weights(model, plan, batches, args.init)
+    logger.info("--init %s: calibrated %d linears on %d examples in %.1f s", args.init, len(results), len(feats),
+                time.time() - t0)
+    return {n: r.mask for n, r in results.items() if r.mask is not None}
 
 
 def run(args) -> int:
@@ -154,8 +184,12 @@ def run(args) -> int:
         teacher, _ = _load_model(args.teacher, task, args.seed)
     elif args.distill:
         teacher = copy.deepcopy(model)
-    distill = DistillConfig(args.alpha, args.temperature, args.hidden_weight) if teacher is not None else None
-    compression = NxMCompression(plan, schedule=schedule, teacher=teacher, distill=distill)
+    distill = (DistillConfig(args.alpha, args.temperature, args.hidden_weight, args.hidden_loss)
+               if teacher is not None else None)
+    init_masks = None
+    if args.init != "magnitude":
+        init_masks = _calibrated_start(model, plan, train, tokenizer, args)
+    compression = NxMCompression(plan, schedule=schedule, teacher=teacher, distill=distill, init_masks=init_masks)
     targs = TrainingArguments(
         output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps,
         learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
@@ -195,7 +229,8 @@ def run(args) -> int:
         "admm": {"updates": len(admm_log),
                  "rel_primal_first": admm_log[0]["nxm_admm_rel_primal"] if admm_log else None,
                  "rel_primal_last": admm_log[-1]["nxm_admm_rel_primal"] if admm_log else None},
-        "distilled": teacher is not None, "checkpoint": str(ckpt), "wall_s": round(time.time() - t0, 2),
+        "distilled": teacher is not None, "init": args.init, "checkpoint": str(ckpt),
+        "wall_s": round(time.time() - t0, 2),
     }
     dump_json(metrics, out / "metrics.json")
     main = task.metrics[0]

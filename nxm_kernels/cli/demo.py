@@ -56,6 +56,13 @@ def register(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=None,
                    help="timed forward passes per measurement [3 on a CPU, 20 on a GPU]")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--calibrate", nargs="?", const="sparsegpt", default=None, metavar="METHOD",
+                   choices=("sparsegpt", "wanda", "magnitude"),
+                   help="calibrated one-shot compression (nxm_kernels.calibrate) on built-in text disjoint from the "
+                        "evaluation sentences: sparsegpt (SparseGPT 2:4 + GPTQ; the default when the flag is given), "
+                        "wanda or magnitude [off: plain magnitude pruning and rounding]")
+    p.add_argument("--calibration-samples", type=int, default=512, metavar="N",
+                   help="calibration sequences for --calibrate [512]")
     p.set_defaults(func=run)
 
 
@@ -187,6 +194,8 @@ def run(args) -> int:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
     plans = _parse_plans(args.plan)
     backends = _backends(args.backends, device)
+    if args.calibration_samples < 1:
+        raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
     work_dtype = torch.float16 if device.type == "cuda" else torch.float32
     steps = tqdm(total=2 + 4 * len(plans), desc="nxm demo", unit="step", leave=False)
 
@@ -199,6 +208,12 @@ def run(args) -> int:
     n_linears = len(base_sites)
     inputs = {k: v.to(device) for k, v in builtin.inputs.items()}
     _, ref_emb = _embed(base, builtin.inputs)          # the float32 CPU reference for fidelity
+    calib = None
+    if args.calibrate:
+        from ..models.zoo import calibration_batches
+
+        steps.set_postfix_str("calibration text")
+        calib = calibration_batches(builtin, args.calibration_samples)
     steps.update()
 
     steps.set_postfix_str("dense baseline")
@@ -216,7 +231,14 @@ def run(args) -> int:
             label = plan_label(plan)
             steps.set_postfix_str(f"{label}: swap")
             model = copy.deepcopy(base)
-            report = swap_linears(model, plan)
+            if calib is not None:
+                from ..calibrate import calibrate
+
+                t_cal = time.perf_counter()
+                report = calibrate(model, plan, calib, args.calibrate, n_samples=args.calibration_samples)
+                logger.info("%s: calibrated (%s) in %.1f s", label, args.calibrate, time.perf_counter() - t_cal)
+            else:
+                report = swap_linears(model, plan)
             steps.update()
 
             steps.set_postfix_str(f"{label}: save + reload")
@@ -246,6 +268,7 @@ def run(args) -> int:
                                                          if s.name in report.kept),
                 "checkpoint_bytes": ckpt_bytes, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                 "reload_exact": reload_exact, "latency_ms": lat, "checkpoint": str(ckpt) if args.out else None,
+                "calibration": report.calibration,
             })
             del loaded
     finally:
@@ -260,7 +283,8 @@ def run(args) -> int:
         dump_json({
             "model": builtin.name, "device": _device_name(device), "torch": torch.__version__,
             "dense_linear_bytes_fp32": dense_linear_bytes, "baseline": {"dtype": str(work_dtype), "latency_ms": baseline_ms},
-            "backends": backends, "results": results}, args.json)
+            "backends": backends, "compression": args.calibrate or "magnitude (uncalibrated)",
+            "results": results}, args.json)
     bad = [r["label"] for r in results if not r["reload_exact"]]
     if bad:
         print(f"error: reloading the checkpoint changed the outputs for {bad}")
@@ -304,6 +328,10 @@ def _print_report(builtin, device, backends, n_linears, dense_bytes, baseline_ms
     else:
         print(f"Timings: eager full-model forward, median of {args.repeats}, {dt} activations; 'dense {dt}' is "
               "the uncompressed model (cuBLAS). benchmarks/bench_e2e.py also times CUDA graphs.")
-    if any(r["plan"] and any("2:4" in v for v in r["plan"].values()) for r in results):
-        print("2:4 plans here prune by magnitude in one shot, without retraining; the training path "
-              "(ADMM + QAT, nxm_kernels.train) is what recovers accuracy at 2:4.")
+    if args.calibrate:
+        n_cal = next((r["calibration"]["n_samples"] for r in results if r.get("calibration")), 0)
+        print(f"Compression: calibrated one-shot ({args.calibrate}) on {n_cal} built-in calibration sequences, "
+              "disjoint from the evaluation sentences; no retraining.")
+    elif any(r["plan"] and any("2:4" in v for v in r["plan"].values()) for r in results):
+        print("2:4 plans here prune by magnitude in one shot, without retraining: add --calibrate for SparseGPT + "
+              "GPTQ calibrated compression, or use the training path (ADMM + QAT, nxm_kernels.train).")

@@ -130,10 +130,19 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
 
     Works for ``BertModel``, ``BertFor*`` and models with the same encoder layout (MiniLM, RoBERTa,
     ...); anything else raises ``ValueError`` (use :func:`nxm_kernels.swap_named_linears`).
-    Returns a :class:`~nxm_kernels.modules.SwapReport`.
+    Returns a :class:`~nxm_kernels.modules.SwapReport`. For calibrated compression (SparseGPT/GPTQ,
+    Wanda) use :func:`nxm_kernels.calibrate`, which returns the same report.
     """
     if not isinstance(fuse_qkv, bool):
         raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
+    return _swap(model, plan, backend, fuse_gelu=fuse_gelu, fuse_qkv=fuse_qkv, strict=strict)
+
+
+def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bool, strict: bool,
+          scales: dict | None = None):
+    """:func:`swap_linears`, optionally packing layers with given per-channel ``scales`` (by plan name), which is
+    how :func:`nxm_kernels.calibrate` stores exactly the codes its algorithm chose."""
+    scales = scales or {}
     plan = as_plan(plan)
     sites = bert_linears(model)
     specs = plan.resolve([s.name for s in sites], strict=strict)
@@ -163,7 +172,7 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
             if _is_exact_gelu(act):
                 activation, act_site = "gelu", site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR
         swap_in(report, site.parent, site.attr, site.module, spec, name=site.name, qualified_name=site.qualified_name,
-                backend=backend, activation=activation)
+                backend=backend, activation=activation, scale=scales.get(site.name))
         if act_site is not None:
             setattr(site.parent, GELU_ATTR, nn.Identity())
             report.fused_activations.append(act_site)

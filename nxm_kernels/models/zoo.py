@@ -27,7 +27,8 @@ import torch.nn as nn
 from .._checks import check_choice
 
 __all__ = ["MODELS", "TASK_MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
-           "load_builtin", "tiny_bert_config", "tiny_tokenizer", "load_task_model", "mean_pool"]
+           "load_builtin", "tiny_bert_config", "tiny_tokenizer", "load_task_model", "mean_pool",
+           "calibration_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -218,3 +219,34 @@ def load_task_model(name: str, num_labels: int, is_regression: bool = False, *, 
     except OSError as exc:
         raise not_found(name, exc) from None
     return model, tokenizer, fresh
+
+
+def calibration_batches(builtin: BuiltinModel, n: int = 512, *, batch_size: int = 64,
+                        max_length: int = 128) -> list[dict]:
+    """Unlabeled calibration inputs for a built-in model, disjoint from its evaluation inputs.
+
+    MiniLM: ``n`` standard-library docstring sentences (:func:`nxm_kernels.models.text.calibration_sentences`),
+    tokenized in batches. The tiny random BERT: ``n`` random token sequences from another seed than its
+    evaluation batch.
+    """
+    from .._checks import check_int
+
+    check_int("n", n, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    if builtin.tokenizer is not None:
+        from .text import calibration_sentences
+
+        sents = calibration_sentences(n)
+        return [dict(builtin.tokenizer(sents[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                                       return_tensors="pt")) for i in range(0, len(sents), batch_size)]
+    gen = torch.Generator().manual_seed(12345)  # not the evaluation batch's seed
+    vocab = builtin.model.config.vocab_size
+    length = builtin.inputs["input_ids"].shape[1]
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        ids = torch.randint(1, vocab, (b, length), generator=gen)
+        lengths = torch.randint(length // 3, length + 1, (b,), generator=gen)
+        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+        out.append({"input_ids": ids * mask, "attention_mask": mask})
+    return out

@@ -11,9 +11,10 @@
 
 from .admm import ADMM, ADMMConfig, project
 from .callback import CompressionSchedule, NxMCompression
-from .distill import DistillConfig, Distiller, distillation_loss
+from .distill import DistillConfig, Distiller, distillation_loss, hidden_state_loss
 from .export import export_model, export_spec
 from .qat import QATLinear, prepare_qat, qat_layers
 
 __all__ = ["QATLinear", "prepare_qat", "qat_layers", "ADMM", "ADMMConfig", "project", "NxMCompression",
-           "CompressionSchedule", "Distiller", "DistillConfig", "distillation_loss", "export_model", "export_spec"]
+           "CompressionSchedule", "Distiller", "DistillConfig", "distillation_loss", "hidden_state_loss",
+           "export_model", "export_spec"]

@@ -90,6 +90,27 @@ def project(v: torch.Tensor, layer: QATLinear, projection: str = "nm") -> torch.
     return z
 
 
+def _check_masks(masks, layers: dict) -> dict:
+    """Validate user-given masks: a dict of known N:M layer names to bool tensors of the weight's shape, N:M."""
+    if masks is None:
+        return {}
+    if not isinstance(masks, dict):
+        raise TypeError(f"masks must be a dict of layer name -> bool tensor, got {type(masks).__name__}")
+    from ..sparsity import count_nm_violations
+
+    for name, mask in masks.items():
+        if name not in layers:
+            raise ValueError(f"masks names {name!r}, which is not an N:M QAT layer here; layers: "
+                             f"{', '.join(list(layers)[:12])}")
+        layer = layers[name]
+        if (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                or tuple(mask.shape) != tuple(layer.weight.shape)):
+            raise ValueError(f"masks[{name!r}] must be a bool tensor of shape {tuple(layer.weight.shape)}")
+        if count_nm_violations(mask, *layer.nm):
+            raise ValueError(f"masks[{name!r}] is not {layer.nm[0]}:{layer.nm[1]}")
+    return masks
+
+
 def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
@@ -141,12 +162,19 @@ class ADMM:
         return "admm" if self.started else "init"
 
     @torch.no_grad()
-    def start(self) -> None:
-        """Z = proj(W), U = 0, rho = config.rho for every layer not started or pruned yet."""
-        for layer in self.layers.values():
+    def start(self, masks: "dict[str, torch.Tensor] | None" = None) -> None:
+        """Z = proj(W), U = 0, rho = config.rho for every layer not started or pruned yet.
+
+        ``masks`` (by layer name, bool ``[out, in]``, N:M): start from ``Z = proj(W * mask)`` instead,
+        e.g. the masks calibrated one-shot compression chose (:func:`nxm_kernels.calibrate.calibrate_weights`).
+        """
+        masks = _check_masks(masks, self.layers)
+        for name, layer in self.layers.items():
             if layer.pruned or layer.admm_active:
                 continue
             w = layer.weight.detach()
+            if name in masks:
+                w = w * masks[name].to(device=w.device, dtype=w.dtype)
             layer.admm_z = project(w, layer, self.config.projection).to(w.device)
             layer.admm_u = torch.zeros_like(layer.admm_z)
             layer.admm_rho = torch.tensor(float(self.config.rho), device=w.device)
@@ -223,11 +251,18 @@ class ADMM:
         return record
 
     @torch.no_grad()
-    def prune(self) -> dict[str, torch.Tensor]:
-        """Fix every layer's mask to the N:M support of Z (of W for layers never started); free Z and U."""
+    def prune(self, masks: "dict[str, torch.Tensor] | None" = None) -> dict[str, torch.Tensor]:
+        """Fix every layer's mask to the N:M support of Z (of W for layers never started); free Z and U.
+
+        ``masks`` (by layer name) fixes those layers' masks instead (e.g. calibrated masks, to prune at once).
+        """
+        given = _check_masks(masks, self.layers)
         masks = {}
         for name, layer in self.layers.items():
-            if not layer.pruned:
+            if not layer.pruned and name in given:
+                layer.set_mask(given[name])
+                layer.clear_admm_state()
+            elif not layer.pruned:
                 layer.prune_()
             masks[name] = layer.mask
         self._broadcast()

@@ -100,10 +100,14 @@ class NxMCompression(TrainerCallback):
         teacher: the dense fine-tuned model to distil from (optional; frozen, never modified).
         distill: a :class:`~nxm_kernels.train.distill.DistillConfig` (defaults when a teacher is given).
         strict: a plan pattern matching no layer is an error.
+        init_masks: N:M masks by layer name to start from, e.g. those of calibrated one-shot compression
+            (``{n: r.mask for n, r in calibrate_weights(model, plan, batches).items() if r.mask is not None}``,
+            run on the model before training, which also sets its weights): ADMM's initial Z is
+            ``proj(W * mask)``, and a prune at once (``admm_steps=0``) uses these masks.
     """
 
     def __init__(self, plan, *, schedule: CompressionSchedule | None = None, teacher: nn.Module | None = None,
-                 distill: DistillConfig | None = None, strict: bool = True):
+                 distill: DistillConfig | None = None, strict: bool = True, init_masks: dict | None = None):
         self.plan = plan
         self.schedule = schedule if schedule is not None else CompressionSchedule()
         if not isinstance(self.schedule, CompressionSchedule):
@@ -112,6 +116,9 @@ class NxMCompression(TrainerCallback):
             raise ValueError("distill needs a teacher model")
         self.distiller = Distiller(teacher, distill) if teacher is not None else None
         self.strict = strict
+        if init_masks is not None and not isinstance(init_masks, dict):
+            raise TypeError(f"init_masks must be a dict of layer name -> bool mask, got {type(init_masks).__name__}")
+        self.init_masks = init_masks
         self.layers: dict[str, QATLinear] = {}
         self.admm: ADMM | None = None
         self._model = None
@@ -173,7 +180,7 @@ class NxMCompression(TrainerCallback):
                            math.ceil(0.01 / args.learning_rate))
         if phase == "init":
             self._warn_without_updates(args, state)
-            self.admm.start()
+            self.admm.start(masks=self.init_masks)
             if self.schedule.admm_epochs is None and self._end_step == 0:
                 logger.info("compression: no ADMM phase (admm_steps=0): pruning %d layers to N:M at once, then "
                             "masked QAT of %d layers", len(self.admm.layers), len(self.layers))
@@ -238,7 +245,8 @@ class NxMCompression(TrainerCallback):
             self._prune(state)
 
     def _prune(self, state) -> None:
-        self.admm.prune()
+        # Calibrated masks are used as they are only when no Z/U update has moved Z away from them.
+        self.admm.prune(masks=self.init_masks if not self.admm.history else None)
         state.log_history.append({"step": state.global_step, "nxm_phase": "finetune"})
         logger.info("compression: pruned to N:M at step %d; masked QAT fine-tuning from here", state.global_step)
 

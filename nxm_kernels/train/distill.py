@@ -5,11 +5,15 @@ forward also runs the (frozen, eval-mode) teacher on the same inputs and replace
 ``loss`` by::
 
     (1 - alpha) * task_loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
-                            + hidden_weight * mean_l MSE(student_hidden_l, teacher_hidden_l)
+                            + hidden_weight * mean_l D(student_hidden_l, teacher_hidden_l)
 
-(for a regression head, one output, the logit term is the MSE between logits). Because the
-combined value is the model's own ``loss``, a ``Trainer`` scales, accumulates and reduces it exactly
-like a task loss. Evaluation forwards are untouched. Hidden-state matching needs student and teacher
+where ``D`` is the plain MSE (``hidden_loss="mse"``) or SquareHead's normalised MSE
+(``hidden_loss="squarehead"``: ``||s_l - t_l||² / ||t_l||²`` per layer, so that every layer counts
+alike whatever its activations' scale; the form published 2:4 recipes use to recover accuracy fastest).
+The SquareHead term counts real tokens only (the batch's ``attention_mask``; see
+:func:`hidden_state_loss`); the plain MSE keeps its all-positions form. For a regression head (one
+output) the logit term is the MSE between logits. Because the combined value is the model's own
+``loss``, a ``Trainer`` scales, accumulates and reduces it exactly like a task loss. Evaluation forwards are untouched. Hidden-state matching needs student and teacher
 of the same width and depth (the compressed model and its dense original are).
 """
 
@@ -23,19 +27,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DistillConfig", "Distiller", "distillation_loss"]
+__all__ = ["DistillConfig", "Distiller", "distillation_loss", "hidden_state_loss", "HIDDEN_LOSSES"]
 
 logger = logging.getLogger(__name__)
+
+HIDDEN_LOSSES = ("mse", "squarehead")
 
 
 @dataclass
 class DistillConfig:
     """``alpha``: weight of the logit term (0..1, the task loss gets ``1 - alpha``); ``temperature``:
-    softening T; ``hidden_weight``: weight of the hidden-state MSE (0 turns it off)."""
+    softening T; ``hidden_weight``: weight of the hidden-state term (0 turns it off); ``hidden_loss``:
+    ``"mse"`` (plain) or ``"squarehead"`` (per-layer MSE normalised by the teacher's hidden-state energy)."""
 
     alpha: float = 0.5
     temperature: float = 2.0
     hidden_weight: float = 0.0
+    hidden_loss: str = "mse"
 
     def __post_init__(self):
         for key in ("alpha", "temperature", "hidden_weight"):
@@ -48,6 +56,8 @@ class DistillConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.hidden_weight < 0:
             raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {self.hidden_loss!r}")
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0):
@@ -62,6 +72,39 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     t = t.reshape(-1, t.shape[-1])
     return F.kl_div(F.log_softmax(s / temperature, -1), F.log_softmax(t / temperature, -1),
                     reduction="batchmean", log_target=True) * temperature ** 2
+
+
+def hidden_state_loss(student_hidden, teacher_hidden, kind: str = "mse", attention_mask=None) -> torch.Tensor:
+    """Mean over layers of the hidden-state distance between two equal-length sequences of ``[B, T, H]`` tensors.
+
+    ``kind="mse"``: the mean squared error; ``"squarehead"``: ``sum (s - t)² / sum t²`` per layer
+    (SquareHead, Kurtic et al. 2023), i.e. the MSE normalised by the teacher's energy in that layer.
+    With ``attention_mask`` (``[B, T]``), only real tokens count.
+    """
+    if kind not in HIDDEN_LOSSES:
+        raise ValueError(f"kind must be one of {HIDDEN_LOSSES}, got {kind!r}")
+    student_hidden, teacher_hidden = list(student_hidden), list(teacher_hidden)
+    if not student_hidden or len(student_hidden) != len(teacher_hidden):
+        raise ValueError(f"student_hidden and teacher_hidden must be non-empty and of equal length, got "
+                         f"{len(student_hidden)} and {len(teacher_hidden)}")
+    terms = []
+    for i, (s, t) in enumerate(zip(student_hidden, teacher_hidden)):
+        if s.shape != t.shape:
+            raise ValueError(f"hidden state {i}: student shape {tuple(s.shape)} != teacher shape {tuple(t.shape)}")
+        s, t = s.float(), t.float()
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(s.shape[:2]):
+                raise ValueError(f"attention_mask must have shape {tuple(s.shape[:2])}, got "
+                                 f"{tuple(attention_mask.shape)}")
+            keep = attention_mask.to(torch.bool)
+            s, t = s[keep], t[keep]
+        sq = (s - t).pow(2)
+        if kind == "mse":
+            terms.append(sq.mean())
+        else:
+            # The teacher's energy is a constant: no gradient, and clamped so an all-zero layer cannot divide by 0.
+            terms.append(sq.sum() / t.pow(2).sum().clamp_min(1e-12))
+    return torch.stack(terms).mean()
 
 
 def _get(output, key):
@@ -128,7 +171,8 @@ class Distiller:
             if not s_h or not t_h or len(s_h) != len(t_h):
                 raise ValueError("hidden-state distillation needs student and teacher with the same number of "
                                  "hidden states")
-            hidden = torch.stack([F.mse_loss(a.float(), b.float()) for a, b in zip(s_h, t_h)]).mean()
+            hidden = hidden_state_loss(s_h, t_h, cfg.hidden_loss, kwargs.get("attention_mask") if cfg.hidden_loss
+                                       == "squarehead" else None)
             loss = loss + cfg.hidden_weight * hidden
             self.last["distill_hidden"] = hidden.detach()
         if isinstance(output, dict):
