@@ -131,7 +131,10 @@ def test_calibrate_model_packs_the_calibrated_weights_exactly(refine):
     a = copy.deepcopy(model)
     results = calibrate_weights(a, plan, calib, "sparsegpt", progress=False, **refine)
     b = copy.deepcopy(model)
-    report = nxm.calibrate(b, plan, calib, "sparsegpt", backend="reference", progress=False, **refine)
+    # fuse_qkv=False: each linear stays its own NxMLinear, so its codes and scales can be read one by one
+    # (the fused swap of the same calibration is checked bit-identical below).
+    report = nxm.calibrate(b, plan, calib, "sparsegpt", backend="reference", progress=False, fuse_qkv=False,
+                           **refine)
     assert isinstance(report, nxm.SwapReport) and len(report.swapped) == 11 and report.kept == ["layer.1.query"]
     assert report.calibration["method"] == "sparsegpt" and report.calibration["n_samples"] == 12
     sites_a = {s.name: s.module for s in bert_linears(a)}
@@ -148,9 +151,13 @@ def test_calibrate_model_packs_the_calibrated_weights_exactly(refine):
             assert site.module.spec.pattern == "dense"
         else:
             assert is_nm(w, 2, 4) and torch.equal(w != 0, (w != 0) & results[site.name].mask)
+    c = copy.deepcopy(model)
+    fused = nxm.calibrate(c, plan, calib, "sparsegpt", backend="reference", progress=False, **refine)
+    assert list(fused.fused) == ["encoder.layer.0.attention.self.qkv"]  # layer 1 keeps its float query
     with torch.no_grad():
         ref = model(**calib[0]).last_hidden_state
         out = b(**calib[0]).last_hidden_state
+        assert torch.equal(c(**calib[0]).last_hidden_state, out)
     assert torch.isfinite(out).all() and float(torch.nn.functional.cosine_similarity(
         out.flatten(), ref.flatten(), dim=0)) > 0.9
 

@@ -89,7 +89,7 @@ def test_triton_on_a_cpu_is_announced_and_labelled(caplog, capsys):
               "cosine_mean": 0.99, "cosine_min": 0.98, "reload_exact": True,
               "latency_ms": {"reference": 1.0, "triton": 90.0}}
     _print_report(load_builtin("tiny"), cpu, ["reference", "triton"], 12, 4000, 0.5, torch.float32, [result],
-                  argparse.Namespace(repeats=1))
+                  argparse.Namespace(repeats=1, calibrate=None))
     out = capsys.readouterr().out
     assert "CPU timings of the reference backend (plain PyTorch, not a kernel) and the Triton kernels run by " \
            "Triton's CPU interpreter" in out
