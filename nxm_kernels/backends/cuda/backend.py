@@ -210,6 +210,15 @@ def _linear_q(xq, x_scale, layout: CudaLayout, bias, activation: str, out_dtype:
 
 
 # ------------------------------------------------------------------ checked entry points
+def _checked(run, x2d: torch.Tensor, weights, meta, bias, activation: str, *, cutlass: bool = False):
+    """``run`` (one of the kernels above) on checked arguments: the layout rebuilt from ``weights``."""
+    check_choice("activation", activation, ACTIVATIONS)
+    layout = _layout(weights, meta)
+    if cutlass:
+        _require_cutlass(layout, x2d.device)
+    return run(x2d.contiguous(), layout, None if bias is None else bias.contiguous(), activation)
+
+
 def mma_sp_int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
     """int32 accumulators from the mma.sp kernel."""
     return _mma_sp_int_mm(xq, _layout(weights, meta))
@@ -217,9 +226,7 @@ def mma_sp_int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
 
 def mma_sp_linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
     """The op on the mma.sp kernel."""
-    check_choice("activation", activation, ACTIVATIONS)
-    layout = _layout(weights, meta)
-    return _mma_sp(x2d.contiguous(), layout, None if bias is None else bias.contiguous(), activation)
+    return _checked(_mma_sp, x2d, weights, meta, bias, activation)
 
 
 def cutlass_int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
@@ -231,10 +238,7 @@ def cutlass_int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
 
 def cutlass_linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
     """The op on the CUTLASS kernel (RuntimeError naming the rule when it cannot run)."""
-    check_choice("activation", activation, ACTIVATIONS)
-    layout = _layout(weights, meta)
-    _require_cutlass(layout, x2d.device)
-    return _cutlass(x2d.contiguous(), layout, None if bias is None else bias.contiguous(), activation)
+    return _checked(_cutlass, x2d, weights, meta, bias, activation, cutlass=True)
 
 
 def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
@@ -242,9 +246,7 @@ def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
 
 
 def linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
-    check_choice("activation", activation, ACTIVATIONS)
-    layout = _layout(weights, meta)
-    return _linear(x2d.contiguous(), layout, None if bias is None else bias.contiguous(), activation)
+    return _checked(_linear, x2d, weights, meta, bias, activation)
 
 
 def linear_q(xq: torch.Tensor, x_scale: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str,
