@@ -623,10 +623,16 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
     The report's ``calibration`` attribute holds the method and, per layer, the relative output error.
     Every packed weight holds exactly the codes the algorithm chose (its scales are passed to ``pack``).
     """
+    from .backends import split_candidate
     from .models.bert import _swap, bert_linears
     from .plan import Plan
 
     plan = Plan.coerce(plan)
+    # Checked before calibrating: the run takes minutes and writes the calibrated weights into the model.
+    if not isinstance(fuse_qkv, bool):
+        raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
+    if backend != "auto":
+        split_candidate(backend)  # the usual 'backend must be one of ...' error
 
     specs = plan.resolve([s.name for s in bert_linears(model)], strict=strict)
     for name, spec in specs.items():
@@ -635,8 +641,6 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
     results = calibrate_weights(model, plan, calibration, method, n_samples=n_samples, blocksize=blocksize, damp=damp,
                                 dense_targets=dense_targets, fit_bias=fit_bias, clip_search=clip_search,
                                 strict=strict, progress=progress)
-    if not isinstance(fuse_qkv, bool):
-        raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
     report = _swap(model, plan, backend, fuse_gelu=fuse_gelu, fuse_qkv=fuse_qkv, strict=strict,
                    scales={n: r.scale for n, r in results.items()})
     first = next(iter(results.values()))

@@ -191,6 +191,13 @@ def test_calibrate_bad_plan_and_method():
         nxm.calibrate(model, "fp", calib, progress=False)
     with pytest.raises(ValueError, match="dense_targets needs"):
         nxm.calibrate(model, "2:4-w8a8", calib, "wanda", dense_targets=True, progress=False)
+    # Refused before the (long) calibration writes anything into the model:
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nxm.calibrate(model, "2:4-w8a8", calib, backend="trition", progress=False)
+    with pytest.raises(TypeError, match="fuse_qkv must be a bool"):
+        nxm.calibrate(model, "2:4-w8a8", calib, fuse_qkv="yes", progress=False)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert not any(isinstance(m, NxMLinear) for m in model.modules())
 
 

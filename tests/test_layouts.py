@@ -50,6 +50,24 @@ def test_round_trip(cls, spec, shape):
         layout.values = layout.values.clone()
 
 
+@pytest.mark.parametrize("arch", [80, 90])
+@pytest.mark.parametrize("spec", ["2:4-w8a8", "2:4-w4a8"])
+def test_cuda_layout_with_cutlass_tensors_round_trips(spec, arch):
+    """On a GPU with the CUTLASS kernels the layout carries their tensors too (5 in op order); it still
+    inverts to the packed weight and rebuilds from its tensor list (the CUTLASS layout is a pure
+    function, so it is built here on the CPU)."""
+    from nxm_kernels.backends.cuda.cutlass_layout import cutlass_layout
+
+    p = _packed(spec, 256, 256)
+    c_values, c_meta, _ = cutlass_layout(p, arch)
+    layout = CudaLayout.from_packed(p).with_cutlass(c_values, c_meta)
+    assert len(layout) == 5 and layout.cutlass_values is c_values
+    assert layout.to_packed() == p
+    assert CudaLayout.from_tensors(layout.tensors(), layout.meta) == layout
+    with pytest.raises(ValueError, match="both"):
+        CudaLayout(layout.meta, layout.values, layout.metadata, layout.scales, c_values, None)
+
+
 def test_cuda_layout_is_the_kernel_layout():
     p = _packed("2:4-w4a8", 33, 72)
     layout = CudaLayout.from_packed(p)

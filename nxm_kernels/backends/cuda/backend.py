@@ -127,8 +127,7 @@ def prepare(packed: PackedWeight) -> CudaLayout:
     """The mma.sp kernel's layout (:mod:`.layout`), with on a GPU that has the CUTLASS kernels the
     CUTLASS layout of the same weight beside it (:mod:`.cutlass_layout`, sharing ``scales``)."""
     layout = prepare_layout(packed)
-    if (packed.sparse and packed.device.type == "cuda" and packed.shape[0] % CUTLASS_N_MULTIPLE == 0
-            and cutlass_unavailable_reason(packed.device) is None):
+    if packed.device.type == "cuda" and _cutlass_unsupported(layout.meta, packed.device) is None:
         c_values, c_meta, _ = cutlass_layout(packed, cutlass_arch(packed.device))
         layout = layout.with_cutlass(c_values, c_meta)
     return layout
@@ -153,9 +152,7 @@ def _layout(weights, meta) -> CudaLayout:
 
 def _require_cutlass(layout: CudaLayout, device: torch.device) -> None:
     if layout.cutlass_values is None:
-        n = layout.meta.n
-        why = cutlass_unavailable_reason(device) if n % CUTLASS_N_MULTIPLE == 0 else (
-            f"the CUTLASS kernels need out_features to be a multiple of {CUTLASS_N_MULTIPLE}, got {n}")
+        why = _cutlass_unsupported(layout.meta, device)
         raise RuntimeError(f"no CUTLASS layout was prepared for this weight: {why or 'prepared off the GPU'}")
 
 

@@ -160,7 +160,8 @@ class CudaLayout(Layout):
         return prepare_layout(packed)
 
     def to_packed(self) -> PackedWeight:
-        return restore_canonical(self, self.meta.n, self.meta.k, self.meta.bits)
+        # The mma.sp tensors hold the whole weight; the CUTLASS ones (if any) are a second copy of it.
+        return restore_canonical((self.values, self.metadata, self.scales), self.meta.n, self.meta.k, self.meta.bits)
 
 
 def prepare_layout(packed: PackedWeight) -> CudaLayout:
