@@ -113,8 +113,8 @@ class TestInterpreter:
 
     def test_backend_linear_runs_fused_for_small_m(self, monkeypatch):
         calls = []
-        real = fused.fused_linear
-        monkeypatch.setattr(fused, "fused_linear", lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))
+        real = fused.launch
+        monkeypatch.setattr(fused, "launch", lambda *a, **kw: calls.append(a[0].shape[0]) or real(*a, **kw))
         p = make_packed("2:4-w4a8", 33, 72, self.device)
         meta = WeightMeta.of(p)
         for m in (3, fused.FUSED_M_MAX + 1):

@@ -156,8 +156,9 @@ def _two_launch(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) 
 def _fused(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:
     """One launch: quantization in the GEMM's prologue (:mod:`.fused`)."""
     m = layout.meta
-    return fused.fused_linear(x2d, layout.values, layout.metadata, layout.scales, bias, n=m.n, k=m.k, bits=m.bits,
-                              sparse=m.sparse, gelu=activation == "gelu")
+    # The layout was checked when it was built and x by the caller: the unchecked launcher.
+    return fused.launch(x2d, layout.values, layout.metadata, layout.scales, bias, n=m.n, k=m.k, bits=m.bits,
+                        sparse=m.sparse, gelu=activation == "gelu")
 
 
 def _linear(x2d: torch.Tensor, layout: TritonLayout, bias, activation: str) -> torch.Tensor:

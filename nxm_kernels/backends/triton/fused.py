@@ -95,7 +95,7 @@ from .gemm import GemmConfig, _store_output, _weight_tile, is_interpreted, m_buc
 from .quant import _round_half_even
 
 __all__ = ["FusedConfig", "FUSED_M_MAX", "FUSED_CONFIGS", "FUSED_INTERPRETER_CONFIG", "MAX_SPLIT_K",
-           "MIN_K_TILES_PER_SPLIT", "COUNTER_CAPACITY", "fused_config", "fused_split_k", "fused_linear", "use_fused"]
+           "MIN_K_TILES_PER_SPLIT", "COUNTER_CAPACITY", "fused_config", "fused_split_k", "fused_linear", "launch", "use_fused"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -396,6 +396,16 @@ def fused_linear(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor |
     :func:`fused_split_k` choose.
     """
     _check(x, values, metadata, w_scale, bias, n, k, bits, sparse, out, x_scale_out, int32)
+    return launch(x, values, metadata, w_scale, bias, n=n, k=k, bits=bits, sparse=sparse, gelu=gelu, int32=int32,
+                  out=out, x_scale_out=x_scale_out, config=config, split_k=split_k)
+
+
+def launch(x: torch.Tensor, values: torch.Tensor, metadata: torch.Tensor | None, w_scale: torch.Tensor,
+           bias: torch.Tensor | None = None, *, n: int, k: int, bits: int, sparse: bool, gelu: bool = False,
+           int32: bool = False, out: torch.Tensor | None = None, x_scale_out: torch.Tensor | None = None,
+           config: GemmConfig | None = None, split_k: int | None = None) -> torch.Tensor:
+    """:func:`fused_linear` without its argument checks, for callers whose tensors were checked once
+    already (the triton backend's ``triton:fused`` variant on a prepared layout: the hot path)."""
     m = x.shape[0]
     y = out if out is not None else torch.empty((m, n), dtype=torch.int32 if int32 else x.dtype, device=x.device)
     if m == 0:
