@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import check_choice, check_finite, check_int, check_tensor
-from .quant import ACT_QMAX, qmax, quantize_weight
+from .quant import fake_quant_per_token, qmax, quantize_weight
 from .sparsity import nm_mask
 from .spec import LayerSpec, kernel_spec, parse_spec
 
@@ -374,14 +374,6 @@ def _token_mask(batch: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------- the model-level pass
-def _fake_quant_tokens(x: torch.Tensor) -> torch.Tensor:
-    """Per-token int8 fake quantization: the kernels' activation math (:func:`nxm_kernels.quant.quantize_per_token`)."""
-    amax = x.detach().abs().amax(dim=-1, keepdim=True).float()
-    s = amax / torch.full_like(amax, ACT_QMAX)
-    s = torch.where(s > 0, s, torch.ones_like(s))
-    return (torch.clamp(torch.round(x.float() / s), -ACT_QMAX, ACT_QMAX) * s).to(x.dtype)
-
-
 class _Compressed(nn.Module):
     """What a compressed linear computes, in float (per-token int8 fake quant, then the calibrated weight),
     used for the layers after it during the pass."""
@@ -392,7 +384,7 @@ class _Compressed(nn.Module):
 
     def forward(self, x):
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(_fake_quant_tokens(x), self.weight.to(x.dtype), bias)
+        return F.linear(fake_quant_per_token(x, ste=False), self.weight.to(x.dtype), bias)
 
 
 class _Stop(Exception):
@@ -536,7 +528,7 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                         xc = slot["c"][m]
                         check_finite(f"the inputs of {names[0]} on calibration[{bi}]", xc)
                         # The deployed layer multiplies the int8 per-token quantized input: fit that one.
-                        xc = _fake_quant_tokens(xc).double()
+                        xc = fake_quant_per_token(xc, ste=False).double()
                         if need_h:
                             h.addmm_(xc.T, xc, alpha=2.0 / n_tokens)
                         sums["c"] += xc.sum(0)
