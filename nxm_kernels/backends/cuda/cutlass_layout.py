@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from ...format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
-from .layout import prepared_dims
+from ...format import PackedWeight, _pack_nibbles, padded_k
+from .layout import padded_codes_meta, prepared_dims
 
 __all__ = ["ARCHS", "cutlass_layout", "cutlass_sm80_layout", "cutlass_sm90_layout", "restore_cutlass",
            "sm80_meta_index", "sm90_meta_index"]
@@ -50,16 +50,10 @@ def _padded_codes_meta(packed: PackedWeight):
         raise TypeError(f"packed must be a PackedWeight, got {type(packed).__name__}")
     if not packed.sparse:
         raise ValueError(f"the CUTLASS kernels run 2:4 weights only, got pattern {packed.pattern!r}")
-    n, k = packed.shape
-    np_, kp = prepared_dims(n, k)
-    codes = packed.codes()                                  # int8 for both widths
-    if tuple(codes.shape) != (np_, kp // 2):                # int8 without padding: the canonical tensor itself
-        codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
-    meta = torch.full((np_, kp // 8), PAD_METADATA_BYTE, dtype=torch.uint8, device=packed.device)
-    meta[:n, : packed.metadata.shape[1]] = packed.metadata
-    scales = torch.ones(np_, dtype=torch.float32, device=packed.device)
-    scales[:n] = packed.scales
-    return codes.contiguous(), meta, scales
+    codes, meta = padded_codes_meta(packed)
+    scales = torch.ones(codes.shape[0], dtype=torch.float32, device=packed.device)
+    scales[: packed.shape[0]] = packed.scales
+    return codes, meta, scales
 
 
 def sm90_meta_index(np_: int, kp: int, device=None) -> torch.Tensor:

@@ -43,7 +43,7 @@ import torch
 from ...format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
 from ..layout import Layout, WeightMeta
 
-__all__ = ["N_ALIGN", "K_ALIGN", "CudaLayout", "prepare_layout", "restore_canonical", "prepared_dims"]
+__all__ = ["N_ALIGN", "K_ALIGN", "CudaLayout", "padded_codes_meta", "prepare_layout", "restore_canonical", "prepared_dims"]
 
 N_ALIGN = 128   # largest weight-row tile of any kernel config
 K_ALIGN = 128   # dense K per pipeline stage
@@ -164,6 +164,21 @@ class CudaLayout(Layout):
         return restore_canonical((self.values, self.metadata, self.scales), self.meta.n, self.meta.k, self.meta.bits)
 
 
+def padded_codes_meta(packed: PackedWeight) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 2:4 weight's int8 codes ``[Np, KP/2]`` and metadata bytes ``[Np, KP/8]``, padded to
+    :func:`prepared_dims` (zero codes, :data:`PAD_METADATA_BYTE` metadata): the common start of the
+    mma.sp layout here and of the CUTLASS layouts (``cutlass_layout.py``). An int8 weight that needs
+    no padding keeps its canonical codes tensor itself (no copy)."""
+    n, k = packed.shape
+    np_, kp = prepared_dims(n, k)
+    codes = packed.codes()                                  # [N, K_pad/2] int8, for both widths
+    if tuple(codes.shape) != (np_, kp // 2):
+        codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
+    meta = torch.full((np_, kp // 8), PAD_METADATA_BYTE, dtype=torch.uint8, device=packed.device)
+    meta[:n, : packed.metadata.shape[1]] = packed.metadata
+    return codes.contiguous(), meta
+
+
 def prepare_layout(packed: PackedWeight) -> CudaLayout:
     """``[values uint8, meta int32, scales float32]`` in the kernel's layout (module docstring)."""
     if not isinstance(packed, PackedWeight):
@@ -173,10 +188,7 @@ def prepare_layout(packed: PackedWeight) -> CudaLayout:
     n, k = packed.shape
     np_, kp = prepared_dims(n, k)
     dev = packed.device
-    codes = packed.codes()                                  # [N, K_pad/2] int8
-    codes = torch.nn.functional.pad(codes, (0, kp // 2 - codes.shape[1], 0, np_ - n))
-    meta_b = torch.full((np_, kp // 8), PAD_METADATA_BYTE, dtype=torch.uint8, device=dev)
-    meta_b[:n, : packed.metadata.shape[1]] = packed.metadata
+    codes, meta_b = padded_codes_meta(packed)
     words = meta_b.view(torch.int32)                        # [Np, KP/32]: little-endian uint32 bits as int32
 
     row, col = _fragment_index(np_, kp, dev)
