@@ -1,15 +1,9 @@
 """Compression accounting: how many bytes a plan's encoder weights take, nominally and truly.
 
-**Two figures, two names.** A size comparison is reported one of two ways, never under a bare "ratio":
-
-* ``fraction_removed`` = ``1 - compressed / baseline``: the fraction of the bytes removed (``0.875``
-  removes seven eighths). This module, the search (``search_plans(target=...)``, ``nxm search
-  --target``) and ``nxm account`` speak in it.
-* ``size_factor`` = ``before / after``: how many times smaller (``8.0`` = 8x smaller), what a swap
-  reports (``SwapReport.size_factor``, ``metrics.json`` of ``nxm compress``, the benchmarks).
-  ``size_factor = 1 / (1 - fraction_removed)`` when both count the same bytes.
-
-Each fraction removed comes in one of three *kinds* (:data:`KINDS`), per layer and in total:
+**Two figures, two names**, never a bare "ratio": ``fraction_removed = 1 - compressed / baseline``
+(``0.875`` removes seven eighths; this module, ``nxm account`` and the search's target speak in it)
+and ``size_factor = before / after`` (``8.0`` = 8x smaller; ``SwapReport.size_factor``, ``metrics.json``,
+the benchmarks). A fraction removed is of one of three *kinds* (:data:`KINDS`):
 
 * ``"nominal"`` (the papers' figure): each weight costs ``bits x density`` bits against 32 bits
   (fp32); metadata, scales and padding are ignored. Uniform ``2:4-w8a8`` removes exactly 87.5%,
@@ -127,9 +121,8 @@ def layer_shapes(layers) -> dict[str, LayerShape]:
 
 
 class _Sizes:
-    """The fraction removed, for a layer and a group of layers alike, from ``size(kind)`` (what the
-    weights cost: bits for ``nominal``, bytes for the true kinds; ``None`` without a packed size)
-    and ``baseline(kind)`` (the same weights in fp32 bits / fp32 bytes / fp16 bytes)."""
+    """The fraction removed of a layer or a group alike, from ``size(kind)`` (bits for ``nominal``,
+    bytes for the true kinds) and ``baseline(kind)`` (the same weights in fp32 / fp32 / fp16)."""
 
     def fraction_removed(self, kind: str = "nominal") -> float:
         """``1 - size / baseline`` of ``kind`` (:data:`KINDS`): the fraction of the bytes removed."""
@@ -160,24 +153,15 @@ class LayerAccount(_Sizes):
     fp16_bytes: int
     bias_params: int
 
-    @property
-    def true_bytes_fp32(self) -> int | None:
-        """Bytes when deployed next to an fp32 model (an ``fp`` layer stays fp32)."""
-        return None if self.bytes is None else self.bytes["total"]
-
-    @property
-    def true_bytes_fp16(self) -> int | None:
-        """Bytes when deployed next to an fp16 model (an ``fp`` layer is fp16)."""
-        if self.bytes is None:
-            return None
-        return self.fp16_bytes if self.spec == "fp" else self.bytes["total"]
-
     def size(self, kind: str) -> float | None:
-        """Nominal bits or true bytes of this layer's weight (``None``: no packed size)."""
+        """Nominal bits or true bytes of this layer's weight (``None``: no packed size). Deployed next
+        to an fp16 model, an ``fp`` layer is fp16."""
         kind = check_kind(kind)
         if kind == "nominal":
             return self.params * self.nominal_bits
-        return self.true_bytes_fp32 if kind == "true-fp32" else self.true_bytes_fp16
+        if self.bytes is None:
+            return None
+        return self.fp16_bytes if kind == "true-fp16" and self.spec == "fp" else self.bytes["total"]
 
     def baseline(self, kind: str) -> float:
         kind = check_kind(kind)

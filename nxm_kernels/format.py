@@ -70,12 +70,10 @@ def packed_shapes(n: int, k: int, bits: int, sparse: bool) -> dict:
 def weight_nbytes(shape, spec: "str | LayerSpec", float_bytes: int = 4) -> dict:
     """Bytes of a weight ``[N, K]`` stored under ``spec``: ``{"values", "metadata", "scales", "total"}``.
 
-    The project's one byte count: :meth:`PackedWeight.nbytes`, ``NxMLinear.nbytes``, the swap report,
-    :mod:`nxm_kernels.accounting` and the search all report it. A packable spec (``2:4`` / ``dense``
-    with ``w8``/``w4``) counts the canonical tensors exactly as :func:`pack` lays them out (K padded to
-    :data:`K_ALIGN`); ``fp`` counts the dense weight at ``float_bytes`` per element (4 for float32, 2
-    for float16/bfloat16, 8 for float64, 1 for a float8 type), in ``values``. Training-only N:M
-    patterns have no packed layout, hence no size: ``ValueError``.
+    The project's one byte count (``PackedWeight``/``NxMLinear.nbytes``, the swap report, the accounting
+    and the search report it): a packable spec counts the tensors exactly as :func:`pack` lays them out;
+    ``fp`` counts the dense weight at ``float_bytes`` per element. Training-only N:M patterns have no
+    packed layout, hence no size: ``ValueError``.
     """
     if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
