@@ -417,7 +417,8 @@ class SwapReport:
             kept += f"; {members} of them computed by {len(self.fused)} fused layers"
         return (f"swapped {len(self.swapped)} linears ({specs}){kept}; "
                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
-                f"({self.size_factor:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
+                f"({self.size_factor:.2f}x), "
+                f"backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
 
 
 #: ``hook(model)`` callables run after every swap (:func:`swap_named_linears`, ``swap_linears``). The

@@ -49,7 +49,8 @@ def test_hand_computed_plan_totals():
     assert acct.fraction_removed("true-fp32") == pytest.approx(1 - 24336 / 97280, abs=1e-15)
     assert acct.fraction_removed("true-fp16") == pytest.approx(1 - 21136 / 48640, abs=1e-15)
     # nominal bits: 2:4-w8a8 -> 4, dense-w4a8 -> 4, fp -> 32; only layer.1.query (1600 weights) is fp.
-    assert acct.fraction_removed("nominal") == pytest.approx(1 - (4 * (params - 1600) + 32 * 1600) / (32 * params), abs=1e-15)
+    assert acct.fraction_removed("nominal") == pytest.approx(1 - (4 * (params - 1600) + 32 * 1600) / (32 * params),
+                                                             abs=1e-15)
     # Biases: every site has one, out_features each: 2 * (4*40 + 72 + 40) = 544.
     s = acct.summary()
     assert s["bias_params"] == 544 and s["bias_bytes_fp32"] == 2176 and s["bias_bytes_fp16"] == 1088
