@@ -140,7 +140,8 @@ def prepare_variant(v: Variant, model, device):
         report = nxm.swap_linears(model, PLANS[v.plan], backend="reference")
         layer_backends = use_backend(model, v.backend, device)
         info["swap"] = {"swapped": len(report.swapped), "bytes_before": report.bytes_before,
-                        "bytes_after": report.bytes_after, "ratio": report.ratio, "by_spec": report.by_spec(),
+                        "bytes_after": report.bytes_after, "size_factor": report.size_factor,
+                        "by_spec": report.by_spec(),
                         "fused_gelu": len(report.fused_activations), "fused_qkv": len(report.fused),
                         "layer_backends": layer_backends}
     elif v.kind == "torchao":

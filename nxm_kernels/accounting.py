@@ -1,23 +1,25 @@
 """Compression accounting: how many bytes a plan's encoder weights take, nominally and truly.
 
-Two kinds of figure, per layer and in total, both reported as a *compression ratio*
-``1 - compressed / baseline`` (the fraction of bytes removed; ``0.875`` means 8x smaller):
+**Two figures, two names**, never a bare "ratio": ``fraction_removed = 1 - compressed / baseline``
+(``0.875`` removes seven eighths; this module, ``nxm account`` and the search's target speak in it)
+and ``size_factor = before / after`` (``8.0`` = 8x smaller; ``SwapReport.size_factor``, ``metrics.json``,
+the benchmarks). A fraction removed is of one of three *kinds* (:data:`KINDS`):
 
-* **nominal** (the papers' figure): each weight costs ``bits x density`` bits against 32 bits
-  (fp32); metadata, scales and padding are ignored. Uniform ``2:4-w8a8`` is exactly 87.5%,
+* ``"nominal"`` (the papers' figure): each weight costs ``bits x density`` bits against 32 bits
+  (fp32); metadata, scales and padding are ignored. Uniform ``2:4-w8a8`` removes exactly 87.5%,
   ``2:4-w4a8`` 93.75%, ``dense-w8a8`` 75%, ``dense-w4a8`` 87.5%, ``fp`` 0%.
-* **true**: the bytes of the canonical packed format (:mod:`nxm_kernels.format`) as :func:`pack`
-  produces them (values + 2:4 metadata + float32 scales, with K zero-padded to a multiple of
-  :data:`~nxm_kernels.format.K_ALIGN`), against the same weights stored densely in fp32 *and* in fp16.
-  A layer left ``fp`` counts at the baseline's float width (4 bytes against fp32, 2 against fp16):
-  the question answered is "how much smaller is the deployed model than the same model in fp32
-  (fp16)". :func:`packed_nbytes` equals ``pack(...).nbytes()`` byte for byte (the tests check it).
+* ``"true-fp32"`` (also spelt ``"true"``) and ``"true-fp16"``: the bytes of the canonical packed
+  format as :func:`~nxm_kernels.format.weight_nbytes` counts them (values + 2:4 metadata + float32
+  scales, with K zero-padded to a multiple of :data:`~nxm_kernels.format.K_ALIGN`; what
+  ``pack(...).nbytes()`` reports), against the same weights stored densely in fp32 / fp16. A layer
+  left ``fp`` counts at the baseline's float width (4 bytes against fp32, 2 against fp16): the
+  question answered is "how much smaller is the deployed model than the same model in fp32 (fp16)".
 
 **What is counted.** The headline figures cover the encoder linears' *weight matrices* only (the
 ``layer.<i>.<component>`` sites of :mod:`nxm_kernels.plan`), as the papers do. Biases are not
 compressed by any spec (``NxMLinear`` keeps them in floating point), so they are reported
-separately: ``bias_bytes_fp32`` / ``bias_bytes_fp16``, and the ``*_with_bias`` ratios, which add the
-biases at the baseline's float width to *both* the compressed and the baseline side. Embeddings,
+separately: ``bias_bytes_fp32`` / ``bias_bytes_fp16``, and ``fraction_removed_with_bias``, which adds
+the biases at the baseline's float width to *both* the compressed and the baseline side. Embeddings,
 LayerNorms, the pooler and task heads are outside the encoder linears and are not counted at all.
 
 This module knows only the format and the plan vocabulary (no transformers), so the search, the
@@ -29,23 +31,28 @@ demo and the benchmarks can all use it. Layer shapes come in as ``{name: (out, i
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, NamedTuple
 
+from ._checks import check_choice
 from ._json import dump_json
-from .format import packed_shapes
+from .format import weight_nbytes
 from .plan import Plan
 from .spec import LayerSpec, parse_spec
 
-__all__ = ["LayerShape", "LayerAccount", "Accounting", "packed_nbytes", "weight_nbytes", "nominal_bits",
-           "layer_shapes", "account"]
+__all__ = ["KINDS", "check_kind", "LayerShape", "LayerAccount", "Accounting", "nominal_bits", "layer_shapes", "account"]
 
 FP32_BYTES = 4
 FP16_BYTES = 2
-#: Scales are stored as float32 in the packed format.
-SCALE_BYTES = 4
+#: The kinds of fraction removed (see the module docstring); ``"true"`` is ``"true-fp32"``.
+KINDS = ("nominal", "true", "true-fp32", "true-fp16")
+
+
+def check_kind(kind) -> str:
+    """``kind`` checked against :data:`KINDS` and spelt canonically (``"true"`` -> ``"true-fp32"``)."""
+    check_choice("kind", kind, KINDS)
+    return "true-fp32" if kind == "true" else kind
 
 
 class LayerShape(NamedTuple):
@@ -81,39 +88,6 @@ def nominal_bits(spec: "str | LayerSpec") -> float:
     return s.weight_bits * density
 
 
-def packed_nbytes(shape, spec: "str | LayerSpec") -> dict:
-    """Bytes of ``pack(weight[N, K], spec)``: ``{"values", "metadata", "scales", "total"}``.
-
-    Same keys and numbers as :meth:`nxm_kernels.format.PackedWeight.nbytes`. Only the packable
-    specs (``2:4`` / ``dense`` with ``w8``/``w4``) have a packed size; ``fp`` and training-only N:M
-    patterns raise ``ValueError``.
-    """
-    shape = _check_shape("shape", shape)
-    s = parse_spec(spec)
-    if not s.packable:
-        raise ValueError(f"spec must be a packable spec (2:4-w8a8, 2:4-w4a8, dense-w8a8, dense-w4a8) to have "
-                         f"a packed size, got {str(s)!r}")
-    shapes = packed_shapes(shape.out_features, shape.in_features, s.weight_bits, s.sparse)
-    b = {  # values and metadata hold one byte per element
-        "values": math.prod(shapes["values"]),
-        "metadata": math.prod(shapes["metadata"]) if s.sparse else 0,
-        "scales": math.prod(shapes["scales"]) * SCALE_BYTES,
-    }
-    b["total"] = sum(b.values())
-    return b
-
-
-def weight_nbytes(shape, spec: "str | LayerSpec", float_bytes: int = FP32_BYTES) -> dict:
-    """Bytes of a layer's weight under ``spec``: packed bytes, or ``N x K x float_bytes`` for ``fp``."""
-    if float_bytes not in (FP32_BYTES, FP16_BYTES):
-        raise ValueError(f"float_bytes must be 4 (fp32) or 2 (fp16), got {float_bytes!r}")
-    shape = _check_shape("shape", shape)
-    if parse_spec(spec).is_fp:
-        v = shape.out_features * shape.in_features * float_bytes
-        return {"values": v, "metadata": 0, "scales": 0, "total": v}
-    return packed_nbytes(shape, spec)
-
-
 def layer_shapes(layers) -> dict[str, LayerShape]:
     """Normalise ``layers`` to ``{name: LayerShape}``.
 
@@ -146,13 +120,27 @@ def layer_shapes(layers) -> dict[str, LayerShape]:
     return out
 
 
-def _ratio(compressed: float, baseline: float) -> float:
-    return 1.0 - compressed / baseline
+class _Sizes:
+    """The fraction removed of a layer or a group alike, from ``size(kind)`` (bits for ``nominal``,
+    bytes for the true kinds) and ``baseline(kind)`` (the same weights in fp32 / fp32 / fp16)."""
+
+    def fraction_removed(self, kind: str = "nominal") -> float:
+        """``1 - size / baseline`` of ``kind`` (:data:`KINDS`): the fraction of the bytes removed."""
+        kind = check_kind(kind)
+        size = self.size(kind)
+        if size is None:
+            raise ValueError("the plan uses specs without a packed format, so it has no true size "
+                             "(only a nominal fraction removed)")
+        return 1.0 - size / self.baseline(kind)
+
+    def _fraction_removed_by_kind(self) -> dict:
+        """Every kind's fraction removed, ``None`` where there is no packed size (the JSON form)."""
+        return {k: None if self.size(k) is None else self.fraction_removed(k) for k in KINDS if k != "true"}
 
 
 @dataclass
-class LayerAccount:
-    """One layer's figures (bytes are exact integers; ratios are ``1 - compressed/baseline``)."""
+class LayerAccount(_Sizes):
+    """One layer's figures (bytes are exact integers; see the module docstring for the fractions)."""
 
     name: str
     out_features: int
@@ -165,42 +153,31 @@ class LayerAccount:
     fp16_bytes: int
     bias_params: int
 
-    @property
-    def nominal_ratio(self) -> float:
-        return 1.0 - self.nominal_bits / 32.0
-
-    @property
-    def true_bytes_fp32(self) -> int | None:
-        """Bytes when deployed next to an fp32 model (an ``fp`` layer stays fp32)."""
-        return None if self.bytes is None else self.bytes["total"]
-
-    @property
-    def true_bytes_fp16(self) -> int | None:
-        """Bytes when deployed next to an fp16 model (an ``fp`` layer is fp16)."""
+    def size(self, kind: str) -> float | None:
+        """Nominal bits or true bytes of this layer's weight (``None``: no packed size). Deployed next
+        to an fp16 model, an ``fp`` layer is fp16."""
+        kind = check_kind(kind)
+        if kind == "nominal":
+            return self.params * self.nominal_bits
         if self.bytes is None:
             return None
-        return self.fp16_bytes if self.spec == "fp" else self.bytes["total"]
+        return self.fp16_bytes if kind == "true-fp16" and self.spec == "fp" else self.bytes["total"]
 
-    @property
-    def true_ratio_fp32(self) -> float | None:
-        return None if self.bytes is None else _ratio(self.true_bytes_fp32, self.fp32_bytes)
-
-    @property
-    def true_ratio_fp16(self) -> float | None:
-        return None if self.bytes is None else _ratio(self.true_bytes_fp16, self.fp16_bytes)
+    def baseline(self, kind: str) -> float:
+        kind = check_kind(kind)
+        return {"nominal": 32.0 * self.params, "true-fp32": self.fp32_bytes, "true-fp16": self.fp16_bytes}[kind]
 
     def to_dict(self) -> dict:
         return {
             "name": self.name, "shape": [self.out_features, self.in_features], "spec": self.spec,
-            "params": self.params, "nominal_bits": self.nominal_bits, "nominal_ratio": self.nominal_ratio,
+            "params": self.params, "nominal_bits": self.nominal_bits,
             "bytes": self.bytes, "fp32_bytes": self.fp32_bytes, "fp16_bytes": self.fp16_bytes,
-            "bias_params": self.bias_params,
-            "true_ratio_fp32": self.true_ratio_fp32, "true_ratio_fp16": self.true_ratio_fp16,
+            "bias_params": self.bias_params, "fraction_removed": self._fraction_removed_by_kind(),
         }
 
 
 @dataclass
-class Accounting:
+class Accounting(_Sizes):
     """Per-layer and total figures for a plan over a set of layers (see the module docstring)."""
 
     layers: list[LayerAccount]
@@ -220,48 +197,29 @@ class Accounting:
         return sum(a.fp16_bytes for a in self.layers)
 
     @property
-    def nominal_ratio(self) -> float:
-        bits = sum(a.params * a.nominal_bits for a in self.layers)
-        return 1.0 - bits / (32.0 * self.params)
-
-    @property
     def exact(self) -> bool:
         """False when a spec has no packed size (training-only N:M patterns): true figures are None."""
         return all(a.bytes is not None for a in self.layers)
 
+    def size(self, kind: str) -> float | None:
+        """The layers' summed :meth:`LayerAccount.size` (``None`` when one has no packed size)."""
+        sizes = [a.size(kind) for a in self.layers]
+        return None if None in sizes else sum(sizes)
+
+    def baseline(self, kind: str) -> float:
+        return sum(a.baseline(kind) for a in self.layers)
+
     @property
     def true_bytes_fp32(self) -> int | None:
-        return sum(a.true_bytes_fp32 for a in self.layers) if self.exact else None
+        return self.size("true-fp32")
 
     @property
     def true_bytes_fp16(self) -> int | None:
-        return sum(a.true_bytes_fp16 for a in self.layers) if self.exact else None
-
-    @property
-    def true_ratio_fp32(self) -> float | None:
-        return _ratio(self.true_bytes_fp32, self.fp32_bytes) if self.exact else None
-
-    @property
-    def true_ratio_fp16(self) -> float | None:
-        return _ratio(self.true_bytes_fp16, self.fp16_bytes) if self.exact else None
+        return self.size("true-fp16")
 
     @property
     def bias_params(self) -> int:
         return sum(a.bias_params for a in self.layers)
-
-    def ratio(self, kind: str = "nominal") -> float:
-        """The ratio named ``kind``: ``"nominal"``, ``"true"`` / ``"true-fp32"`` or ``"true-fp16"``."""
-        if kind == "nominal":
-            return self.nominal_ratio
-        if kind in ("true", "true-fp32"):
-            r = self.true_ratio_fp32
-        elif kind == "true-fp16":
-            r = self.true_ratio_fp16
-        else:
-            raise ValueError(f"kind must be 'nominal', 'true', 'true-fp32' or 'true-fp16', got {kind!r}")
-        if r is None:
-            raise ValueError("the plan uses specs without a packed format, so it has no true ratio")
-        return r
 
     def components(self) -> dict[str, "Accounting"]:
         """The layers grouped by the last part of their name (``query`` ... ``ffn2``)."""
@@ -277,22 +235,19 @@ class Accounting:
     # --------------------------------------------------------------------- output
     def summary(self) -> dict:
         """Totals as a JSON-ready dict."""
-        d = {
+        b32, b16 = self.bias_params * FP32_BYTES, self.bias_params * FP16_BYTES
+        with_bias = {"true-fp32": None, "true-fp16": None}
+        if self.exact:
+            with_bias = {"true-fp32": 1.0 - (self.true_bytes_fp32 + b32) / (self.fp32_bytes + b32),
+                         "true-fp16": 1.0 - (self.true_bytes_fp16 + b16) / (self.fp16_bytes + b16)}
+        return {
             "layers": len(self.layers), "params": self.params, "specs": sorted({a.spec for a in self.layers}),
-            "nominal_ratio": self.nominal_ratio,
             "fp32_bytes": self.fp32_bytes, "fp16_bytes": self.fp16_bytes,
             "true_bytes_fp32": self.true_bytes_fp32, "true_bytes_fp16": self.true_bytes_fp16,
-            "true_ratio_fp32": self.true_ratio_fp32, "true_ratio_fp16": self.true_ratio_fp16,
-            "bias_params": self.bias_params,
-            "bias_bytes_fp32": self.bias_params * FP32_BYTES, "bias_bytes_fp16": self.bias_params * FP16_BYTES,
+            "fraction_removed": self._fraction_removed_by_kind(),
+            "bias_params": self.bias_params, "bias_bytes_fp32": b32, "bias_bytes_fp16": b16,
+            "fraction_removed_with_bias": with_bias,
         }
-        if self.exact:
-            b32, b16 = self.bias_params * FP32_BYTES, self.bias_params * FP16_BYTES
-            d["true_ratio_fp32_with_bias"] = _ratio(self.true_bytes_fp32 + b32, self.fp32_bytes + b32)
-            d["true_ratio_fp16_with_bias"] = _ratio(self.true_bytes_fp16 + b16, self.fp16_bytes + b16)
-        else:
-            d["true_ratio_fp32_with_bias"] = d["true_ratio_fp16_with_bias"] = None
-        return d
 
     def to_dict(self) -> dict:
         return {"what": "encoder linear weights (biases reported separately)", "plan": self.plan,
@@ -303,7 +258,8 @@ class Accounting:
         return dump_json(self.to_dict(), path)
 
     def table(self, per_layer: bool = True) -> str:
-        """A fixed-width text table: one row per layer (or per component) and a total row."""
+        """A fixed-width text table: one row per layer (or per component) and a total row; the
+        percentages are fractions of the bytes removed."""
         head = (f"{'layer':<20} {'shape':>11} {'spec':<11} {'bits/w':>6} {'nominal':>8} "
                 f"{'bytes':>11} {'meta B':>9} {'scale B':>8} {'vs fp32':>8} {'vs fp16':>8}")
         rows = [head, "-" * len(head)]
@@ -311,25 +267,25 @@ class Accounting:
         def pct(r):
             return "-" if r is None else f"{100 * r:7.2f}%"
 
-        def line(name, shape, spec, bits, nominal, b, r32, r16):
+        def line(name, shape, spec, bits, fractions, b):
             tot = "-" if b is None else f"{b['total']:,}"
             meta = "-" if b is None else f"{b['metadata']:,}"
             sc = "-" if b is None else f"{b['scales']:,}"
-            rows.append(f"{name:<20} {shape:>11} {spec:<11} {bits:>6} {pct(nominal):>8} {tot:>11} {meta:>9} "
-                        f"{sc:>8} {pct(r32):>8} {pct(r16):>8}")
+            rows.append(f"{name:<20} {shape:>11} {spec:<11} {bits:>6} {pct(fractions['nominal']):>8} {tot:>11} "
+                        f"{meta:>9} {sc:>8} {pct(fractions['true-fp32']):>8} {pct(fractions['true-fp16']):>8}")
 
         def group_line(name, acc: "Accounting", spec):
             # a group's row: summed bytes (none if a spec has no packed size), weight-averaged bits
             b = None if not acc.exact else {
                 "total": acc.true_bytes_fp32, "metadata": sum(a.bytes["metadata"] for a in acc.layers),
                 "scales": sum(a.bytes["scales"] for a in acc.layers)}
-            bits = sum(a.params * a.nominal_bits for a in acc.layers) / acc.params
-            line(name, "", spec, f"{bits:.3g}", acc.nominal_ratio, b, acc.true_ratio_fp32, acc.true_ratio_fp16)
+            bits = acc.size("nominal") / acc.params
+            line(name, "", spec, f"{bits:.3g}", acc._fraction_removed_by_kind(), b)
 
         if per_layer:
             for a in self.layers:
-                line(a.name, f"{a.out_features}x{a.in_features}", a.spec, f"{a.nominal_bits:g}", a.nominal_ratio,
-                     a.bytes, a.true_ratio_fp32, a.true_ratio_fp16)
+                line(a.name, f"{a.out_features}x{a.in_features}", a.spec, f"{a.nominal_bits:g}",
+                     a._fraction_removed_by_kind(), a.bytes)
         else:
             for comp, acc in self.components().items():
                 specs = sorted({a.spec for a in acc.layers})
@@ -337,11 +293,12 @@ class Accounting:
         rows.append("-" * len(head))
         group_line(f"total ({len(self.layers)})", self, "")
         s = self.summary()
-        rows.append(f"baseline: {s['fp32_bytes']:,} B fp32 / {s['fp16_bytes']:,} B fp16 for {s['params']:,} weights; "
+        rows.append(f"fraction of the bytes removed; baseline: {s['fp32_bytes']:,} B fp32 / {s['fp16_bytes']:,} B "
+                    f"fp16 for {s['params']:,} weights; "
                     f"'bytes' is the size deployed next to an fp32 model (fp layers at 4 B/weight). Biases ({s['bias_params']:,}) "
                     f"are not counted above; with them kept float on both sides: "
-                    f"{pct(s['true_ratio_fp32_with_bias']).strip()} vs fp32, "
-                    f"{pct(s['true_ratio_fp16_with_bias']).strip()} vs fp16.")
+                    f"{pct(s['fraction_removed_with_bias']['true-fp32']).strip()} vs fp32, "
+                    f"{pct(s['fraction_removed_with_bias']['true-fp16']).strip()} vs fp16.")
         return "\n".join(rows)
 
 
@@ -359,11 +316,10 @@ def account(layers, plan: "Plan | Mapping[str, str] | str", *, strict: bool = Tr
     for name, shape in shapes.items():
         spec = specs[name]
         params = shape.out_features * shape.in_features
-        packable = spec.kernel_ready  # fp counts as dense float bytes
         out.append(LayerAccount(
             name=name, out_features=shape.out_features, in_features=shape.in_features, spec=str(spec),
-            params=params, nominal_bits=nominal_bits(spec),
-            bytes=weight_nbytes(shape, spec, FP32_BYTES) if packable else None,
+            params=params, nominal_bits=nominal_bits(spec),  # fp counts as dense float bytes:
+            bytes=weight_nbytes(shape[:2], spec, FP32_BYTES) if spec.kernel_ready else None,
             fp32_bytes=params * FP32_BYTES, fp16_bytes=params * FP16_BYTES,
             bias_params=shape.out_features if shape.bias else 0))
     return Accounting(out, plan.to_dict())

@@ -19,6 +19,7 @@ Backends may derive their own in-memory layouts from this once (cached in
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,10 +28,10 @@ import torch
 from ._checks import FLOAT_DTYPES, check_choice, check_finite, check_tensor
 from .quant import quantize_weight
 from .sparsity import check_nm, prune_nm
-from .spec import KERNEL_PATTERNS, WEIGHT_BITS, parse_spec
+from .spec import KERNEL_PATTERNS, WEIGHT_BITS, LayerSpec, parse_spec
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "K_ALIGN", "MAX_K", "PAD_METADATA_BYTE", "PackedWeight", "cat_rows",
-           "pack", "packed_shapes", "padded_k", "values_dtype"]
+           "pack", "packed_shapes", "padded_k", "values_dtype", "weight_nbytes"]
 
 FORMAT_NAME = "nxm-packed"
 FORMAT_VERSION = 1
@@ -38,6 +39,8 @@ FORMAT_VERSION = 1
 K_ALIGN = 16
 #: |acc| <= 127 * 127 * K must fit in int32.
 MAX_K = 131072
+#: Scales are stored as float32.
+SCALE_BYTES = 4
 #: A valid 2:4 metadata byte, offsets ``(0, 1)`` in both of its groups (``0b0100`` per nibble): what
 #: placeholders and padding rows/columns hold.
 PAD_METADATA_BYTE = 0x44
@@ -62,6 +65,37 @@ def packed_shapes(n: int, k: int, bits: int, sparse: bool) -> dict:
         "metadata": (n, kp // 8) if sparse else None,     # 4 bits per group of 4: one byte per 8 columns
         "scales": (n,),
     }
+
+
+def weight_nbytes(shape, spec: "str | LayerSpec", float_bytes: int = 4) -> dict:
+    """Bytes of a weight ``[N, K]`` stored under ``spec``: ``{"values", "metadata", "scales", "total"}``.
+
+    The project's one byte count (``PackedWeight``/``NxMLinear.nbytes``, the swap report, the accounting
+    and the search report it): a packable spec counts the tensors exactly as :func:`pack` lays them out;
+    ``fp`` counts the dense weight at ``float_bytes`` per element. Training-only N:M patterns have no
+    packed layout, hence no size: ``ValueError``.
+    """
+    if not (isinstance(shape, (tuple, list, torch.Size)) and len(shape) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape)):
+        raise ValueError(f"shape must be (out_features, in_features), two ints >= 1, got {shape!r}")
+    if isinstance(float_bytes, bool) or float_bytes not in (1, 2, 4, 8):
+        raise ValueError(f"float_bytes must be the size of a float element (4 fp32, 2 fp16/bf16, 8 fp64, 1 fp8), "
+                         f"got {float_bytes!r}")
+    s = parse_spec(spec)
+    n, k = shape
+    if s.is_fp:
+        return {"values": n * k * float_bytes, "metadata": 0, "scales": 0, "total": n * k * float_bytes}
+    if not s.packable:
+        raise ValueError(f"spec must be a packable spec (2:4-w8a8, 2:4-w4a8, dense-w8a8, dense-w4a8) or 'fp' to "
+                         f"have a size in bytes, got {str(s)!r}")
+    shapes = packed_shapes(n, k, s.weight_bits, s.sparse)
+    b = {  # values and metadata hold one byte per element
+        "values": math.prod(shapes["values"]),
+        "metadata": math.prod(shapes["metadata"]) if s.sparse else 0,
+        "scales": math.prod(shapes["scales"]) * SCALE_BYTES,
+    }
+    b["total"] = sum(b.values())
+    return b
 
 
 def _check_version(version) -> None:
@@ -246,14 +280,9 @@ class PackedWeight:
 
     # ----------------------------------------------------------------- storage
     def nbytes(self) -> dict:
-        """Bytes held: ``{"values", "metadata", "scales", "total"}``."""
-        b = {
-            "values": self.values.numel() * self.values.element_size(),
-            "metadata": 0 if self.metadata is None else self.metadata.numel(),
-            "scales": self.scales.numel() * 4,
-        }
-        b["total"] = sum(b.values())
-        return b
+        """Bytes held: ``{"values", "metadata", "scales", "total"}``, by :func:`weight_nbytes` (the
+        tensors were checked to have exactly the shapes it counts)."""
+        return weight_nbytes(self.shape, self.spec)
 
     def rows(self, start: int, stop: int) -> "PackedWeight":
         """Output rows ``start:stop`` as a packed weight of shape ``(stop - start, K)`` (views, no copy).

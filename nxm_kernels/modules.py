@@ -45,7 +45,7 @@ import torch.nn as nn
 from . import dispatch
 from ._checks import FLOAT_DTYPES, check_tensor, preview
 from .backends import WeightMeta
-from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype
+from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype, weight_nbytes
 from .ops import linear_traced, normalize_activation, prepared_weights
 from .sparsity import is_nm
 from .spec import LayerSpec, kernel_spec, parse_spec
@@ -194,10 +194,11 @@ class NxMLinear(nn.Module):
         return None if self._plan is None else dict(zip(dispatch.M_BUCKETS, self._plan))
 
     def nbytes(self) -> dict:
-        """Bytes held: the packed weight's ``values``/``metadata``/``scales``, ``bias`` and ``total``."""
-        b = dict(self.packed.nbytes())
+        """Bytes held: the packed weight's ``values``/``metadata``/``scales`` (:meth:`PackedWeight.nbytes`),
+        ``bias`` as stored, and ``total``."""
+        b = self.packed.nbytes()
         b["bias"] = 0 if self.bias is None else self.bias.numel() * self.bias.element_size()
-        b["total"] = b["values"] + b["metadata"] + b["scales"] + b["bias"]
+        b["total"] += b["bias"]
         return b
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -333,7 +334,9 @@ def linear_nbytes(module: nn.Module) -> int:
     if isinstance(module, NxMLinear):
         return module.nbytes()["total"]
     if isinstance(module, nn.Linear):
-        return sum(p.numel() * p.element_size() for p in (module.weight, module.bias) if p is not None)
+        w, b = module.weight, module.bias
+        bias = 0 if b is None else b.numel() * b.element_size()
+        return weight_nbytes(tuple(w.shape), "fp", w.element_size())["total"] + bias
     raise TypeError(f"module must be an nn.Linear or NxMLinear, got {type(module).__name__}")
 
 
@@ -388,8 +391,9 @@ class SwapReport:
         return sum(s.bytes_after for s in self.swapped)
 
     @property
-    def ratio(self) -> float:
-        """Compression ratio of the swapped layers (dense bytes as they were / packed bytes)."""
+    def size_factor(self) -> float:
+        """How many times smaller the swapped layers became: ``bytes_before / bytes_after`` (``8.0`` = 8x;
+        not the fraction removed of :mod:`nxm_kernels.accounting`), biases included on both sides."""
         return self.bytes_before / self.bytes_after if self.bytes_after else float("nan")
 
     def by_spec(self) -> dict[str, int]:
@@ -413,7 +417,8 @@ class SwapReport:
             kept += f"; {members} of them computed by {len(self.fused)} fused layers"
         return (f"swapped {len(self.swapped)} linears ({specs}){kept}; "
                 f"{self.bytes_before / 2**20:.2f} MiB -> {self.bytes_after / 2**20:.2f} MiB "
-                f"({self.ratio:.2f}x), backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
+                f"({self.size_factor:.2f}x), "
+                f"backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
 
 
 #: ``hook(model)`` callables run after every swap (:func:`swap_named_linears`, ``swap_linears``). The

@@ -1,7 +1,7 @@
-"""Search a heterogeneous compression plan for a BERT-family encoder under a compression budget.
+"""Search a heterogeneous compression plan for a BERT-family encoder that removes a target fraction of the bytes.
 
     python python/search_plan.py                       # MiniLM-L6 when installed, else a tiny BERT
-    python python/search_plan.py --target 0.85 --true-ratio --out-dir runs/search
+    python python/search_plan.py --target 0.85 --kind true-fp32 --out-dir runs/search
 
 Steps, all through the public API:
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import nxm_kernels as nxm
-from nxm_kernels.accounting import account
+from nxm_kernels.accounting import KINDS, account
 from nxm_kernels.models.bert import bert_linears
 from nxm_kernels.models.zoo import SENTENCES, load_builtin, mean_pool
 from nxm_kernels.search import plot_pareto, profile_sensitivity, search_plans, validate_plans
@@ -34,8 +34,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="auto", choices=["auto", "minilm", "tiny"],
                    help="built-in model: minilm, tiny, auto (minilm when installed) (default auto)")
-    p.add_argument("--target", type=float, default=0.875, help="compression ratio to reach (0.875 = 8x smaller)")
-    p.add_argument("--true-ratio", action="store_true", help="target packed bytes (incl. metadata) vs fp32")
+    p.add_argument("--target", type=float, default=0.875, help="fraction of the bytes to remove (0.875 = 8x smaller)")
+    p.add_argument("--kind", default="nominal", choices=KINDS,
+                   help="what --target counts: nominal bits, or true packed bytes (incl. metadata) vs fp32/fp16")
     p.add_argument("--granularity", default="component", choices=["component", "layer"],
                    help="one spec per component type (default) or per linear layer")
     p.add_argument("--out-dir", default="search-out", help="where the plan, plot and checkpoint go (default search-out)")
@@ -60,8 +61,7 @@ def main(argv=None) -> int:
     print(f"({sens.computed} measured, {sens.reused} from the cache)\n")
 
     # 2. Search.
-    ratio = "true" if args.true_ratio else "nominal"
-    result = search_plans(sens, bert_linears(model), args.target, ratio=ratio, top_k=3)
+    result = search_plans(sens, bert_linears(model), args.target, kind=args.kind, top_k=3)
 
     # 3. Measure the best plans whole, as deployed.
     validate_plans(model, batches, result, modes=("oneshot", "deploy"), top_k=2)
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     best.plan.to_json(out / "plan.json")
     result.to_json(out / "search.json")
-    plot_pareto(result, out / "pareto.png", title=f"{builtin.name}: {ratio} target {100 * args.target:.1f}%")
+    plot_pareto(result, out / "pareto.png", title=f"{builtin.name}: removing {100 * args.target:.1f}% ({result.kind})")
 
     reference = model(**batches[0]).last_hidden_state.detach()
     report = nxm.swap_linears(model, nxm.Plan.from_json(out / "plan.json"), backend="reference")

@@ -5,9 +5,8 @@ import json
 import pytest
 import torch
 
-from nxm_kernels.accounting import (LayerShape, account, layer_shapes, nominal_bits, packed_nbytes,
-                                    weight_nbytes)
-from nxm_kernels.format import pack
+from nxm_kernels.accounting import LayerShape, account, layer_shapes, nominal_bits
+from nxm_kernels.format import pack, weight_nbytes
 from nxm_kernels.plan import COMPONENTS, Plan
 from nxm_kernels.spec import KERNEL_SPECS
 
@@ -22,14 +21,14 @@ for _i in range(2):
 def test_hand_computed_bytes_per_layer():
     # [N=40, K=40]: K_pad = 48.
     # 2:4-w8a8: values 40*24 = 960, metadata 40*48/8 = 240, scales 40*4 = 160
-    assert packed_nbytes((40, 40), "2:4-w8a8") == {"values": 960, "metadata": 240, "scales": 160, "total": 1360}
+    assert weight_nbytes((40, 40), "2:4-w8a8") == {"values": 960, "metadata": 240, "scales": 160, "total": 1360}
     # 2:4-w4a8: values 40*24/2 = 480
-    assert packed_nbytes((40, 40), "2:4-w4a8") == {"values": 480, "metadata": 240, "scales": 160, "total": 880}
+    assert weight_nbytes((40, 40), "2:4-w4a8") == {"values": 480, "metadata": 240, "scales": 160, "total": 880}
     # dense-w8a8: values 40*48 = 1920; dense-w4a8: 960
-    assert packed_nbytes((40, 40), "dense-w8a8") == {"values": 1920, "metadata": 0, "scales": 160, "total": 2080}
-    assert packed_nbytes((40, 40), "dense-w4a8") == {"values": 960, "metadata": 0, "scales": 160, "total": 1120}
+    assert weight_nbytes((40, 40), "dense-w8a8") == {"values": 1920, "metadata": 0, "scales": 160, "total": 2080}
+    assert weight_nbytes((40, 40), "dense-w4a8") == {"values": 960, "metadata": 0, "scales": 160, "total": 1120}
     # [N=40, K=72] (ffn2): K_pad = 80: 2:4-w8a8 values 40*40 = 1600, metadata 40*10 = 400, scales 160
-    assert packed_nbytes((40, 72), "2:4-w8a8")["total"] == 2160
+    assert weight_nbytes((40, 72), "2:4-w8a8")["total"] == 2160
     # fp: dense floats, no padding
     assert weight_nbytes((40, 72), "fp") == {"values": 11520, "metadata": 0, "scales": 0, "total": 11520}
     assert weight_nbytes((40, 72), "fp", 2)["total"] == 5760
@@ -47,14 +46,15 @@ def test_hand_computed_plan_totals():
     params = 2 * (4 * 1600 + 2 * 2880)  # 24320 weights
     assert acct.params == params
     assert acct.fp32_bytes == 4 * params and acct.fp16_bytes == 2 * params
-    assert acct.true_ratio_fp32 == pytest.approx(1 - 24336 / 97280, abs=1e-15)
-    assert acct.true_ratio_fp16 == pytest.approx(1 - 21136 / 48640, abs=1e-15)
+    assert acct.fraction_removed("true-fp32") == pytest.approx(1 - 24336 / 97280, abs=1e-15)
+    assert acct.fraction_removed("true-fp16") == pytest.approx(1 - 21136 / 48640, abs=1e-15)
     # nominal bits: 2:4-w8a8 -> 4, dense-w4a8 -> 4, fp -> 32; only layer.1.query (1600 weights) is fp.
-    assert acct.nominal_ratio == pytest.approx(1 - (4 * (params - 1600) + 32 * 1600) / (32 * params), abs=1e-15)
+    assert acct.fraction_removed("nominal") == pytest.approx(1 - (4 * (params - 1600) + 32 * 1600) / (32 * params),
+                                                             abs=1e-15)
     # Biases: every site has one, out_features each: 2 * (4*40 + 72 + 40) = 544.
     s = acct.summary()
     assert s["bias_params"] == 544 and s["bias_bytes_fp32"] == 2176 and s["bias_bytes_fp16"] == 1088
-    assert s["true_ratio_fp32_with_bias"] == pytest.approx(1 - (24336 + 2176) / (97280 + 2176), abs=1e-15)
+    assert s["fraction_removed_with_bias"]["true-fp32"] == pytest.approx(1 - (24336 + 2176) / (97280 + 2176), abs=1e-15)
     comp = acct.by_component()
     assert comp["query"]["true_bytes_fp32"] == 1360 + 6400
     assert comp["ffn2"]["true_bytes_fp32"] == 2 * 1760
@@ -62,15 +62,15 @@ def test_hand_computed_plan_totals():
 
 @pytest.mark.parametrize("spec,nominal", [("2:4-w8a8", 0.875), ("2:4-w4a8", 0.9375), ("dense-w8a8", 0.75),
                                           ("dense-w4a8", 0.875), ("fp", 0.0)])
-def test_uniform_nominal_ratios_match_the_papers(spec, nominal):
+def test_uniform_nominal_fractions_removed_match_the_papers(spec, nominal):
     acct = account(SHAPES, spec)
-    assert acct.nominal_ratio == nominal  # exact: powers of two
+    assert acct.fraction_removed("nominal") == nominal  # exact: powers of two
     if spec != "fp":
         # The true figures are lower: metadata, scales and padding cost bytes.
-        assert acct.true_ratio_fp32 < nominal
-        assert acct.true_ratio_fp16 < acct.true_ratio_fp32
+        assert acct.fraction_removed("true-fp32") < nominal
+        assert acct.fraction_removed("true-fp16") < acct.fraction_removed("true-fp32")
     else:
-        assert acct.true_ratio_fp32 == 0.0 and acct.true_ratio_fp16 == 0.0
+        assert acct.fraction_removed("true-fp32") == 0.0 and acct.fraction_removed("true-fp16") == 0.0
 
 
 def test_bert_base_worked_figures():
@@ -83,8 +83,8 @@ def test_bert_base_worked_figures():
     rows3072 = 12 * 768
     assert acct.true_bytes_fp32 == rows768 * 484 + rows3072 * 1924
     assert acct.fp32_bytes == rows768 * 3072 + rows3072 * 12288
-    assert acct.nominal_ratio == 0.875
-    assert acct.true_ratio_fp32 == pytest.approx(0.8427734375, abs=1e-12)  # 1 - 4451328/28311552
+    assert acct.fraction_removed("nominal") == 0.875
+    assert acct.fraction_removed("true-fp32") == pytest.approx(0.8427734375, abs=1e-12)  # 1 - 4451328/28311552
 
 
 @pytest.mark.parametrize("spec", KERNEL_SPECS)
@@ -138,12 +138,12 @@ def test_sites_and_json_forms():
 def test_training_only_patterns_have_nominal_but_no_true_size():
     assert nominal_bits("1:4-w8a8") == 2.0
     acct = account(SHAPES, "1:4-w8a8")
-    assert acct.nominal_ratio == 1 - 2 / 32
-    assert acct.true_ratio_fp32 is None and not acct.exact
-    with pytest.raises(ValueError, match="no true ratio"):
-        acct.ratio("true")
+    assert acct.fraction_removed("nominal") == 1 - 2 / 32
+    assert acct.summary()["fraction_removed"]["true-fp32"] is None and not acct.exact
+    with pytest.raises(ValueError, match="no true size"):
+        acct.fraction_removed("true")
     with pytest.raises(ValueError, match="packable spec"):
-        packed_nbytes((4, 4), "1:4-w8a8")
+        weight_nbytes((4, 4), "1:4-w8a8")
     assert "-" in acct.table()
 
 
@@ -163,7 +163,7 @@ def test_bad_input():
     with pytest.raises(ValueError, match="float_bytes"):
         weight_nbytes((4, 4), "fp", 3)
     with pytest.raises(ValueError, match="kind must be"):
-        account(SHAPES, "fp").ratio("bogus")
+        account(SHAPES, "fp").fraction_removed("bogus")
 
 
 def test_accounting_imports_without_transformers():

@@ -91,7 +91,7 @@ def test_e2e_smoke_runs_end_to_end(tmp_path):
     assert set(checks) == {"nxm-hetero-reference", "nxm-hetero-triton", "nxm-hetero-reference-compile"}
     for c in checks.values():
         assert c["ok"] and c["mean_token_cosine"] >= bench_e2e.MIN_COSINE
-        assert c["swap"]["swapped"] == 12 and c["swap"]["ratio"] > 1
+        assert c["swap"]["swapped"] == 12 and c["swap"]["size_factor"] > 1
         assert c["swap"]["by_spec"] == {"dense-w8a8": 6, "2:4-w8a8": 2, "2:4-w4a8": 4}
         assert c["swap"]["fused_qkv"] == 1  # layer 0 (all dense-w8a8); layer 1's value has another spec
     # 10 NxMLinear: layer 0's fused qkv, attn_out, ffn1, ffn2 and layer 1's six

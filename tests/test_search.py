@@ -148,32 +148,32 @@ def test_search_keeps_a_fragile_component_at_higher_precision():
     avg = sum(a.params * a.nominal_bits for a in others) / sum(a.params for a in others)
     assert nominal_bits(fragile) == max(a.nominal_bits for a in acct.layers), specs
     assert avg < nominal_bits(fragile), specs
-    # Heterogeneous beats uniform: at a ratio the uniform 2:4-w8a8 plan reaches, the search is cheaper.
+    # Heterogeneous beats uniform: at a fraction removed the uniform 2:4-w8a8 plan reaches, the search is cheaper.
     uni = next(c for c in result.uniform if c.choices["query"] == "2:4-w8a8")
-    assert search_plans(sens, sites, uni.ratio).best.predicted_cost <= uni.predicted_cost
+    assert search_plans(sens, sites, uni.fraction_removed["nominal"]).best.predicted_cost <= uni.predicted_cost
 
 
 # ------------------------------------------------------------------------------- search properties
-@pytest.mark.parametrize("ratio", ["nominal", "true", "true-fp16"])
+@pytest.mark.parametrize("kind", ["nominal", "true", "true-fp16"])
 @pytest.mark.parametrize("granularity", ["component", "layer"])
-def test_every_returned_plan_meets_its_target(ratio, granularity):
+def test_every_returned_plan_meets_its_target(kind, granularity):
     shapes = bert_shapes(layers=4, h=48, i=192)
     sens = random_sensitivity(list(shapes), granularity)
-    max_ratio = account(shapes, "2:4-w4a8").ratio(ratio)
-    for target in [0.0] + [f * max_ratio for f in (0.3, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0)]:
-        result = search_plans(sens, shapes, target, ratio=ratio, top_k=4)
+    max_fraction = account(shapes, "2:4-w4a8").fraction_removed(kind)
+    for target in [0.0] + [f * max_fraction for f in (0.3, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0)]:
+        result = search_plans(sens, shapes, target, kind=kind, top_k=4)
         assert 1 <= len(result.ranked) <= 4
         for c in result.ranked + [result.greedy]:
             acct = account(shapes, Plan.from_json(c.plan.to_json()))  # the plan as a reader sees it
-            assert acct.ratio(ratio) >= target, (target, c.plan)
-            assert acct.ratio(ratio) == c.ratio
+            assert acct.fraction_removed(kind) >= target, (target, c.plan)
+            assert acct.fraction_removed(kind) == c.fraction_removed[result.kind]
             pred = sum(max(0.0, sens.costs[g][s]) for g, s in c.choices.items() if s != "fp")
             assert c.predicted_cost == pytest.approx(pred, rel=1e-12, abs=1e-15)
         costs = [c.predicted_cost for c in result.ranked]
         assert costs == sorted(costs)
         assert result.greedy.predicted_cost >= result.best.predicted_cost - 1e-12
-        # The front is a front: ratio up, cost never down.
-        front = [(c.ratio, c.predicted_cost) for c in result.front]
+        # The front is a front: fraction removed up, cost never down.
+        front = [(c.fraction_removed, c.predicted_cost) for c in result.front]
         assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(front, front[1:]))
 
 
@@ -192,14 +192,14 @@ def test_pareto_search_is_exact_against_brute_force():
         r = 1.0 - sum(bits[c, o] for c, o in plan.items()) / total
         cost = sum(max(0.0, sens.costs[g][s]) for g, s in plan.items() if s != "fp")
         points.append((r, cost))
-    assert points[-1][0] == account(shapes, "2:4-w4a8").nominal_ratio
+    assert points[-1][0] == account(shapes, "2:4-w4a8").fraction_removed("nominal")
     for target in (0.5, 0.7, 0.8, 0.85, 0.9):
         result = search_plans(sens, shapes, target)
         best = min(c for r, c in points if r >= target)
         assert result.best.predicted_cost == pytest.approx(best, abs=1e-12)
         assert result.exact
     # Every plan is matched or beaten by a front plan (no better plan was missed).
-    front = [(c.ratio, c.predicted_cost) for c in search_plans(sens, shapes, 0.0).front]
+    front = [(c.fraction_removed, c.predicted_cost) for c in search_plans(sens, shapes, 0.0).front]
     for r, c in points:
         assert any(fr >= r and fc <= c + 1e-12 for fr, fc in front)
 
@@ -214,7 +214,7 @@ def test_bucketed_search_still_meets_the_target():
     assert len(exact.front) > 50
     approx = search_plans(sens, shapes, 0.85, max_states=50)
     assert not approx.exact and exact.exact
-    assert all(account(shapes, c.plan).nominal_ratio >= 0.85 for c in approx.ranked)
+    assert all(account(shapes, c.plan).fraction_removed("nominal") >= 0.85 for c in approx.ranked)
     assert approx.best.predicted_cost >= exact.best.predicted_cost - 1e-12
 
 
@@ -223,10 +223,10 @@ def test_search_bad_input():
     sens = random_sensitivity(list(shapes))
     with pytest.raises(ValueError, match="most compressed plan reaches 0.93"):
         search_plans(sens, shapes, 0.95)
-    with pytest.raises(ValueError, match="target must be a compression ratio"):
+    with pytest.raises(ValueError, match="target must be a fraction removed"):
         search_plans(sens, shapes, 1.5)
-    with pytest.raises(ValueError, match="ratio must be one of"):
-        search_plans(sens, shapes, 0.5, ratio="bytes")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        search_plans(sens, shapes, 0.5, kind="bytes")
     with pytest.raises(ValueError, match="top_k"):
         search_plans(sens, shapes, 0.5, top_k=0)
     with pytest.raises(TypeError, match="Sensitivity"):
@@ -274,7 +274,7 @@ def test_cached_sensitivities_are_reused(tmp_path):
     assert again.costs == first.costs
     # Another budget: searching again needs no model at all.
     r1, r2 = search_plans(again, bert_linears(model), 0.80), search_plans(again, bert_linears(model), 0.85)
-    assert r1.best.ratio >= 0.80 and r2.best.ratio >= 0.85
+    assert r1.best.fraction_removed["nominal"] >= 0.80 and r2.best.fraction_removed["nominal"] >= 0.85
 
     # One more candidate: only its six entries are measured.
     more = profile_sensitivity(model, batches, SPECS[:3], cache_dir=tmp_path, progress=False)
@@ -312,8 +312,8 @@ def test_validation_measures_whole_plans(tmp_path):
     # A plan compressing one group only: measured whole == its profiled cost (the same computation).
     single = {n: ("2:4-w4a8" if n.endswith(".ffn1") else "fp") for n in names}
     c = PlanCandidate(plan=compact_plan(single, names), choices={"ffn1": "2:4-w4a8"},
-                      predicted_cost=sens.costs["ffn1"]["2:4-w4a8"], ratio=0.0, nominal_ratio=0.0,
-                      true_ratio_fp32=None, true_ratio_fp16=None)
+                      predicted_cost=sens.costs["ffn1"]["2:4-w4a8"],
+                      fraction_removed={"nominal": 0.0, "true-fp32": None, "true-fp16": None})
     validate_plans(model, batches, [c], progress=False)
     assert c.measured["oneshot"] == pytest.approx(c.predicted_cost, rel=1e-9)
 
@@ -342,7 +342,7 @@ def test_best_plan_is_taken_unchanged_by_swap_linears(tmp_path):
     model = tiny_model()
     batches = sample()
     sens = profile_sensitivity(model, batches, progress=False)
-    result = search_plans(sens, bert_linears(model), 0.85, ratio="true")
+    result = search_plans(sens, bert_linears(model), 0.85, kind="true")
     path = tmp_path / "plan.json"
     result.best.plan.to_json(path)
     acct = account(bert_linears(model), Plan.from_json(path))
@@ -423,19 +423,19 @@ def test_cli_search_end_to_end_on_glue_fixture(tiny_task_model, tmp_path, capsys
     plan = Plan.from_json(out)
     from nxm_kernels.cli.account import model_sites
     sites = model_sites(str(tiny_task_model))
-    assert account(sites, plan).nominal_ratio >= 0.85
+    assert account(sites, plan).fraction_removed("nominal") >= 0.85
     report = json.loads(out.with_name("plan.search.json").read_text())
     assert report["best"] == plan.to_dict() and report["ranked"][0]["measured"]["oneshot"] >= 0
-    assert report["best_accounting"]["total"]["nominal_ratio"] >= 0.85
+    assert report["best_accounting"]["total"]["fraction_removed"]["nominal"] >= 0.85
     assert out.with_name("plan.pareto.png").read_bytes()[:4] == b"\x89PNG"
 
-    # Another budget, the true ratio: every sensitivity comes from the cache.
-    args2 = [a if a != "0.85" else "0.80" for a in args if a not in ("--validate", "1")] + ["--true-ratio",
+    # Another budget, true bytes against fp32: every sensitivity comes from the cache.
+    args2 = [a if a != "0.85" else "0.80" for a in args if a not in ("--validate", "1")] + ["--kind", "true-fp32",
                                                                                           "--plot", "none"]
     assert main(args2) == 0
     text = capsys.readouterr().out
     assert "0 measured, 24 from the cache" in text
-    assert account(sites, Plan.from_json(out)).true_ratio_fp32 >= 0.80
+    assert account(sites, Plan.from_json(out)).fraction_removed("true-fp32") >= 0.80
 
     assert main(["account", "--model", str(tiny_task_model), "--plan", str(out), "--json",
                  str(tmp_path / "acct.json")]) == 0
@@ -475,5 +475,5 @@ def test_example_search_plan_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reloaded checkpoint: mean embedding cosine" in proc.stdout
     plan = Plan.from_json(tmp_path / "out" / "plan.json")
-    assert account(bert_shapes(layers=2, h=128, i=512), plan).nominal_ratio >= 0.875
+    assert account(bert_shapes(layers=2, h=128, i=512), plan).fraction_removed("nominal") >= 0.875
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000

@@ -33,7 +33,7 @@ def test_swap_all_encoder_linears_and_report():
     assert report.bytes_before == dense_bytes
     assert report.bytes_after == sum(s.module.nbytes()["total"] for s in sites)
     assert report.bytes_after == sum(m.nbytes()["total"] for m in compressed_linears(model).values())
-    assert report.ratio > 5  # int8 2:4: ~1/8 of fp32 values + metadata/scales/bias
+    assert report.size_factor > 5  # int8 2:4: ~1/8 of fp32 values + metadata/scales/bias
     assert report.backend == "reference"
     assert report.by_spec() == {"2:4-w8a8": 12}
     text = str(report)

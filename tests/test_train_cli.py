@@ -41,7 +41,7 @@ def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert set(metrics["exported"]) == {"f1", "accuracy", "main"}
     assert metrics["export_agreement"] >= 0.999 and metrics["export_max_abs_logit_diff"] < 1e-3
     assert metrics["exported"] == metrics["qat"]
-    assert metrics["admm"]["updates"] >= 2 and metrics["compression_ratio"] > 4
+    assert metrics["admm"]["updates"] >= 2 and metrics["size_factor"] > 4
     model = load_compressed(out / "compressed")
     layers = [m for m in model.modules() if isinstance(m, NxMLinear)]
     # per layer: query/key/value fused into one (attention.self.qkv), attn_out, ffn1, ffn2

@@ -224,7 +224,7 @@ def run(args) -> int:
         "dense": dense_metrics, "qat": qat_metrics, "exported": exp_metrics,
         "export_agreement": agreement, "export_max_abs_logit_diff": diff,
         "bytes_before": report.bytes_before, "bytes_after": report.bytes_after,
-        "compression_ratio": report.ratio, "backend": report.backend,
+        "size_factor": report.size_factor, "backend": report.backend,
         "train_steps": trainer.state.global_step, "train_runtime_s": round(train_result.metrics.get("train_runtime", 0), 2),
         "admm": {"updates": len(admm_log),
                  "rel_primal_first": admm_log[0]["nxm_admm_rel_primal"] if admm_log else None,
@@ -235,5 +235,5 @@ def run(args) -> int:
     dump_json(metrics, out / "metrics.json")
     main = task.metrics[0]
     print(f"{task.name}: {main} dense {dense_metrics['main']:.4f} -> QAT {qat_metrics['main']:.4f} -> exported "
-          f"{exp_metrics['main']:.4f}; {report.ratio:.2f}x smaller encoder linears; checkpoint {ckpt}")
+          f"{exp_metrics['main']:.4f}; {report.size_factor:.2f}x smaller encoder linears; checkpoint {ckpt}")
     return 0

@@ -318,7 +318,8 @@ def _print_report(builtin, device, backends, n_linears, dense_bytes, baseline_ms
                      "-"] + [f"{r['latency_ms'][b]:.2f}" for b in backends])
     print(_table(rows, header))
     print("\nlinears: bytes of the encoder linears (packed values + metadata + scales + bias); vs fp32/fp16: "
-          "the same linears stored dense;\ncheckpoint: the safetensors file (packed linears plus every other weight "
+          "size factor, the same linears stored dense / these bytes;\n"
+          "checkpoint: the safetensors file (packed linears plus every other weight "
           "in float32); cosine: mean-pooled embeddings against the float32 model; reload: the saved and reloaded "
           "model reproduces the swapped model's outputs bit for bit.")
     if device.type == "cpu":

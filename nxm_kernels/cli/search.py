@@ -1,9 +1,9 @@
-"""``nxm search``: pick a spec per BERT component under a compression-ratio budget.
+"""``nxm search``: pick a spec per BERT component that removes a target fraction of the bytes.
 
 ::
 
     nxm search --model runs/sst2-finetuned --task sst2 --data-dir glue/ --target 0.875 --out plan.json
-    nxm search ... --true-ratio              # target the true (packed bytes) ratio against fp32
+    nxm search ... --kind true-fp32          # --target counts true (packed) bytes against fp32
     nxm search ... --granularity layer       # one spec per linear instead of per component type
     nxm search ... --validate 3              # measure the 3 best plans whole (measured vs predicted)
 
@@ -28,23 +28,23 @@ logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
-    from ..search.optimize import RATIO_KINDS
+    from ..accounting import KINDS
     from ..search.objective import OBJECTIVES
     from ..search.sensitivity import DEFAULT_CACHE_DESCRIPTION, DEFAULT_CANDIDATES, GRANULARITIES, MODES
     from ..search.validate import VALIDATION_MODES
 
     p = subparsers.add_parser(
-        "search", help="heterogeneous compression search under a compression-ratio budget",
+        "search", help="heterogeneous compression search for a target fraction of the bytes removed",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="a fine-tuned Hugging Face BERT-family task model (folder or Hub id), or a built-in: "
                         "minilm (all-MiniLM-L6-v2 with a new head), tiny (a random 2-layer BERT, seconds)")
     add_glue_args(p)
-    p.add_argument("--target", type=float, required=True, help="compression ratio to reach, e.g. 0.875 (8x smaller)")
-    p.add_argument("--true-ratio", action="store_true",
-                   help="target the true ratio (packed bytes incl. metadata, scales, padding) against fp32")
-    p.add_argument("--ratio", choices=RATIO_KINDS, default=None,
-                   help="which ratio the target means (default nominal; --true-ratio = true-fp32)")
+    p.add_argument("--target", type=float, required=True,
+                   help="fraction of the bytes to remove, e.g. 0.875 (8x smaller)")
+    p.add_argument("--kind", choices=KINDS, default="nominal",
+                   help="what --target counts: nominal bits x density (default), or true packed bytes incl. "
+                        "metadata, scales, padding against fp32 (true = true-fp32) or fp16")
     p.add_argument("--out", required=True, help="where to write the best plan (JSON)")
     p.add_argument("--report", default=None, help="full search report JSON (default: <out>.search.json)")
     p.add_argument("--plot", default=None, help="Pareto-front PNG (default: <out>.pareto.png); 'none' to skip")
@@ -138,10 +138,7 @@ def run_search(args) -> int:
     from ..search.sensitivity import candidate_specs, default_cache_dir
 
     if not 0.0 <= args.target < 1.0:
-        raise ValueError(f"--target must be a compression ratio in [0, 1), e.g. 0.875; got {args.target}")
-    ratio = args.ratio or ("true-fp32" if args.true_ratio else "nominal")
-    if args.true_ratio and args.ratio not in (None, "true", "true-fp32"):
-        raise ValueError(f"--true-ratio contradicts --ratio {args.ratio}")
+        raise ValueError(f"--target must be a fraction removed in [0, 1), e.g. 0.875; got {args.target}")
     device = str(check_device("--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu")))
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -166,7 +163,7 @@ def run_search(args) -> int:
     print(f"({sens.computed} measured, {sens.reused} from the cache"
           f"{'' if cache_dir is None else ' in ' + str(cache_dir)})\n")
     sites = bert_linears(model)
-    result = search_plans(sens, sites, args.target, ratio=ratio, top_k=args.top_k)
+    result = search_plans(sens, sites, args.target, kind=args.kind, top_k=args.top_k)
     if args.validate:
         validate_plans(model, held, result, modes=args.validate_mode, top_k=args.validate, metric_fn=metric_fn,
                        backend=args.backend, train_batches=train or None, qat_steps=args.qat_steps,
@@ -187,8 +184,8 @@ def run_search(args) -> int:
     written = [str(out), str(report)]
     if (args.plot or "").lower() != "none":
         plot = Path(args.plot) if args.plot else _sibling(out, ".pareto.png")
-        plot_pareto(result, plot, title=f"{Path(str(args.model)).name} on {args.task}: {ratio} target "
-                                        f"{100 * args.target:.2f}%")
+        plot_pareto(result, plot, title=f"{Path(str(args.model)).name} on {args.task}: removing "
+                                        f"{100 * args.target:.2f}% ({result.kind})")
         written.append(str(plot))
     print("\nwrote " + ", ".join(written))
     return 0

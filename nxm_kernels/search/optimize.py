@@ -1,8 +1,8 @@
-"""The search: per-group specs that meet a compression-ratio target at the least predicted cost.
+"""The search: per-group specs that remove a target fraction of the bytes at the least predicted cost.
 
 Inputs are a :class:`~nxm_kernels.search.sensitivity.Sensitivity` profile (cost of each group under
-each candidate spec) and the layer shapes (for bytes, through :mod:`nxm_kernels.accounting`, so the
-ratios are the accounting's ratios exactly). A plan assigns one option to every group: ``fp`` (cost
+each candidate spec) and the layer shapes (their sizes are :meth:`nxm_kernels.accounting.LayerAccount.size`,
+so the fractions removed are the accounting's exactly). A plan assigns one option to every group: ``fp`` (cost
 0, full size) or a candidate spec. Its **predicted cost** is the sum of its groups' measured costs
 (negative measurements count as 0): an additivity assumption that :func:`~nxm_kernels.search.
 validate.validate_plans` checks by measuring whole plans.
@@ -13,13 +13,14 @@ Two algorithms (both run; the result reports both):
   while keeping only non-dominated (size, cost) states. It is exact while the number of states
   stays under ``max_states`` (always, for the six component groups); beyond that, sizes are
   bucketed to ``1/max_states`` of the baseline and the cheapest state per bucket is kept. It gives
-  the whole Pareto front of ratio against predicted cost; the ranked plans are the front's plans
+  the whole Pareto front of fraction removed against predicted cost; the ranked plans are the front's plans
   that meet the target, cheapest first.
 * ``greedy`` (the paper's heuristic, for comparison): start with everything ``fp`` and repeatedly
   take the step with the least added cost per byte saved until the target is met.
 
-Ratios are ``"nominal"`` (bits x density against fp32), ``"true"`` / ``"true-fp32"`` (packed bytes
-against fp32) or ``"true-fp16"``; see :mod:`nxm_kernels.accounting`.
+The target is a *fraction removed* (``0.875`` = 8x smaller) of one kind: ``"nominal"`` (bits x
+density against fp32), ``"true"`` / ``"true-fp32"`` (packed bytes against fp32) or ``"true-fp16"``;
+see :mod:`nxm_kernels.accounting`.
 """
 
 from __future__ import annotations
@@ -31,25 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from .._checks import check_choice
 from .._json import dump_json
-from ..accounting import FP16_BYTES, FP32_BYTES, account, layer_shapes, nominal_bits, weight_nbytes
+from ..accounting import account, check_kind, layer_shapes
 from ..plan import COMPONENTS, Plan
 from ..spec import parse_spec
 from .sensitivity import Sensitivity
 
-__all__ = ["RATIO_KINDS", "FrontPoint", "PlanCandidate", "SearchResult", "search_plans", "compact_plan"]
+__all__ = ["FrontPoint", "PlanCandidate", "SearchResult", "search_plans", "compact_plan"]
 
 logger = logging.getLogger(__name__)
-
-RATIO_KINDS = ("nominal", "true", "true-fp32", "true-fp16")
-
-
-def _size(shape, spec: str, kind: str) -> float:
-    """The size a layer adds under ``kind``: nominal bits, or true bytes."""
-    if kind == "nominal":
-        return shape.out_features * shape.in_features * nominal_bits(spec)
-    return weight_nbytes(shape, spec, FP16_BYTES if kind == "true-fp16" else FP32_BYTES)["total"]
 
 
 def compact_plan(assignment: Mapping[str, str], names) -> Plan:
@@ -92,43 +83,43 @@ def compact_plan(assignment: Mapping[str, str], names) -> Plan:
 
 @dataclass
 class PlanCandidate:
-    """One plan with its predicted cost, its ratios (from :func:`nxm_kernels.accounting.account`)
-    and, after validation, its measured cost."""
+    """One plan with its predicted cost, its fraction removed of every kind (``{"nominal",
+    "true-fp32", "true-fp16"}``, ``None`` without a packed size; from
+    :func:`nxm_kernels.accounting.account`) and, after validation, its measured cost."""
 
     plan: Plan
     choices: dict[str, str]          # group -> spec
     predicted_cost: float
-    ratio: float                     # the ratio the search targeted (kind in SearchResult.ratio_kind)
-    nominal_ratio: float
-    true_ratio_fp32: float | None
-    true_ratio_fp16: float | None
+    fraction_removed: dict[str, float | None]
     measured: dict = field(default_factory=dict)   # mode -> measured cost
 
     def to_dict(self) -> dict:
         return {"plan": self.plan.to_dict(), "choices": self.choices, "predicted_cost": self.predicted_cost,
-                "ratio": self.ratio, "nominal_ratio": self.nominal_ratio, "true_ratio_fp32": self.true_ratio_fp32,
-                "true_ratio_fp16": self.true_ratio_fp16, "measured": self.measured}
+                "fraction_removed": self.fraction_removed, "measured": self.measured}
 
 
 @dataclass
 class FrontPoint:
-    """A plan on the Pareto front, kept light (the front of a per-layer search has thousands):
-    ``ratio`` from the same byte/bit sums the accounting uses, and the group choices."""
+    """A plan on the Pareto front, kept light (the front of a per-layer search has thousands): its
+    fraction removed of the searched kind, from the same byte/bit sums the accounting uses, and the
+    group choices."""
 
-    ratio: float
+    fraction_removed: float
     predicted_cost: float
     choices: dict[str, str]
 
     def to_dict(self) -> dict:
-        return {"ratio": self.ratio, "predicted_cost": self.predicted_cost, "choices": self.choices}
+        return {"fraction_removed": self.fraction_removed, "predicted_cost": self.predicted_cost,
+                "choices": self.choices}
 
 
 @dataclass
 class SearchResult:
-    """Ranked plans meeting ``target``, the Pareto front, the greedy plan and uniform references."""
+    """Ranked plans removing at least ``target`` (a fraction of ``kind``), the Pareto front, the greedy
+    plan and uniform references."""
 
     target: float
-    ratio_kind: str
+    kind: str
     ranked: list[PlanCandidate]
     front: list[FrontPoint]
     greedy: PlanCandidate | None
@@ -141,7 +132,7 @@ class SearchResult:
         return self.ranked[0]
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "ratio_kind": self.ratio_kind, "exact_front": self.exact,
+        return {"target": self.target, "kind": self.kind, "exact_front": self.exact,
                 "best": self.best.plan.to_dict(),
                 "ranked": [c.to_dict() for c in self.ranked],
                 "greedy": None if self.greedy is None else self.greedy.to_dict(),
@@ -154,19 +145,18 @@ class SearchResult:
 
     def table(self) -> str:
         """The ranked plans (and greedy / uniform references) as text."""
-        kind = self.ratio_kind
         head = f"{'':<10} {'pred. cost':>11} {'target':>7} {'nominal':>8} {'true32':>8} {'true16':>8} {'measured':>10}  plan"
-        rows = [f"plans meeting {kind} ratio >= {100 * self.target:.2f}% (cost: {self.sensitivity.objective}, "
-                f"{self.sensitivity.mode}; lower is better)", head, "-" * len(head)]
+        rows = [f"plans removing >= {100 * self.target:.2f}% of the bytes ({self.kind}; cost: "
+                f"{self.sensitivity.objective}, {self.sensitivity.mode}; lower is better)", head, "-" * len(head)]
 
         def pct(v):
             return "-" if v is None else f"{100 * v:7.2f}%"
 
         def row(label, c):
             meas = ", ".join(f"{v:.4g}" for v in c.measured.values()) or "-"
-            rows.append(f"{label:<10} {c.predicted_cost:>11.4g} {pct(c.ratio):>7} {pct(c.nominal_ratio):>8} "
-                        f"{pct(c.true_ratio_fp32):>8} {pct(c.true_ratio_fp16):>8} {meas:>10}  "
-                        f"{json.dumps(c.plan.to_dict())}")
+            f = c.fraction_removed
+            rows.append(f"{label:<10} {c.predicted_cost:>11.4g} {pct(f[self.kind]):>7} {pct(f['nominal']):>8} "
+                        f"{pct(f['true-fp32']):>8} {pct(f['true-fp16']):>8} {meas:>10}  {json.dumps(c.plan.to_dict())}")
 
         for i, c in enumerate(self.ranked, 1):
             row(f"#{i}", c)
@@ -200,31 +190,32 @@ def _prune_front(states: list, bucket: float | None) -> list:
     return out
 
 
-def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str = "nominal", top_k: int = 5,
+def search_plans(sensitivity: Sensitivity, layers, target: float, *, kind: str = "nominal", top_k: int = 5,
                  max_states: int = 20000) -> SearchResult:
-    """Plans meeting ``ratio >= target``, cheapest predicted cost first (see the module docstring).
+    """Plans whose fraction removed (of ``kind``) is at least ``target``, cheapest predicted cost first
+    (see the module docstring).
 
     Args:
         sensitivity: the measured costs (:func:`~nxm_kernels.search.sensitivity.profile_sensitivity`).
         layers: the encoder linears' shapes (anything :func:`nxm_kernels.accounting.layer_shapes` takes:
             ``bert_linears(model)`` or ``{name: (out, in)}``); names no group covers stay ``fp``.
-        target: the compression ratio to reach, in ``[0, 1)`` (``0.875`` = 8x smaller).
-        ratio: ``"nominal"``, ``"true"`` (= ``"true-fp32"``) or ``"true-fp16"``.
+        target: the fraction of the bytes to remove, in ``[0, 1)`` (``0.875`` = 8x smaller).
+        kind: ``"nominal"``, ``"true"`` (= ``"true-fp32"``) or ``"true-fp16"``
+            (:data:`nxm_kernels.accounting.KINDS`).
         top_k: how many ranked plans to return.
         max_states: front size above which sizes are bucketed (the search then becomes approximate;
             ``SearchResult.exact`` says which).
 
     Raises ``ValueError`` when the target cannot be met with the profiled specs (the message gives
-    the largest reachable ratio).
+    the largest reachable fraction removed).
     """
     if not isinstance(sensitivity, Sensitivity):
         raise TypeError(f"sensitivity must be a Sensitivity, got {type(sensitivity).__name__}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not (0.0 <= target < 1.0):
-        raise ValueError(f"target must be a compression ratio in [0, 1) (e.g. 0.875), got {target!r}")
-    check_choice("ratio", ratio, RATIO_KINDS)
+        raise ValueError(f"target must be a fraction removed in [0, 1) (e.g. 0.875), got {target!r}")
+    kind = check_kind(kind)
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
-    kind = "true-fp32" if ratio == "true" else ratio
     shapes = layer_shapes(layers)
     groups = {g: m for g, m in sensitivity.groups.items() if g in sensitivity.costs}
     for g, members in groups.items():
@@ -232,27 +223,33 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str 
         if unknown:
             raise ValueError(f"sensitivity group {g!r} names layers the model does not have: {unknown[:5]} "
                              f"(was the profile measured on another model?)")
-    grouped = {n for m in groups.values() for n in m}
-    baseline = sum(_size(s, "fp", kind) for s in shapes.values())
-    fixed = sum(_size(shapes[n], "fp", kind) for n in shapes if n not in grouped)  # ungrouped layers stay fp
+    names = list(shapes)
+    layer_sizes: dict[str, dict] = {}  # spec -> {name: size}, the accounting's (LayerAccount.size)
 
-    # Options per group: (size, cost, spec); a spec with a non-finite cost is not an option.
+    def group_size(spec: str, members) -> float | None:
+        """The summed size of ``members`` under ``spec`` (``None``: no packed size, only nominal)."""
+        if spec not in layer_sizes:
+            layer_sizes[spec] = {a.name: a.size(kind) for a in account(shapes, spec).layers}
+        sizes = [layer_sizes[spec][n] for n in members]
+        return None if None in sizes else sum(sizes)
+
+    grouped = {n for m in groups.values() for n in m}
+    baseline = group_size("fp", names)
+    fixed = group_size("fp", [n for n in names if n not in grouped])  # ungrouped layers stay fp
+
+    # Options per group: (size, cost, spec); a spec with a non-finite cost or no size is not an option.
     options: dict[str, list[tuple[float, float, str]]] = {}
     for g, members in groups.items():
-        opts = [(sum(_size(shapes[n], "fp", kind) for n in members), 0.0, "fp")]
+        opts = [(group_size("fp", members), 0.0, "fp")]
         for spec, cost in sensitivity.costs[g].items():
-            if kind != "nominal" and not parse_spec(spec).kernel_ready:
-                continue  # no packed size: only the nominal ratio can place it
-            if math.isfinite(cost):
-                opts.append((sum(_size(shapes[n], spec, kind) for n in members), max(0.0, float(cost)), spec))
+            if math.isfinite(cost) and group_size(spec, members) is not None:
+                opts.append((group_size(spec, members), max(0.0, float(cost)), spec))
         options[g] = opts
     budget = (1.0 - target) * baseline
     smallest = fixed + sum(min(o[0] for o in opts) for opts in options.values())
     if smallest > budget * (1 + 1e-12):
-        raise ValueError(f"target {ratio} ratio {target:.4f} cannot be reached with candidates "
+        raise ValueError(f"target: removing {target:.4f} of the bytes ({kind}) cannot be reached with candidates "
                          f"{sensitivity.candidates}: the most compressed plan reaches {1 - smallest / baseline:.4f}")
-
-    names = list(shapes)
 
     def candidate(choices: dict[str, str]) -> PlanCandidate:
         assignment = {n: "fp" for n in names}
@@ -262,9 +259,8 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str 
         plan = compact_plan(assignment, names)
         acct = account(shapes, plan)
         cost = sum(max(0.0, sensitivity.cost(g, s)) for g, s in choices.items() if s != "fp")
-        return PlanCandidate(plan=plan, choices=dict(choices), predicted_cost=cost, ratio=acct.ratio(kind),
-                             nominal_ratio=acct.nominal_ratio, true_ratio_fp32=acct.true_ratio_fp32,
-                             true_ratio_fp16=acct.true_ratio_fp16)
+        return PlanCandidate(plan=plan, choices=dict(choices), predicted_cost=cost,
+                             fraction_removed=acct.summary()["fraction_removed"])
 
     # ---- Pareto front over (size, cost), merging one group at a time.
     order = list(groups)
@@ -277,13 +273,14 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str 
             exact = False
             states = _prune_front(states, baseline / max_states)
     front = sorted((FrontPoint(1.0 - size / baseline, cost, dict(zip(order, ch))) for size, cost, ch in states),
-                   key=lambda p: p.ratio)
+                   key=lambda p: p.fraction_removed)
     # Full candidates (plan + accounting) only for the plans reported; the accounting has the last
     # word on "meets the target" (a float hair between the two sums cannot sneak a plan through).
     ranked = []
-    for point in sorted((p for p in front if p.ratio >= target - 1e-9), key=lambda p: (p.predicted_cost, -p.ratio)):
+    for point in sorted((p for p in front if p.fraction_removed >= target - 1e-9),
+                        key=lambda p: (p.predicted_cost, -p.fraction_removed)):
         c = candidate(point.choices)
-        if c.ratio >= target:
+        if c.fraction_removed[kind] >= target:
             ranked.append(c)
             if len(ranked) == top_k:
                 break
@@ -307,13 +304,13 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, ratio: str 
         size += o[0] - cur[g][0]
         cur[g] = o
     greedy = candidate({g: o[2] for g, o in cur.items()})
-    if greedy.ratio < target:  # float edge: the budget test passed by a rounding hair; report honestly
-        logger.warning("greedy plan reaches %.6f, below the target %.6f", greedy.ratio, target)
+    if greedy.fraction_removed[kind] < target:  # float edge: the budget test passed by a rounding hair
+        logger.warning("greedy plan removes %.6f, below the target %.6f", greedy.fraction_removed[kind], target)
 
     uniform = [candidate({g: spec for g in order}) for spec in sensitivity.candidates
                if all(spec in sensitivity.costs[g] for g in order)
-               and (kind == "nominal" or parse_spec(spec).kernel_ready)]
-    logger.info("search: %d front plans (%s), best predicted cost %.4g at %s ratio %.4f", len(front),
-                "exact" if exact else "bucketed", ranked[0].predicted_cost, kind, ranked[0].ratio)
-    return SearchResult(target=float(target), ratio_kind=kind, ranked=ranked, front=front, greedy=greedy,
+               and group_size(spec, names) is not None]
+    logger.info("search: %d front plans (%s), best predicted cost %.4g removing %.4f (%s)", len(front),
+                "exact" if exact else "bucketed", ranked[0].predicted_cost, ranked[0].fraction_removed[kind], kind)
+    return SearchResult(target=float(target), kind=kind, ranked=ranked, front=front, greedy=greedy,
                         uniform=uniform, sensitivity=sensitivity, exact=exact)

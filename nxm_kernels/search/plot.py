@@ -1,4 +1,4 @@
-"""A picture of the search: predicted cost against compression ratio, the Pareto front, the plans
+"""A picture of the search: predicted cost against fraction of bytes removed, the Pareto front, the plans
 chosen, the greedy plan and the uniform plans, with the target as a vertical line (matplotlib PNG)."""
 
 from __future__ import annotations
@@ -28,33 +28,37 @@ def plot_pareto(result: SearchResult, path: "str | Path", *, title: str | None =
     path.parent.mkdir(parents=True, exist_ok=True)
 
     pct = 100.0
+
+    def x(c):  # a plan's fraction removed of the searched kind, in %
+        return c.fraction_removed[result.kind] * pct
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
-    fx = [c.ratio * pct for c in result.front]
+    fx = [c.fraction_removed * pct for c in result.front]
     fy = [c.predicted_cost for c in result.front]
     ax.step(fx, fy, where="post", color="0.6", lw=1, zorder=1)
     ax.scatter(fx, fy, s=14, color="0.45", label=f"Pareto front ({len(result.front)} plans)", zorder=2)
     for j, c in enumerate(result.uniform):
-        ax.scatter([c.ratio * pct], [c.predicted_cost], marker="s", s=36, facecolor="none", edgecolor="tab:blue",
+        ax.scatter([x(c)], [c.predicted_cost], marker="s", s=36, facecolor="none", edgecolor="tab:blue",
                    zorder=3, label="uniform plans" if j == 0 else None)
-        # Alternate label sides: uniform plans often share a ratio (2:4-w8a8 and dense-w4a8 are both 87.5%).
-        ax.annotate(next(iter(c.choices.values())), (c.ratio * pct, c.predicted_cost), fontsize=7,
+        # Alternate label sides: uniform plans often share a fraction removed (2:4-w8a8 and dense-w4a8
+        # both remove 87.5% nominally).
+        ax.annotate(next(iter(c.choices.values())), (x(c), c.predicted_cost), fontsize=7,
                     xytext=(-6, 4) if j % 2 else (5, -9), ha="right" if j % 2 else "left",
                     textcoords="offset points", color="tab:blue")
     if result.greedy is not None:
         g = result.greedy
-        ax.scatter([g.ratio * pct], [g.predicted_cost], marker="x", s=50, color="tab:orange", label="greedy",
-                   zorder=4)
+        ax.scatter([x(g)], [g.predicted_cost], marker="x", s=50, color="tab:orange", label="greedy", zorder=4)
     for i, c in enumerate(result.ranked, 1):
-        ax.scatter([c.ratio * pct], [c.predicted_cost], marker="*", s=140 if i == 1 else 70,
+        ax.scatter([x(c)], [c.predicted_cost], marker="*", s=140 if i == 1 else 70,
                    color="tab:red", edgecolor="k", lw=0.5, zorder=5, label=f"ranked plans ({len(result.ranked)})" if i == 1 else None)
         if i == 1:
-            ax.annotate("best", (c.ratio * pct, c.predicted_cost), fontsize=8, xytext=(6, -10),
+            ax.annotate("best", (x(c), c.predicted_cost), fontsize=8, xytext=(6, -10),
                         textcoords="offset points")
         for mode, value in c.measured.items():
-            ax.scatter([c.ratio * pct], [value], marker=_MEASURED_MARKERS.get(mode, "o"), s=34, facecolor="none",
+            ax.scatter([x(c)], [value], marker=_MEASURED_MARKERS.get(mode, "o"), s=34, facecolor="none",
                        edgecolor="tab:green", zorder=6, label=f"measured ({mode})" if i == 1 else None)
     ax.axvline(result.target * pct, color="tab:red", ls="--", lw=1, label=f"target {result.target * pct:.2f}%")
-    ax.set_xlabel(f"compression ratio, {result.ratio_kind} (%)")
+    ax.set_xlabel(f"fraction of the bytes removed, {result.kind} (%)")
     ax.set_ylabel(f"predicted cost ({result.sensitivity.objective}, {result.sensitivity.mode})")
     positive = [v for v in fy if v > 0]
     if positive and max(positive) / min(positive) > 1e3:
