@@ -32,6 +32,7 @@ from .spec import LayerSpec, parse_spec
 
 __all__ = ["COMPONENTS", "Plan", "layer_name"]
 
+_FP = parse_spec("fp")
 COMPONENTS = ("query", "key", "value", "attn_out", "ffn1", "ffn2")
 
 
@@ -58,35 +59,40 @@ def _specificity(pattern: str) -> int:
 class Plan:
     """An ordered ``pattern -> spec`` mapping (see the module docstring for the matching rule)."""
 
-    def __init__(self, entries: "Mapping[str, str] | Iterable[tuple[str, str]] | str | Plan" = ()):
+    def __init__(self, entries: "Mapping[str, str | LayerSpec] | Iterable[tuple[str, str | LayerSpec]]" = ()):
+        # Specs are parsed here, once; matching hands out these LayerSpec objects. Other forms (a spec
+        # string, plan JSON, a file) go through :meth:`coerce`, the one place that tells them apart.
         if isinstance(entries, Plan):
-            entries = entries.entries
-        elif isinstance(entries, str):  # a single spec applied to everything
-            entries = {"*": entries}
-        if isinstance(entries, Mapping):
+            entries = entries._specs
+        elif isinstance(entries, Mapping):
             entries = list(entries.items())
-        elif not isinstance(entries, (list, tuple)) and not hasattr(entries, "__iter__"):
-            raise TypeError(f"plan must be a mapping of pattern -> spec, a list of pairs, a spec str or a Plan, "
-                            f"got {type(entries).__name__}")
-        self.entries: list[tuple[str, str]] = []
+        elif isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
+            raise TypeError(f"plan must be a mapping of pattern -> spec or a list of (pattern, spec) pairs, got "
+                            f"{type(entries).__name__} (Plan.coerce also reads a spec string or plan JSON)")
+        self._specs: list[tuple[str, LayerSpec]] = []
         for item in entries:
             if not (isinstance(item, (tuple, list)) and len(item) == 2):
                 raise TypeError(f"plan entries must be (pattern, spec) pairs, got {item!r}")
             pattern, spec = item
             if not isinstance(pattern, str) or not pattern:
                 raise ValueError(f"plan pattern must be a non-empty str, got {pattern!r}")
-            self.entries.append((pattern, str(parse_spec(spec))))
+            self._specs.append((pattern, parse_spec(spec)))
+
+    @property
+    def entries(self) -> list[tuple[str, str]]:
+        """The ``(pattern, spec string)`` pairs, in order."""
+        return [(pattern, str(spec)) for pattern, spec in self._specs]
 
     # ------------------------------------------------------------------ matching
     def spec_for(self, name: str) -> LayerSpec:
         """The spec of one layer name (``fp`` when nothing matches)."""
-        best, best_key = None, None
-        for order, (pattern, spec) in enumerate(self.entries):
+        best, best_key = _FP, None
+        for order, (pattern, spec) in enumerate(self._specs):
             if fnmatch.fnmatchcase(name, _expand(pattern)):
                 key = (_specificity(pattern), order)
                 if best_key is None or key > best_key:
                     best, best_key = spec, key
-        return parse_spec(best or "fp")
+        return best
 
     def resolve(self, names: Iterable[str], *, strict: bool = True) -> dict[str, LayerSpec]:
         """Specs for ``names``. With ``strict``, a pattern matching none of them is an error."""
@@ -101,9 +107,9 @@ class Plan:
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        for pattern, spec in self.entries:
+        for pattern, spec in self._specs:
             out.pop(pattern, None)  # a repeated pattern keeps its last position, as it wins
-            out[pattern] = spec
+            out[pattern] = str(spec)
         return out
 
     def to_json(self, path: "str | Path | None" = None) -> str:
@@ -139,7 +145,9 @@ class Plan:
             return plan
         if isinstance(plan, str) and (plan.lstrip().startswith("{") or plan.endswith(".json")):
             return cls.from_json(plan)
-        if isinstance(plan, (str, Mapping, list, tuple)):
+        if isinstance(plan, str):  # one spec for every layer
+            return cls({"*": plan})
+        if isinstance(plan, (Mapping, list, tuple)):
             return cls(plan)
         raise TypeError(f"plan must be a Plan, a {{pattern: spec}} mapping, a list of (pattern, spec) pairs, "
                         f"a spec string, plan JSON or a path to a .json file, got {type(plan).__name__}")

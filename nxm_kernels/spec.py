@@ -67,13 +67,9 @@ class LayerSpec:
 
     @property
     def packable(self) -> bool:
-        """True for the specs the packed format stores and the kernels run (:data:`KERNEL_SPECS`; not ``fp``)."""
+        """True for the specs the packed format stores and the kernels run (:data:`KERNEL_SPECS`; not ``fp``).
+        :func:`kernel_spec` is the checking form: it parses and raises for anything else."""
         return str(self) in KERNEL_SPECS
-
-    @property
-    def kernel_ready(self) -> bool:
-        """True when the packed format and the kernels can run this spec (``fp`` included: it stays float)."""
-        return self.is_fp or self.packable
 
     def __str__(self) -> str:
         if self.is_fp:

@@ -94,7 +94,7 @@ def test_fake_compressed_is_the_kernels_math_and_restores_exactly():
         with fake_compressed(model, {"layer.9.ffn1": "2:4-w8a8"}):
             pass
     with pytest.raises(RuntimeError, match="boom"):  # restored also when the body raises
-        with fake_compressed(model, Plan("2:4-w4a8")):
+        with fake_compressed(model, Plan.coerce("2:4-w4a8")):
             raise RuntimeError("boom")
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -105,7 +105,7 @@ def test_evaluator_objectives():
     batches = sample()
     ev = Evaluator(model, batches)
     assert ev.cost(model) == 0.0  # the uncompressed model against itself
-    with fake_compressed(model, Plan("2:4-w4a8")):
+    with fake_compressed(model, Plan.coerce("2:4-w4a8")):
         kl = ev.cost(model)
     assert kl > 0
     ev_loss = Evaluator(model, batches, "loss")

@@ -16,7 +16,7 @@ def test_kernel_specs(text, pattern, wbits, sparse):
     s = parse_spec(text)
     assert (s.pattern, s.weight_bits, s.act_bits) == (pattern, wbits, 8)
     assert str(s) == text
-    assert s.sparse is sparse and not s.is_fp and s.kernel_ready and s.packable
+    assert s.sparse is sparse and not s.is_fp and s.packable
     assert kernel_spec(text) == s and kernel_spec(s) is s
     assert s.nm == ((2, 4) if sparse else None)
     assert parse_spec(s) is s
@@ -25,7 +25,7 @@ def test_kernel_specs(text, pattern, wbits, sparse):
 
 def test_fp():
     s = parse_spec("fp")
-    assert s == LayerSpec(None, None, None) and s.is_fp and not s.sparse and s.kernel_ready and not s.packable
+    assert s == LayerSpec(None, None, None) and s.is_fp and not s.sparse and not s.packable
     with pytest.raises(ValueError, match="'fp' means 'leave the layer as nn.Linear'"):
         kernel_spec(s)
     assert str(s) == "fp" and s.nm is None
@@ -36,7 +36,7 @@ def test_fp():
 def test_training_only_nm_patterns(text, nm):
     s = parse_spec(text)
     assert s.nm == nm and s.sparse and str(s) == text
-    assert not s.kernel_ready and not s.packable
+    assert not s.packable
     with pytest.raises(ValueError, match=f"spec for x '{text}' can be trained but not packed"):
         kernel_spec(text, name="spec for x")
 
