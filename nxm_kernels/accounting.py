@@ -319,7 +319,7 @@ def account(layers, plan: "Plan | Mapping[str, str] | str", *, strict: bool = Tr
         out.append(LayerAccount(
             name=name, out_features=shape.out_features, in_features=shape.in_features, spec=str(spec),
             params=params, nominal_bits=nominal_bits(spec),  # fp counts as dense float bytes:
-            bytes=weight_nbytes(shape[:2], spec, FP32_BYTES) if spec.kernel_ready else None,
+            bytes=weight_nbytes(shape[:2], spec, FP32_BYTES) if spec.is_fp or spec.packable else None,
             fp32_bytes=params * FP32_BYTES, fp16_bytes=params * FP16_BYTES,
             bias_params=shape.out_features if shape.bias else 0))
     return Accounting(out, plan.to_dict())
