@@ -54,11 +54,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import check_choice, check_finite, check_int, check_tensor
-from .quant import fake_quant_per_token, qmax, quantize_weight
+from .quant import fake_quant_linear, fake_quant_per_token, qmax, quantize_weight
 from .sparsity import nm_mask
 from .spec import LayerSpec, kernel_spec, parse_spec
 
@@ -383,8 +382,8 @@ class _Compressed(nn.Module):
         self.weight, self.bias = weight, bias
 
     def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(fake_quant_per_token(x, ste=False), self.weight.to(x.dtype), bias)
+        # The weight is quantized already (weight_bits=None): only the input is fake-quantized.
+        return fake_quant_linear(x, self.weight, self.bias, weight_bits=None, ste=False)
 
 
 class _Stop(Exception):
