@@ -168,8 +168,7 @@ class QATLinear(nn.Module):
         """The weight the forward multiplies by: masked, then fake-quantized per output channel."""
         w = self.masked_weight()
         if self.quantize_weights and self.spec.weight_bits:
-            # assume_finite: the finite check is a device sync per step; a NaN row just comes out NaN.
-            w = fake_quant_weight(w, self.spec.weight_bits, assume_finite=True)
+            w = fake_quant_weight(w, self.spec.weight_bits, assume_finite=True)  # no finite check: a sync a step
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
