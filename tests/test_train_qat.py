@@ -40,6 +40,16 @@ def test_effective_weight_is_exactly_the_packed_weight(spec):
     assert torch.equal(packed.unpack(), layer.effective_weight().detach())
 
 
+def test_effective_weight_has_the_packed_bits_and_nan_tokens_give_nan_rows():
+    _, layer = _layer("2:4-w4a8")
+    want = pack(layer.export_weight(), pattern="2:4-w4a8").unpack()
+    assert torch.equal(layer.effective_weight().detach().view(torch.int32), want.view(torch.int32))  # +0.0, not -0.0
+    x = torch.randn(3, layer.in_features)
+    x[1, 2] = float("nan")
+    y = layer(x)
+    assert y[1].isnan().all() and torch.isfinite(y[[0, 2]]).all()
+
+
 @pytest.mark.parametrize("spec", SPECS)
 def test_forward_is_the_kernel_math(spec):
     _, layer = _layer(spec)
