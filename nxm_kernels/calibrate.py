@@ -54,11 +54,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ._checks import check_choice, check_finite, check_int, check_tensor
-from .quant import fake_quant_per_token, qmax, quantize_weight
+from .quant import fake_quant_linear, fake_quant_per_token, fake_quant_weight, qmax, quantize_weight, weight_scales
 from .sparsity import nm_mask
 from .spec import LayerSpec, kernel_spec, parse_spec
 
@@ -146,21 +145,19 @@ def _prepare_hessian(h: torch.Tensor, w: torch.Tensor, damp: float):
                        "varied) calibration data")
 
 
-def _row_scale(w: torch.Tensor, hdiag: torch.Tensor, q: int, clip_search: bool) -> torch.Tensor:
+def _row_scale(w: torch.Tensor, hdiag: torch.Tensor, bits: int, clip_search: bool) -> torch.Tensor:
     """Per-row float32 scale: ``clip * amax / q`` with the clip minimising the diag(H)-weighted rounding error."""
-    amax = w.abs().amax(dim=1).float()
-    base = amax / torch.full_like(amax, q)
+    wf = w.float()  # its float32 amax is the float64 amax rounded (rounding is monotone): the same scales
     if not clip_search:
-        return torch.where(base > 0, base, torch.ones_like(base))
-    wf = w.float()
-    best = base.clone()
-    best_err = torch.full_like(base, float("inf"))
+        return weight_scales(wf, bits)
+    amax, q = wf.abs().amax(dim=1), qmax(bits)
+    best, best_err = amax / torch.full_like(amax, q), torch.full_like(amax, float("inf"))
     hd = hdiag.float().unsqueeze(0)
     for c in CLIP_GRID:
         s = (amax * c) / torch.full_like(amax, q)
         s = torch.where(s > 0, s, torch.ones_like(s))
-        deq = torch.clamp(torch.round(wf / s[:, None]), -q, q) * s[:, None]
-        err = ((wf - deq) ** 2 * hd).sum(dim=1)
+        # assume_finite: w was checked once; this runs len(CLIP_GRID) times a layer.
+        err = ((wf - fake_quant_weight(wf, bits, ste=False, scale=s, assume_finite=True)) ** 2 * hd).sum(dim=1)
         better = err < best_err
         best = torch.where(better, s, best)
         best_err = torch.where(better, err, best_err)
@@ -289,7 +286,7 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
             w = torch.linalg.solve(hd, (w @ c).T).T
             extras["target_shift"] = float(torch.linalg.vector_norm(w - w0) / max(float(torch.linalg.vector_norm(w0)),
                                                                                      1e-30))
-        scale = _row_scale(w if nm is None else w.masked_fill(~nm_mask(w, *nm), 0.0), torch.diagonal(hd), q,
+        scale = _row_scale(w if nm is None else w.masked_fill(~nm_mask(w, *nm), 0.0), torch.diagonal(hd), bits,
                            clip_search)
         deq64, codes, mask = _sweep(w, upper, nm, q, scale, blocksize)
         deq = codes * scale.unsqueeze(-1)
@@ -383,8 +380,7 @@ class _Compressed(nn.Module):
         self.weight, self.bias = weight, bias
 
     def forward(self, x):
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(fake_quant_per_token(x, ste=False), self.weight.to(x.dtype), bias)
+        return fake_quant_linear(x, self.weight, self.bias, weight_bits=None, ste=False)
 
 
 class _Stop(Exception):

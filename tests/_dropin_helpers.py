@@ -6,11 +6,10 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from nxm_kernels.models.bert import bert_linears
 from nxm_kernels.plan import Plan
-from nxm_kernels.quant import fake_quant_per_token, fake_quant_weight
+from nxm_kernels.quant import fake_quant_linear, fake_quant_weight
 from nxm_kernels.sparsity import is_nm, prune_nm
 
 
@@ -25,9 +24,10 @@ class FakeQuantLinear(nn.Module):
             w = prune_nm(w, 2, 4)
         self.register_buffer("w", fake_quant_weight(w, spec.weight_bits, ste=False))
         self.register_buffer("b", None if linear.bias is None else linear.bias.detach().float())
+        self.act_bits = spec.act_bits
 
     def forward(self, x):
-        return F.linear(fake_quant_per_token(x, ste=False), self.w, self.b)
+        return fake_quant_linear(x, self.w, self.b, weight_bits=None, act_bits=self.act_bits, ste=False)
 
 
 def fake_quant_twin(model: nn.Module, plan) -> nn.Module:

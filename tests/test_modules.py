@@ -12,20 +12,17 @@ import torch.nn.functional as F
 import nxm_kernels as nxm
 from nxm_kernels.backends import WeightMeta, unavailable_reason, weight_unsupported_reason
 from nxm_kernels.modules import NxMLinear, compressed_linears, set_backend, swap_named_linears
-from nxm_kernels.quant import fake_quant_per_token, fake_quant_weight
+from nxm_kernels.quant import fake_quant_weight
 from nxm_kernels.sparsity import is_nm, prune_nm
+
+from _dropin_helpers import FakeQuantLinear
 
 SPECS = ["2:4-w8a8", "2:4-w4a8", "dense-w8a8", "dense-w4a8"]
 
 
 def fake_quant_linear(x, linear, spec, activation=None):
     """What NxMLinear must compute, in plain float ops (float rounding apart)."""
-    s = nxm.parse_spec(spec)
-    w = linear.weight.detach().float()
-    if s.sparse and not is_nm(w, 2, 4):
-        w = prune_nm(w, 2, 4)
-    y = F.linear(fake_quant_per_token(x.float(), ste=False), fake_quant_weight(w, s.weight_bits, ste=False),
-                 None if linear.bias is None else linear.bias.detach().float())
+    y = FakeQuantLinear(linear, nxm.parse_spec(spec))(x.float())
     return F.gelu(y) if activation == "gelu" else y
 
 

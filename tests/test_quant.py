@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 import nxm_kernels as nxm
 from nxm_kernels.format import pack
-from nxm_kernels.quant import (ACT_QMAX, dequantize, fake_quant_per_token, fake_quant_weight, qmax,
-                               quantize_per_token, quantize_weight, weight_scales)
+from nxm_kernels.quant import (ACT_QMAX, dequantize, fake_quant_linear, fake_quant_per_token, fake_quant_weight,
+                               qmax, quantize_per_token, quantize_weight, weight_scales)
 from nxm_kernels.sparsity import prune_nm
 
 HYP = settings(max_examples=60, deadline=None)
@@ -170,6 +170,48 @@ def test_fake_quant_equals_packed_weights():
     for bits in (8, 4):
         assert torch.equal(fake_quant_weight(prune_nm(w), bits, ste=False),
                            pack(w, bits, "2:4", prune=True).unpack())
+
+
+def _bits(t):
+    """float32 bit patterns, NaN payloads folded (only where NaNs are matters)."""
+    return torch.where(t.isnan(), torch.full_like(t.float(), float("nan")), t.float()).view(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_float_model_is_dequantize_bit_for_bit(dtype):
+    """fake_quant_* keep their codes in float32; still the same bits as the int8 round trip: +0.0 (not
+    -0.0) for codes rounded to zero from below, and a whole NaN row for a token holding NaN or Inf."""
+    x = (torch.randn(6, 48) * 4).to(dtype)
+    x[0] = -1e-3
+    x[0, 0] = 1.0                        # codes rounded to -0
+    x[1], x[2, 3], x[3, 5] = 0.0, float("nan"), float("-inf")
+    codes, scale = quantize_per_token(x)
+    got = fake_quant_per_token(x, ste=False)
+    assert torch.equal(_bits(got), _bits((codes.float() * scale).to(dtype)))
+    assert got[2:4].isnan().all() and not torch.signbit(got[0][got[0] == 0]).any()
+    w = x[[0, 1, 4, 5]]
+    codes, scale = quantize_weight(w, 4)
+    for out in (fake_quant_weight(w, 4, ste=False), fake_quant_weight(w, 4, assume_finite=True)):
+        assert torch.equal(_bits(out), _bits((codes.float() * scale[:, None]).to(dtype)))
+    # Unchecked, a non-finite weight row follows the activation rule: all NaN.
+    assert fake_quant_weight(x[:4], 8, assume_finite=True)[2:4].isnan().all()
+
+
+def test_fake_quant_linear():
+    x, w, b = torch.randn(2, 5, 16, requires_grad=True), torch.randn(6, 16, requires_grad=True), torch.randn(6)
+    y = fake_quant_linear(x, w, b, weight_bits=4)
+    assert torch.equal(y, torch.nn.functional.linear(fake_quant_per_token(x), fake_quant_weight(w, 4), b))
+    y.sum().backward()                   # straight through both quantizers
+    assert torch.allclose(w.grad, fake_quant_per_token(x.detach()).reshape(-1, 16).sum(0).expand(6, 16))
+    assert torch.equal(fake_quant_linear(x, w, None, weight_bits=None, act_bits=None), x @ w.t())
+    with pytest.raises(ValueError, match="act_bits must be 8"):
+        fake_quant_linear(x, w, act_bits=4)
+    with pytest.raises(ValueError, match="in_features 8"):
+        fake_quant_linear(x, w[:, :8])
+    with pytest.raises(ValueError, match=r"bias must have shape \[6\]"):
+        fake_quant_linear(x, w, b[:5])
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        fake_quant_linear(x, None)
 
 
 def test_dequantize():

@@ -8,7 +8,6 @@ from nxm_kernels import pack, sparse_int_linear
 from nxm_kernels.quant import fake_quant_per_token, fake_quant_weight
 from nxm_kernels.sparsity import is_nm, nm_mask
 from nxm_kernels.train import QATLinear, prepare_qat, qat_layers
-from nxm_kernels.train.qat import fake_quant_weight_fast
 
 from train_helpers import tiny_bert
 
@@ -31,7 +30,7 @@ def test_fast_fake_quant_matches_foundation():
     w = torch.randn(33, 70)
     w[3] = 0  # an all-zero row gets scale 1
     for bits in (4, 8):
-        assert torch.equal(fake_quant_weight_fast(w, bits), fake_quant_weight(w, bits))
+        assert torch.equal(fake_quant_weight(w, bits, assume_finite=True), fake_quant_weight(w, bits))
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -39,6 +38,16 @@ def test_effective_weight_is_exactly_the_packed_weight(spec):
     _, layer = _layer(spec)
     packed = pack(layer.export_weight(), pattern=spec)
     assert torch.equal(packed.unpack(), layer.effective_weight().detach())
+
+
+def test_effective_weight_has_the_packed_bits_and_nan_tokens_give_nan_rows():
+    _, layer = _layer("2:4-w4a8")
+    want = pack(layer.export_weight(), pattern="2:4-w4a8").unpack()
+    assert torch.equal(layer.effective_weight().detach().view(torch.int32), want.view(torch.int32))  # +0.0, not -0.0
+    x = torch.randn(3, layer.in_features)
+    x[1, 2] = float("nan")
+    y = layer(x)
+    assert y[1].isnan().all() and torch.isfinite(y[[0, 2]]).all()
 
 
 @pytest.mark.parametrize("spec", SPECS)

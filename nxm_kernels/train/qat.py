@@ -23,48 +23,21 @@ import logging
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .. import quant as _quant
 from .._checks import check_tensor
 from ..models.bert import bert_linears
 from ..plan import Plan
-from ..quant import ACT_QMAX, qmax
+from ..quant import fake_quant_linear, fake_quant_weight
 from ..sparsity import nm_mask
 from ..spec import LayerSpec, parse_spec
 
-__all__ = ["QATLinear", "prepare_qat", "qat_layers", "fake_quant_weight_fast", "STATE_BUFFERS"]
+__all__ = ["QATLinear", "prepare_qat", "qat_layers", "STATE_BUFFERS"]
 
 logger = logging.getLogger(__name__)
 
 #: Buffers that hold training state (not weights); DDP must not broadcast them every step (see
 #: :func:`prepare_qat`): every rank computes them itself or receives them at ADMM updates.
 STATE_BUFFERS = ("mask", "admm_z", "admm_u", "admm_rho", "admm_updates")
-
-
-def _dequantized(v: torch.Tensor, q: int) -> torch.Tensor:
-    """``codes * scale`` with the foundation's scale (``quant._row_scales``) and its code rule
-    ``clamp(round_half_even(v / scale), -q, q)``, kept in float32 instead of a round trip through
-    int8 (the codes are small integers, exact in float32): the same values with fewer passes. Not the
-    same bits everywhere: a code rounded to zero from below stays ``-0.0`` here (``+0.0`` after the
-    int8 round trip; ``torch.equal`` holds), and a NaN/Inf row gives NaN rather than arbitrary codes."""
-    scale = _quant._row_scales(v, q)                      # [..., 1] float32
-    codes = torch.round(v.float() / scale).clamp_(-q, q)
-    return codes.mul_(scale)
-
-
-def fake_quant_weight_fast(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    """:func:`nxm_kernels.quant.fake_quant_weight` without its NaN check (a device sync every call).
-
-    Same values (``torch.equal``; tested against it and against ``pack``; see :func:`_dequantized` for the
-    sign of zero), straight-through gradient.
-    """
-    return _quant._STE.apply(weight, _dequantized(weight.detach(), qmax(bits)).to(weight.dtype))
-
-
-def _fake_quant_tokens(x: torch.Tensor) -> torch.Tensor:
-    """Per-token int8 fake quantization, the kernels' activation math, straight-through."""
-    return _quant._STE.apply(x, _dequantized(x.detach(), ACT_QMAX).to(x.dtype))
 
 
 class QATLinear(nn.Module):
@@ -195,14 +168,12 @@ class QATLinear(nn.Module):
         """The weight the forward multiplies by: masked, then fake-quantized per output channel."""
         w = self.masked_weight()
         if self.quantize_weights and self.spec.weight_bits:
-            w = fake_quant_weight_fast(w, self.spec.weight_bits)
+            w = fake_quant_weight(w, self.spec.weight_bits, assume_finite=True)  # no finite check: a sync a step
         return w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.quantize_activations and self.spec.act_bits:
-            x = _fake_quant_tokens(x)
-        w = self.effective_weight()
-        return F.linear(x, w.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        act_bits = self.spec.act_bits if self.quantize_activations else None
+        return fake_quant_linear(x, self.effective_weight(), self.bias, weight_bits=None, act_bits=act_bits)
 
     @torch.no_grad()
     def export_weight(self) -> torch.Tensor:
