@@ -14,15 +14,16 @@ forward is explained in :mod:`nxm_kernels.fusion`).
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Callable, Mapping
 
+import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from ..fusion import FusedProjection, fusable_reason, fuse_linears
-from ..modules import NxMLinear, SwapReport, after_swap, swap_in
+from ..modules import NxMLinear, SwapReport, after_swap
 from ..plan import COMPONENTS, Plan, layer_name
-from ..spec import kernel_spec
+from ..spec import LayerSpec
+from .swap import LinearSite, swap_sites
 
 __all__ = ["COMPONENT_PATHS", "QKV", "QKV_ATTR", "LinearSite", "find_encoder_layers", "bert_linears", "as_plan",
            "swap_linears", "fuse_qkv"]
@@ -46,16 +47,6 @@ assert tuple(COMPONENT_PATHS) == COMPONENTS
 QKV = ("query", "key", "value")
 #: Attribute of ``attention.self`` holding the fused query/key/value ``NxMLinear``.
 QKV_ATTR = "qkv"
-
-
-class LinearSite(NamedTuple):
-    """One encoder linear: its plan name, its parent module, the attribute holding it, and the module."""
-
-    name: str
-    parent: nn.Module
-    attr: str
-    module: nn.Module
-    qualified_name: str  # the module's dotted name inside the whole model
 
 
 def find_encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -113,8 +104,20 @@ def _is_exact_gelu(act) -> bool:
     return type(act) is GELUActivation  # subclasses (e.g. approximations) are left alone
 
 
+def _from_linear(backend: str, scales: Mapping):
+    """The default ``build`` of :func:`swap_linears`: ``NxMLinear.from_linear`` of the site's ``nn.Linear``."""
+    def build(site: LinearSite, spec: LayerSpec, activation: str | None) -> NxMLinear:
+        if not isinstance(site.module, nn.Linear):
+            raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
+                            f"got {type(site.module).__name__}")
+        return NxMLinear.from_linear(site.module, spec, backend=backend, activation=activation,
+                                     scale=scales.get(site.name))
+    return build
+
+
 def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fuse_gelu: bool = True,
-                 fuse_qkv: bool = True, strict: bool = True) -> SwapReport:
+                 fuse_qkv: bool = True, strict: bool = True, scales: "Mapping[str, torch.Tensor] | None" = None,
+                 build: "Callable[[LinearSite, LayerSpec, str | None], NxMLinear] | None" = None) -> SwapReport:
     """Replace the encoder linears of a Hugging Face BERT-family model with :class:`NxMLinear`, in place.
 
     ``plan`` says which spec each of ``layer.<i>.{query,key,value,attn_out,ffn1,ffn2}`` gets (see
@@ -128,6 +131,12 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     the outputs are bit-identical to the unfused swap, see :func:`fuse_qkv`); the report still lists
     the three linears, each with ``fused_into`` naming the fused layer.
 
+    ``scales`` (optional) fixes the per-channel scales of layers by plan name (float32 ``[out]``, as
+    :func:`~nxm_kernels.format.pack` takes them): how :func:`nxm_kernels.calibrate` stores exactly the
+    codes it chose. ``build(site, spec, activation)`` (optional) makes each ``NxMLinear`` instead of
+    :meth:`NxMLinear.from_linear` of the site's ``nn.Linear``: how the training export packs its
+    QAT layers (:func:`nxm_kernels.train.export_model`).
+
     Works for ``BertModel``, ``BertFor*`` and models with the same encoder layout (MiniLM, RoBERTa,
     ...); anything else raises ``ValueError`` (use :func:`nxm_kernels.swap_named_linears`).
     Returns a :class:`~nxm_kernels.modules.SwapReport`. For calibrated compression (SparseGPT/GPTQ,
@@ -135,22 +144,11 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     """
     if not isinstance(fuse_qkv, bool):
         raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
-    return _swap(model, plan, backend, fuse_gelu=fuse_gelu, fuse_qkv=fuse_qkv, strict=strict)
+    plan = Plan.coerce(plan)
+    build = build or _from_linear(backend, scales or {})
+    gelus = []
 
-
-def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bool, strict: bool,
-          scales: dict | None = None):
-    """:func:`swap_linears`, optionally packing layers with given per-channel ``scales`` (by plan name), which is
-    how :func:`nxm_kernels.calibrate` stores exactly the codes its algorithm chose."""
-    scales = scales or {}
-    plan = as_plan(plan)
-    sites = bert_linears(model)
-    specs = plan.resolve([s.name for s in sites], strict=strict)
-    for site in sites:
-        spec = specs[site.name]
-        if spec.is_fp:
-            continue
-        kernel_spec(spec, name=f"spec for {site.name}")
+    def make(site: LinearSite, spec: LayerSpec) -> NxMLinear:
         if isinstance(site.module, NxMLinear):
             raise ValueError(f"{site.name} ({site.qualified_name}) already is an NxMLinear ({site.module.spec}); "
                              "swap a fresh model, or leave it out of the plan")
@@ -158,31 +156,21 @@ def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bo
             raise ValueError(f"{site.name} ({site.qualified_name}) is already swapped: rows of the fused NxMLinear "
                              f"{site.module.fused_name} ({site.module.spec}); swap a fresh model, or leave it out "
                              "of the plan")
-        if not isinstance(site.module, nn.Linear):
-            raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
-                            f"got {type(site.module).__name__}")
-    report = SwapReport()
-    todo = [s for s in sites if not specs[s.name].is_fp]
-    report.kept = [s.name for s in sites if specs[s.name].is_fp]
-    for site in tqdm(todo, desc="swapping linears", unit="layer", disable=None, leave=False):
-        spec = specs[site.name]
-        activation, act_site = None, None
-        if fuse_gelu and site.name.endswith(".ffn1"):
-            act = getattr(site.parent, GELU_ATTR, None)
-            if _is_exact_gelu(act):
-                activation, act_site = "gelu", site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR
-        swap_in(report, site.parent, site.attr, site.module, spec, name=site.name, qualified_name=site.qualified_name,
-                backend=backend, activation=activation, scale=scales.get(site.name))
-        if act_site is not None:
-            setattr(site.parent, GELU_ATTR, nn.Identity())
-            report.fused_activations.append(act_site)
+        activation = None
+        if fuse_gelu and site.name.endswith(".ffn1") and _is_exact_gelu(getattr(site.parent, GELU_ATTR, None)):
+            activation = "gelu"
+            gelus.append(site)
+        return build(site, spec, activation)
+
+    report, replaced = swap_sites(bert_linears(model), plan, make, strict=strict)
+    for site in gelus:
+        setattr(site.parent, GELU_ATTR, nn.Identity())
+        report.fused_activations.append(site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR)
     if fuse_qkv:
         # Only layers whose three projections this call swapped: the report then covers every member.
-        swapped_now = {s.name for s in todo}
-        for fused_name, members in _qkv_groups(bert_linears(model)):  # the sites now hold the NxMLinears
-            if all(m.name in swapped_now for m in members):
-                if _fuse(model, fused_name, members):
-                    report.fused[fused_name] = [m.qualified_name for m in members]
+        for fused_name, members in _qkv_groups([site._replace(module=new) for site, _, new in replaced]):
+            if _fuse(model, fused_name, members):
+                report.fused[fused_name] = [m.qualified_name for m in members]
         for entry in report.swapped:
             entry.fused_into = next((f for f, ms in report.fused.items() if entry.module_name in ms), None)
     # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
@@ -195,7 +183,7 @@ def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bo
 
 # ---------------------------------------------------------------------------------- fused QKV
 def _qkv_groups(sites: list[LinearSite]) -> list[tuple[str, list[LinearSite]]]:
-    """``(fused layer name, [query, key, value sites])`` per encoder layer, from :func:`bert_linears`."""
+    """``(fused layer name, [query, key, value sites])`` per encoder layer holding all three of ``sites``."""
     by_layer: dict[str, dict[str, LinearSite]] = {}
     for site in sites:
         layer, _, comp = site.name.rpartition(".")
@@ -203,6 +191,8 @@ def _qkv_groups(sites: list[LinearSite]) -> list[tuple[str, list[LinearSite]]]:
             by_layer.setdefault(layer, {})[comp] = site
     out = []
     for comps in by_layer.values():
+        if len(comps) < len(QKV):
+            continue
         members = [comps[c] for c in QKV]
         out.append((members[0].qualified_name.rsplit(".", 1)[0] + "." + QKV_ATTR, members))
     return out
