@@ -281,11 +281,10 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         # Each layer is built once, from the very tensors read, on the device, its layouts derived once:
         # assigning the state dict below hands it the same tensors and the move/cast leaves them as they are.
         tensors = {key: state.get(f"{name}.{key}") for key in ("values", "metadata", "scales", "bias")}
-        needed = ["values", "scales"] + ["metadata"] * record.spec.sparse + ["bias"] * record.bias
-        missing = [f"{name}.{key}" for key in needed if tensors[key] is None]
+        missing = [f"{name}.{k}" for k in ("values", "scales", "metadata", "bias") if tensors[k] is None and
+                   (k != "metadata" or record.spec.sparse) and (k != "bias" or record.bias)]
         if missing:  # (tensors the record does not expect are 'unexpected' in the check of the whole state below)
-            raise ValueError(f"checkpoint {d} does not match the model config: {len(missing)} tensor(s) missing from "
-                             f"the checkpoint (e.g. {missing[:3]})")
+            raise ValueError(f"checkpoint {d} does not match the model config: {missing} missing from the checkpoint")
         try:
             packed = PackedWeight(tensors["values"], tensors["metadata"], tensors["scales"], record.shape,
                                   record.spec.weight_bits, record.spec.pattern, cfg["packed_format_version"])

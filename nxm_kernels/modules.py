@@ -18,8 +18,8 @@ shape, bits and pattern live in the spec and in checkpoint JSON (see :mod:`nxm_k
 kernel variant such as ``"triton:<variant>"``) is resolved once for the device the buffers are on,
 into one kernel per M bucket (:mod:`nxm_kernels.dispatch`: on a GPU, ``auto`` follows the measured
 table), and each chosen backend's typed layout (:mod:`nxm_kernels.backends.layout`) is derived and
-checked right then: at construction, after every ``.to()``/``.cuda()``/``.half()``, and after
-``load_state_dict``. ``forward`` checks only what a caller can get wrong (``x``'s dtype, last
+checked right then: at construction, and after a ``.to()``/``.cuda()``/``.half()`` or ``load_state_dict``
+that replaced or overwrote the packed buffers. ``forward`` checks only what a caller can get wrong (``x``'s dtype, last
 dimension and device), picks its bucket's kernel by list index and calls it: no availability
 queries, imports or layout checks per call. That is also what lets ``torch.compile`` trace it
 without graph breaks. ``model.half()`` casts the bias but never the float32 scales.
@@ -54,16 +54,6 @@ __all__ = ["NxMLinear", "SwapReport", "SwappedLayer", "kernel_spec", "set_backen
 logger = logging.getLogger(__name__)
 
 
-def _placeholder_tensors(out_features: int, in_features: int, spec: LayerSpec, device) -> dict:
-    """Well-formed packed tensors of the right shapes (zero codes, unit scales) to load real ones into."""
-    shapes = packed_shapes(out_features, in_features, spec.weight_bits, spec.sparse)
-    out = {"values": torch.zeros(shapes["values"], dtype=values_dtype(spec.weight_bits), device=device),
-           "scales": torch.ones(shapes["scales"], dtype=torch.float32, device=device)}
-    if spec.sparse:
-        out["metadata"] = torch.full(shapes["metadata"], PAD_METADATA_BYTE, dtype=torch.uint8, device=device)
-    return out
-
-
 class NxMLinear(nn.Module):
     """``y = dequant(quant(x) @ W_q^T) (+bias) (+GELU)`` over a packed 2:4/dense int8/int4 weight.
 
@@ -95,9 +85,14 @@ class NxMLinear(nn.Module):
             raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
         spec = kernel_spec(spec)
         device = torch.device(device) if device is not None else torch.device("cpu")
+        # Well-formed packed tensors of the right shapes (zero codes, unit scales) to load real ones into.
+        shapes = packed_shapes(out_features, in_features, spec.weight_bits, spec.sparse)
+        tensors = {"values": torch.zeros(shapes["values"], dtype=values_dtype(spec.weight_bits), device=device),
+                   "scales": torch.ones(shapes["scales"], dtype=torch.float32, device=device),
+                   "metadata": torch.full(shapes["metadata"], PAD_METADATA_BYTE, dtype=torch.uint8, device=device)
+                   if spec.sparse else None}
         bias_t = torch.zeros(out_features, dtype=dtype or torch.float32, device=device) if bias else None
-        self._init(spec, out_features, in_features, _placeholder_tensors(out_features, in_features, spec, device),
-                   bias_t, backend, activation)
+        self._init(spec, out_features, in_features, tensors, bias_t, backend, activation)
 
     def _init(self, spec: LayerSpec, out_features: int, in_features: int, tensors: dict, bias, backend: str,
               activation) -> None:
@@ -251,18 +246,15 @@ class NxMLinear(nn.Module):
         self._weights = layouts[self._backend_name]
         self._plan, self._kernels, self._device = plan, kernels, device
 
-    def _packed_buffers(self) -> tuple:
-        return self.values, self.metadata, self.scales
-
     def _apply(self, fn, recurse: bool = True):
-        before = self._packed_buffers()
+        before = (self.values, self.metadata, self.scales)
         out = super()._apply(fn, recurse)
         if self.scales.dtype != torch.float32:
             # A dtype cast (model.half()) must not round the scales: redo the move without the cast.
             self.scales = before[2].to(self.scales.device)
         # Layouts derive from the packed buffers alone: a call that left them as they were (a bias-only
         # cast, a move to where they already are) keeps the layouts, so a loaded layer is prepared once.
-        if any(a is not b for a, b in zip(before, self._packed_buffers())):
+        if any(a is not b for a, b in zip(before, (self.values, self.metadata, self.scales))):
             self._refresh()
         return out
 

@@ -9,16 +9,14 @@ spec strings (:mod:`nxm_kernels.spec`). A pattern is one of
 * ``layer.<i>``: every component of layer ``i`` (same as ``layer.<i>.*``);
 * a full glob over names (``fnmatch`` rules), e.g. ``layer.3.ffn1``, ``layer.[0-5].query``.
 
-A pattern also matches a name equal to it as written (``fnmatch`` of the pattern itself), which is how
-module-name globs over any model (:func:`nxm_kernels.swap_named_linears`: ``encoder.*.fc1``, ``0``)
-match the same way.
+A pattern also matches the names its own ``fnmatch`` glob does: module-name globs over any model
+(:func:`nxm_kernels.swap_named_linears`) are plans too.
 
-**Which entry wins** (the one rule for every way a plan is applied, :mod:`nxm_kernels.models.swap`).
-Among the entries matching a name, the *most specific* wins; among equally specific entries, the
-*later* one wins. Specificity counts what a pattern pins down literally: a layer index (2 points) and
-a component (1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) < ``layer.3.ffn2`` (3), whatever
-their order. A pattern not of the form ``layer.<i>.<component>`` (any module-name glob) has
-specificity 0, so among those the later entry wins. Names no entry matches stay ``fp``.
+**Which entry wins** (for every way a plan is applied, :mod:`nxm_kernels.models.swap`). Among the
+entries matching a name, the *most specific* wins; among equally specific entries, the *later* one
+wins. Specificity counts what a pattern pins down literally: a layer index (2 points) and a component
+(1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) < ``layer.3.ffn2`` (3), whatever their order;
+other patterns (module-name globs) have 0, so among them the later wins. Unmatched names stay ``fp``.
 
 Plans are JSON objects (``{"*": "2:4-w8a8", "ffn2": "dense-w8a8"}``), the same in Python, on disk,
 in checkpoints and on the CLI.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Mapping, NamedTuple
 
-import torch
 import torch.nn as nn
 
 from .fusion import fused_groups, install_fused
@@ -25,7 +24,7 @@ from .modules import NxMLinear, compressed_linears
 from .ops import normalize_activation
 from .spec import LayerSpec, kernel_spec
 
-__all__ = ["LayerRecord", "layer_records", "identity_module_names", "placeholder", "place_compressed_layers"]
+__all__ = ["LayerRecord", "layer_records", "identity_module_names", "place_compressed_layers"]
 
 
 def layer_records(model: nn.Module) -> dict[str, dict]:
@@ -50,37 +49,13 @@ def identity_module_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
 
 
-def _set_identity(model: nn.Module, modules: dict, name: str) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = modules.get(parent_name) if parent_name else model
-    if parent is None or not hasattr(parent, attr):
-        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}")
-    setattr(parent, attr, nn.Identity())
-
-
-def _place_fused(model: nn.Module, modules: dict, name: str, members, layer: NxMLinear) -> None:
-    """Register the fused ``layer`` at ``name`` and its projections where its record says."""
-    for m in members:
-        existing = modules.get(m["name"])
-        if existing is None:
-            raise ValueError(f"checkpoint does not match the model: it has no module {m['name']!r} "
-                             f"(computed by the fused layer {name})")
-        if isinstance(existing, nn.Linear) and tuple(existing.weight.shape) != (m["rows"], layer.in_features):
-            raise ValueError(f"checkpoint does not match the model config: {m['name']} is {m['rows']}x"
-                             f"{layer.in_features} in the checkpoint but {tuple(existing.weight.shape)} in the model")
-    try:
-        install_fused(model, name, layer, [(m["name"], m["rows"]) for m in members])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint layer record {name!r} does not fit the model: {exc}") from None
-
-
 class LayerRecord(NamedTuple):
-    """A layer record, checked: what building its ``NxMLinear`` needs."""
+    """A checked layer record: what building its ``NxMLinear`` needs."""
 
     shape: tuple[int, int]   # (out_features, in_features)
     spec: LayerSpec
     bias: bool
-    activation: str | None
+    activation: str
     fused: list | None       # [{"name", "rows"}] of a fused layer, else None
 
 
@@ -101,39 +76,42 @@ def _parse(name: str, rec) -> LayerRecord:
     return parsed
 
 
-def placeholder(record: LayerRecord, *, dtype: torch.dtype | None = None) -> NxMLinear:
-    """An empty (meta-device) ``NxMLinear`` for ``record``, to load tensors into (the Hugging Face loader's way);
-    ``dtype`` is its bias dtype (default float32)."""
-    out_f, in_f = record.shape
-    return NxMLinear(in_f, out_f, record.spec, record.bias, activation=record.activation, device="meta", dtype=dtype)
+def _check_fits(modules: dict, name: str, shape: tuple, fused_name: str | None = None) -> None:
+    existing = modules.get(name)
+    if existing is None:
+        by = f" (computed by the fused layer {fused_name})" if fused_name else ""
+        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}{by}")
+    if isinstance(existing, nn.Linear) and tuple(existing.weight.shape) != shape:
+        raise ValueError(f"checkpoint does not match the model config: {name} is {shape[0]}x{shape[1]} in the "
+                         f"checkpoint but {tuple(existing.weight.shape)} in the model")
 
 
 def place_compressed_layers(model: nn.Module, layers: Mapping, identity_modules: Iterable[str],
                             make: Callable[[str, LayerRecord], NxMLinear]) -> None:
     """Put ``make(name, record)`` where each of ``layers`` (:func:`layer_records`) says and ``nn.Identity``
-    modules at ``identity_modules``, in place. Records are checked against the model (names, shapes)
-    before anything is built; a fused record registers its layer and puts its projections in place.
-
-    The one rebuild step of :func:`nxm_kernels.load_compressed` (``make`` builds each layer from its
-    tensors) and of the Hugging Face quantizer (``make`` is :func:`placeholder`).
+    modules at ``identity_modules``, in place, after checking every record against the model; a fused
+    record registers its layer and puts its projections in place. The one rebuild step of
+    :func:`nxm_kernels.load_compressed` (``make`` builds each layer from its tensors) and of the Hugging
+    Face quantizer (``make`` builds an empty meta-device layer that transformers' loader fills).
     """
     if not isinstance(layers, Mapping):
         raise TypeError(f"layers must be a mapping of module names to layer records, got {type(layers).__name__}")
     modules = dict(model.named_modules())
     records = {name: _parse(name, rec) for name, rec in layers.items()}
     for name, rec in records.items():
-        if rec.fused is not None:
-            continue
-        existing = modules.get(name)
-        if existing is None:
-            raise ValueError(f"checkpoint does not match the model: it has no module {name!r}")
-        if isinstance(existing, nn.Linear) and tuple(existing.weight.shape) != rec.shape:
-            raise ValueError(f"checkpoint does not match the model config: {name} is {rec.shape[0]}x{rec.shape[1]} in "
-                             f"the checkpoint but {tuple(existing.weight.shape)} in the model")
+        for member in rec.fused or [{"name": name, "rows": rec.shape[0]}]:
+            _check_fits(modules, member["name"], (member["rows"], rec.shape[1]), rec.fused and name)
     plain = {name: str(rec.spec) for name, rec in records.items() if rec.fused is None}
     replace_sites(module_sites(model, plain), plain, lambda site, _: make(site.name, records[site.name]))
     for name, rec in records.items():  # one layer computing several linears of the model (format version 2)
         if rec.fused is not None:
-            _place_fused(model, modules, name, rec.fused, make(name, rec))
-    for name in identity_modules:
-        _set_identity(model, modules, name)
+            layer = make(name, rec)
+            try:
+                install_fused(model, name, layer, [(m["name"], m["rows"]) for m in rec.fused])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"checkpoint layer record {name!r} does not fit the model: {exc}") from None
+    try:
+        for site in module_sites(model, identity_modules):
+            setattr(site.parent, site.attr, nn.Identity())
+    except ValueError as exc:
+        raise ValueError(f"checkpoint does not match the model: {exc}") from None

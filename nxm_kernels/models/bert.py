@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 from typing import Callable, Mapping
 
-import torch
 import torch.nn as nn
 
 from ..fusion import FusedProjection, fusable_reason, fuse_linears
@@ -104,19 +103,8 @@ def _is_exact_gelu(act) -> bool:
     return type(act) is GELUActivation  # subclasses (e.g. approximations) are left alone
 
 
-def _from_linear(backend: str, scales: Mapping):
-    """The default ``build`` of :func:`swap_linears`: ``NxMLinear.from_linear`` of the site's ``nn.Linear``."""
-    def build(site: LinearSite, spec: LayerSpec, activation: str | None) -> NxMLinear:
-        if not isinstance(site.module, nn.Linear):
-            raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
-                            f"got {type(site.module).__name__}")
-        return NxMLinear.from_linear(site.module, spec, backend=backend, activation=activation,
-                                     scale=scales.get(site.name))
-    return build
-
-
 def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fuse_gelu: bool = True,
-                 fuse_qkv: bool = True, strict: bool = True, scales: "Mapping[str, torch.Tensor] | None" = None,
+                 fuse_qkv: bool = True, strict: bool = True, scales: Mapping | None = None,
                  build: "Callable[[LinearSite, LayerSpec, str | None], NxMLinear] | None" = None) -> SwapReport:
     """Replace the encoder linears of a Hugging Face BERT-family model with :class:`NxMLinear`, in place.
 
@@ -131,11 +119,9 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     the outputs are bit-identical to the unfused swap, see :func:`fuse_qkv`); the report still lists
     the three linears, each with ``fused_into`` naming the fused layer.
 
-    ``scales`` (optional) fixes the per-channel scales of layers by plan name (float32 ``[out]``, as
-    :func:`~nxm_kernels.format.pack` takes them): how :func:`nxm_kernels.calibrate` stores exactly the
-    codes it chose. ``build(site, spec, activation)`` (optional) makes each ``NxMLinear`` instead of
-    :meth:`NxMLinear.from_linear` of the site's ``nn.Linear``: how the training export packs its
-    QAT layers (:func:`nxm_kernels.train.export_model`).
+    ``scales`` fixes layers' per-channel scales by plan name (:func:`nxm_kernels.calibrate`'s codes);
+    ``build(site, spec, activation)`` makes each ``NxMLinear`` instead of ``NxMLinear.from_linear`` (the
+    training export packs its QAT layers so).
 
     Works for ``BertModel``, ``BertFor*`` and models with the same encoder layout (MiniLM, RoBERTa,
     ...); anything else raises ``ValueError`` (use :func:`nxm_kernels.swap_named_linears`).
@@ -145,7 +131,7 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     if not isinstance(fuse_qkv, bool):
         raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
     plan = Plan.coerce(plan)
-    build = build or _from_linear(backend, scales or {})
+    scales = scales or {}
     gelus = []
 
     def make(site: LinearSite, spec: LayerSpec) -> NxMLinear:
@@ -160,7 +146,13 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
         if fuse_gelu and site.name.endswith(".ffn1") and _is_exact_gelu(getattr(site.parent, GELU_ATTR, None)):
             activation = "gelu"
             gelus.append(site)
-        return build(site, spec, activation)
+        if build is not None:
+            return build(site, spec, activation)
+        if not isinstance(site.module, nn.Linear):
+            raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
+                            f"got {type(site.module).__name__}")
+        return NxMLinear.from_linear(site.module, spec, backend=backend, activation=activation,
+                                     scale=scales.get(site.name))
 
     report, replaced = swap_sites(bert_linears(model), plan, make, strict=strict)
     for site in gelus:
@@ -168,9 +160,7 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
         report.fused_activations.append(site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR)
     if fuse_qkv:
         # Only layers whose three projections this call swapped: the report then covers every member.
-        for fused_name, members in _qkv_groups([site._replace(module=new) for site, _, new in replaced]):
-            if _fuse(model, fused_name, members):
-                report.fused[fused_name] = [m.qualified_name for m in members]
+        report.fused = _fuse_groups(model, [site._replace(module=new) for site, _, new in replaced])
         for entry in report.swapped:
             entry.fused_into = next((f for f, ms in report.fused.items() if entry.module_name in ms), None)
     # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
@@ -182,33 +172,29 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
 
 
 # ---------------------------------------------------------------------------------- fused QKV
-def _qkv_groups(sites: list[LinearSite]) -> list[tuple[str, list[LinearSite]]]:
-    """``(fused layer name, [query, key, value sites])`` per encoder layer holding all three of ``sites``."""
+def _fuse_groups(model: nn.Module, sites: list[LinearSite]) -> dict[str, list[str]]:
+    """Fuse the query, key and value of each encoder layer all three of which are among ``sites`` (not fused
+    yet) where they can be, logging why not elsewhere; ``{fused layer name: [their module names]}``."""
     by_layer: dict[str, dict[str, LinearSite]] = {}
     for site in sites:
         layer, _, comp = site.name.rpartition(".")
-        if comp in QKV:
+        if comp in QKV and not isinstance(site.module, FusedProjection):
             by_layer.setdefault(layer, {})[comp] = site
-    out = []
-    for comps in by_layer.values():
+    out = {}
+    for layer, comps in by_layer.items():
         if len(comps) < len(QKV):
             continue
         members = [comps[c] for c in QKV]
-        out.append((members[0].qualified_name.rsplit(".", 1)[0] + "." + QKV_ATTR, members))
+        why = fusable_reason([m.module for m in members])
+        if why is None and hasattr(members[0].parent, QKV_ATTR):
+            why = f"{type(members[0].parent).__name__} already has an attribute {QKV_ATTR!r}"
+        if why is not None:
+            logger.info("%s: query, key and value stay separate layers (%s)", layer, why)
+            continue
+        fused_name = members[0].qualified_name.rsplit(".", 1)[0] + "." + QKV_ATTR
+        out[fused_name] = [m.qualified_name for m in members]
+        fuse_linears(model, fused_name, out[fused_name])
     return out
-
-
-def _fuse(model: nn.Module, fused_name: str, members: list[LinearSite]) -> bool:
-    """Fuse one layer's query/key/value if they can be; log why not otherwise."""
-    why = fusable_reason([m.module for m in members])
-    if why is None and hasattr(members[0].parent, QKV_ATTR):
-        why = f"{type(members[0].parent).__name__} already has an attribute {QKV_ATTR!r}"
-    if why is not None:
-        layer = members[0].name.rpartition(".")[0]
-        logger.info("%s: query, key and value stay separate layers (%s)", layer, why)
-        return False
-    fuse_linears(model, fused_name, [m.qualified_name for m in members])
-    return True
 
 
 def fuse_qkv(model: nn.Module) -> dict[str, list[str]]:
@@ -227,10 +213,4 @@ def fuse_qkv(model: nn.Module) -> dict[str, list[str]]:
     ``fuse_qkv=False`` or loaded from a checkpoint written unfused. Returns
     ``{fused layer name: [query, key, value module names]}`` for the layers fused by this call.
     """
-    out = {}
-    for fused_name, members in _qkv_groups(bert_linears(model)):
-        if any(isinstance(m.module, FusedProjection) for m in members):
-            continue  # already fused
-        if _fuse(model, fused_name, members):
-            out[fused_name] = [m.qualified_name for m in members]
-    return out
+    return _fuse_groups(model, bert_linears(model))

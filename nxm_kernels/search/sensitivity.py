@@ -115,13 +115,8 @@ def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec]
     """
     sites = bert_linears(model)
     names = [s.name for s in sites]
-    if isinstance(assignment, Mapping):
-        unknown = sorted(set(assignment) - set(names))
-        if unknown:
-            raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {preview(names)}")
-        assignment = Plan(dict(assignment))
-    elif not isinstance(assignment, Plan):
-        raise TypeError(f"assignment must be a Plan or a mapping layer name -> spec, got {type(assignment).__name__}")
+    if isinstance(assignment, Mapping) and (unknown := sorted(set(assignment) - set(names))):
+        raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {preview(names)}")
     saved, hooks = [], []
 
     def compress_in_place(site, spec: LayerSpec) -> nn.Module:
