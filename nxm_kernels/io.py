@@ -219,21 +219,15 @@ def _read_weights(d: Path, cfg: dict, device, verify: bool) -> dict:
 
 def _check_state(model: nn.Module, state: dict, where: Path) -> None:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
-              if k in state and not v.is_floating_point() and state[k].dtype != v.dtype]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing from the checkpoint (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) in the checkpoint (e.g. {unexpected[:3]})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[:3]})")
-    if dtypes:
-        problems.append(f"{len(dtypes)} dtype mismatch(es) (e.g. {dtypes[:3]})")
+    found = {
+        "tensor(s) missing from the checkpoint": [k for k in expected if k not in state],
+        "unexpected tensor(s) in the checkpoint": [k for k in state if k not in expected],
+        "shape mismatch(es)": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)],
+        "dtype mismatch(es)": [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
+                               if k in state and not v.is_floating_point() and state[k].dtype != v.dtype],
+    }
+    problems = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in found.items() if keys]
     if problems:
         raise ValueError(f"checkpoint {where} does not match the model config: " + "; ".join(problems))
 

@@ -72,12 +72,11 @@ def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True,
                          "NxMCompression first (or use nxm_kernels.swap_linears for one-shot compression)")
     specs = {name: export_spec(layer) for name, layer in layers.items()}  # all checked before any change
     trained = {}
-    for name, layer in layers.items():
-        if check:
-            on = layer.quantize_weights
-            layer.quantize_weights = True
-            trained[name] = layer.effective_weight().detach().float().cpu()
-            layer.quantize_weights = on
+    for name, layer in layers.items() if check else ():
+        on = layer.quantize_weights
+        layer.quantize_weights = True
+        trained[name] = layer.effective_weight().detach().float().cpu()
+        layer.quantize_weights = on
 
     def build(site, spec, activation) -> NxMLinear:
         layer = site.module
