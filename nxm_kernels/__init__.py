@@ -23,7 +23,8 @@ from .format import FORMAT_VERSION, PackedWeight, pack
 from .io import load_compressed, save_compressed
 from .fusion import FusedProjection
 from .models.bert import fuse_qkv, swap_linears
-from .modules import NxMLinear, SwapReport, set_backend, swap_named_linears
+from .models.swap import swap_named_linears
+from .modules import NxMLinear, SwapReport, set_backend
 from .ops import sparse_int_linear, sparse_int_mm
 from .plan import Plan
 from .quant import dequantize, fake_quant_per_token, fake_quant_weight, quantize_per_token, quantize_weight

@@ -612,7 +612,7 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
     Every packed weight holds exactly the codes the algorithm chose (its scales are passed to ``pack``).
     """
     from .backends import split_candidate
-    from .models.bert import _swap, bert_linears
+    from .models.bert import bert_linears, swap_linears
     from .plan import Plan
 
     plan = Plan.coerce(plan)
@@ -629,8 +629,8 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
     results = calibrate_weights(model, plan, calibration, method, n_samples=n_samples, blocksize=blocksize, damp=damp,
                                 dense_targets=dense_targets, fit_bias=fit_bias, clip_search=clip_search,
                                 strict=strict, progress=progress)
-    report = _swap(model, plan, backend, fuse_gelu=fuse_gelu, fuse_qkv=fuse_qkv, strict=strict,
-                   scales={n: r.scale for n, r in results.items()})
+    report = swap_linears(model, plan, backend, fuse_gelu=fuse_gelu, fuse_qkv=fuse_qkv, strict=strict,
+                          scales={n: r.scale for n, r in results.items()})
     first = next(iter(results.values()))
     report.calibration = {"method": method, "n_samples": first.extras["n_samples"],
                           "n_tokens": first.extras["n_tokens"],

@@ -13,8 +13,8 @@ The weights file is deliberately *not* called ``model.safetensors`` and there is
 ``AutoModel.from_pretrained`` on this folder then fails loudly instead of loading random weights.
 
 :func:`load_compressed` rebuilds a transformers model from the recorded class and config with its
-parameters on the meta device, puts ``NxMLinear`` placeholders where the records say, and assigns
-the saved tensors: the dense encoder weights are never materialised. It checks the format version
+parameters on the meta device, builds each ``NxMLinear`` once from its saved tensors where the records
+say, and assigns the other saved tensors: the dense encoder weights are never materialised. It checks the format version
 (a newer one is refused), the file's checksum and contents (a corrupt file is refused), and that the
 tensors fit the model (a mismatched config is refused), each with an error saying which.
 For models that are not transformers models, :func:`load_compressed` takes the ``model`` to load into.
@@ -41,10 +41,10 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_device
-from .format import FORMAT_NAME, FORMAT_VERSION, PackedWeight
-from .modules import after_swap, compressed_linears
-from .records import identity_module_names, layer_records, place_compressed_layers
-from .spec import parse_spec
+from .backends import split_candidate
+from .format import FORMAT_VERSION, PackedWeight
+from .modules import NxMLinear, after_swap, compressed_linears
+from .records import LayerRecord, identity_module_names, layer_records, place_compressed_layers
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "save_compressed",
            "load_compressed", "read_checkpoint_config"]
@@ -127,7 +127,7 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     tensors, aliases = _dedupe(state)
     if plan is None:
         plan = getattr(model, "_nxm_plan", None)
-    plan_dict = Plan(plan).to_dict() if plan is not None else {n: str(m.spec) for n, m in layers.items()}
+    plan_dict = Plan.coerce(plan).to_dict() if plan is not None else {n: str(m.spec) for n, m in layers.items()}
     identity = identity_module_names(model)
     records = layer_records(model)
     from . import __version__
@@ -219,21 +219,15 @@ def _read_weights(d: Path, cfg: dict, device, verify: bool) -> dict:
 
 def _check_state(model: nn.Module, state: dict, where: Path) -> None:
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-              for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    dtypes = [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
-              if k in state and not v.is_floating_point() and state[k].dtype != v.dtype]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} tensor(s) missing from the checkpoint (e.g. {missing[:3]})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected tensor(s) in the checkpoint (e.g. {unexpected[:3]})")
-    if shapes:
-        problems.append(f"{len(shapes)} shape mismatch(es) (e.g. {shapes[:3]})")
-    if dtypes:
-        problems.append(f"{len(dtypes)} dtype mismatch(es) (e.g. {dtypes[:3]})")
+    found = {
+        "tensor(s) missing from the checkpoint": [k for k in expected if k not in state],
+        "unexpected tensor(s) in the checkpoint": [k for k in state if k not in expected],
+        "shape mismatch(es)": [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                               for k, v in expected.items() if k in state and tuple(state[k].shape) != tuple(v.shape)],
+        "dtype mismatch(es)": [f"{k}: checkpoint {state[k].dtype} vs model {v.dtype}" for k, v in expected.items()
+                               if k in state and not v.is_floating_point() and state[k].dtype != v.dtype],
+    }
+    problems = [f"{len(keys)} {what} (e.g. {keys[:3]})" for what, keys in found.items() if keys]
     if problems:
         raise ValueError(f"checkpoint {where} does not match the model config: " + "; ".join(problems))
 
@@ -243,8 +237,8 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
     """Load a checkpoint written by :func:`save_compressed`; the ``from_pretrained`` of compressed models.
 
     Builds the recorded transformers model class from the recorded config with parameters on the meta
-    device (so no dense encoder weight is ever materialised), places ``NxMLinear`` layers, assigns the
-    saved tensors on ``device`` and returns the model in eval mode. ``dtype`` optionally casts the float
+    device (so no dense encoder weight is ever materialised), builds each ``NxMLinear`` from its saved
+    tensors (checked, its backend layout derived once), assigns the other saved tensors on ``device`` and returns the model in eval mode. ``dtype`` optionally casts the float
     tensors (e.g. ``torch.float16`` on a GPU; packed scales stay float32). ``backend`` is the
     ``NxMLinear`` backend. ``model``: load into this model instead (e.g. a non-transformers model, built
     as it was before swapping; it is modified in place). ``verify`` checks the weights file's SHA-256.
@@ -269,27 +263,32 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
         diffs = config_differences(model, cfg.get("model"))
         if diffs:
             raise ValueError(f"checkpoint {d} does not match the model config: " + "; ".join(diffs))
-    # Placeholders get the requested backend now: each layer's backend layout is then derived once on
-    # load (the load hook) and once after the move/cast below, never for a backend switched away from.
-    place_compressed_layers(model, cfg["layers"], cfg["identity_modules"], backend)
+    if backend != "auto":
+        split_candidate(backend)  # the usual 'backend must be one of ...' error, not a 'corrupt' one below
     state = _read_weights(d, cfg, device, verify)
     for alias, kept in cfg["aliases"].items():
         if kept not in state:
             raise ValueError(f"checkpoint {d} is corrupt: alias {alias!r} points to missing tensor {kept!r}")
         state[alias] = state[kept]
-    _check_state(model, state, d)
-    by_module: dict[str, dict] = {}  # the state's tensors grouped by owning module (it matches the model now)
-    for key, t in state.items():
-        owner, _, attr = key.rpartition(".")
-        by_module.setdefault(owner, {})[attr] = t
-    for name, rec in cfg["layers"].items():  # the packed tensors must be well-formed before any kernel reads them
-        sub = {k: v for k, v in by_module.get(name, {}).items() if k != "bias"}
-        spec = parse_spec(rec["spec"])
+
+    def build(name: str, record: LayerRecord) -> NxMLinear:
+        # Each layer is built once, from the very tensors read, on the device, its layouts derived once:
+        # assigning the state dict below hands it the same tensors and the move/cast leaves them as they are.
+        tensors = {key: state.get(f"{name}.{key}") for key in ("values", "metadata", "scales", "bias")}
+        missing = [f"{name}.{k}" for k in ("values", "scales", "metadata", "bias") if tensors[k] is None and
+                   (k != "metadata" or record.spec.sparse) and (k != "bias" or record.bias)]
+        if missing:  # (tensors the record does not expect are 'unexpected' in the check of the whole state below)
+            raise ValueError(f"checkpoint {d} does not match the model config: {missing} missing from the checkpoint")
         try:
-            PackedWeight.from_tensors(sub, {"format": FORMAT_NAME, "version": cfg["packed_format_version"],
-                                            "shape": rec["shape"], "bits": spec.weight_bits, "pattern": spec.pattern})
+            packed = PackedWeight(tensors["values"], tensors["metadata"], tensors["scales"], record.shape,
+                                  record.spec.weight_bits, record.spec.pattern, cfg["packed_format_version"])
+            packed.validate(deep=True)  # before any kernel reads them
+            return NxMLinear.from_packed(packed, tensors["bias"], backend=backend, activation=record.activation)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"checkpoint {d} is corrupt: layer {name}: {exc}") from None
+
+    place_compressed_layers(model, cfg["layers"], cfg["identity_modules"], build)
+    _check_state(model, state, d)
     model.load_state_dict(state, strict=True, assign=True)
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.device.type == "meta"]
     if left:

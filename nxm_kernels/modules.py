@@ -18,8 +18,8 @@ shape, bits and pattern live in the spec and in checkpoint JSON (see :mod:`nxm_k
 kernel variant such as ``"triton:<variant>"``) is resolved once for the device the buffers are on,
 into one kernel per M bucket (:mod:`nxm_kernels.dispatch`: on a GPU, ``auto`` follows the measured
 table), and each chosen backend's typed layout (:mod:`nxm_kernels.backends.layout`) is derived and
-checked right then: at construction, after every ``.to()``/``.cuda()``/``.half()``, and after
-``load_state_dict``. ``forward`` checks only what a caller can get wrong (``x``'s dtype, last
+checked right then: at construction, and after a ``.to()``/``.cuda()``/``.half()`` or ``load_state_dict``
+that replaced or overwrote the packed buffers. ``forward`` checks only what a caller can get wrong (``x``'s dtype, last
 dimension and device), picks its bucket's kernel by list index and calls it: no availability
 queries, imports or layout checks per call. That is also what lets ``torch.compile`` trace it
 without graph breaks. ``model.half()`` casts the bias but never the float32 scales.
@@ -33,38 +33,25 @@ Train with the QAT modules of
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import warnings
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
 
 import torch
 import torch.nn as nn
 
 from . import dispatch
-from ._checks import FLOAT_DTYPES, check_tensor, preview
+from ._checks import FLOAT_DTYPES, check_tensor
 from .backends import WeightMeta
 from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype, weight_nbytes
 from .ops import linear_traced, normalize_activation, prepared_weights
 from .sparsity import is_nm
-from .spec import LayerSpec, kernel_spec, parse_spec
+from .spec import LayerSpec, kernel_spec
 
-__all__ = ["NxMLinear", "SwapReport", "SwappedLayer", "kernel_spec", "set_backend", "swap_named_linears",
-           "compressed_linears", "linear_nbytes", "layer_records", "identity_module_names", "place_compressed_layers",
-           "SWAP_HOOKS", "after_swap"]
+__all__ = ["NxMLinear", "SwapReport", "SwappedLayer", "set_backend", "compressed_linears",
+           "linear_nbytes", "SWAP_HOOKS", "after_swap"]
 
 logger = logging.getLogger(__name__)
-
-
-def _placeholder_tensors(out_features: int, in_features: int, spec: LayerSpec, device) -> dict:
-    """Well-formed packed tensors of the right shapes (zero codes, unit scales) to load real ones into."""
-    shapes = packed_shapes(out_features, in_features, spec.weight_bits, spec.sparse)
-    out = {"values": torch.zeros(shapes["values"], dtype=values_dtype(spec.weight_bits), device=device),
-           "scales": torch.ones(shapes["scales"], dtype=torch.float32, device=device)}
-    if spec.sparse:
-        out["metadata"] = torch.full(shapes["metadata"], PAD_METADATA_BYTE, dtype=torch.uint8, device=device)
-    return out
 
 
 class NxMLinear(nn.Module):
@@ -96,25 +83,37 @@ class NxMLinear(nn.Module):
             raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         if dtype is not None and dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
-        self.spec = kernel_spec(spec)
+        spec = kernel_spec(spec)
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        # Well-formed packed tensors of the right shapes (zero codes, unit scales) to load real ones into.
+        shapes = packed_shapes(out_features, in_features, spec.weight_bits, spec.sparse)
+        tensors = {"values": torch.zeros(shapes["values"], dtype=values_dtype(spec.weight_bits), device=device),
+                   "scales": torch.ones(shapes["scales"], dtype=torch.float32, device=device),
+                   "metadata": torch.full(shapes["metadata"], PAD_METADATA_BYTE, dtype=torch.uint8, device=device)
+                   if spec.sparse else None}
+        bias_t = torch.zeros(out_features, dtype=dtype or torch.float32, device=device) if bias else None
+        self._init(spec, out_features, in_features, tensors, bias_t, backend, activation)
+
+    def _init(self, spec: LayerSpec, out_features: int, in_features: int, tensors: dict, bias, backend: str,
+              activation) -> None:
+        """Set every attribute from checked arguments and derive the layouts, once: the one body of
+        both constructors (``__init__`` builds placeholder tensors, :meth:`from_packed` takes real ones)."""
+        self.spec = spec
         self.in_features = in_features
         self.out_features = out_features
         self.activation = normalize_activation(activation)
         self.backend = backend
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        for key, t in _placeholder_tensors(out_features, in_features, self.spec, device).items():
-            self.register_buffer(key, t)
+        for key, t in tensors.items():
+            if t is not None:
+                self.register_buffer(key, t)
         if not self.spec.sparse:
             self.metadata = None  # keeps the attribute without a state-dict entry
-        if bias:
-            self.bias = nn.Parameter(torch.zeros(out_features, dtype=dtype or torch.float32, device=device),
-                                     requires_grad=False)
+        if bias is not None:
+            self.bias = nn.Parameter(bias.detach(), requires_grad=False)
         else:
             self.register_parameter("bias", None)
         self._meta = WeightMeta(out_features, in_features, self.spec.weight_bits, self.spec.sparse)
         self._packed = None
-        # A state dict loaded in place (copy_) or by assignment invalidates derived layouts.
-        self.register_load_state_dict_post_hook(_refresh_after_load)
         self._refresh()
 
     # ------------------------------------------------------------------ constructors
@@ -158,16 +157,13 @@ class NxMLinear(nn.Module):
                 raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
             if bias.device != packed.device:
                 raise ValueError(f"bias must be on the packed weight's device {packed.device}, got {bias.device}")
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
         n, k = packed.shape
-        # A meta placeholder costs nothing; its tensors are replaced just below.
-        self = cls(k, n, packed.spec, bias is not None, backend=backend, activation=activation, device="meta")
-        self.values = packed.values
-        self.scales = packed.scales
-        if packed.sparse:
-            self.metadata = packed.metadata
-        if bias is not None:
-            self.bias = nn.Parameter(bias.detach(), requires_grad=False)
-        self._refresh()
+        self._init(kernel_spec(packed.spec), n, k, {"values": packed.values, "scales": packed.scales,
+                                                     "metadata": packed.metadata}, bias, backend, activation)
         return self
 
     # ------------------------------------------------------------------ state
@@ -252,13 +248,26 @@ class NxMLinear(nn.Module):
         self._plan, self._kernels, self._device = plan, kernels, device
 
     def _apply(self, fn, recurse: bool = True):
-        scales = self.scales
+        before = (self.values, self.metadata, self.scales)
         out = super()._apply(fn, recurse)
         if self.scales.dtype != torch.float32:
             # A dtype cast (model.half()) must not round the scales: redo the move without the cast.
-            self.scales = scales.to(self.scales.device)
-        self._refresh()
+            self.scales = before[2].to(self.scales.device)
+        # Layouts derive from the packed buffers alone: a call that left them as they were (a bias-only
+        # cast, a move to where they already are) keeps the layouts, so a loaded layer is prepared once.
+        if any(a is not b for a, b in zip(before, (self.values, self.metadata, self.scales))):
+            self._refresh()
         return out
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A state dict loaded in place (copy_) or by assignment invalidates derived layouts, unless it holds
+        # the very tensors this layer already has (a checkpoint's layers are built from them, then the
+        # model's whole state dict is assigned): then nothing changes and nothing is derived again.
+        same = all(state_dict.get(prefix + key, t) is t for key, t in
+                   (("values", self.values), ("metadata", self.metadata), ("scales", self.scales)))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if not same:
+            self._refresh()
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -322,10 +331,6 @@ def _warn_no_gradient() -> None:
         warnings.warn("NxMLinear is an inference module: it passes no gradient to its input, so layers before "
                       "it get none. Run inference under torch.no_grad() / torch.inference_mode() (which also "
                       "silences this warning); train with nxm_kernels.train.", stacklevel=3)
-
-
-def _refresh_after_load(module: NxMLinear, incompatible_keys) -> None:
-    module._refresh()  # a module-level function, not a lambda, so the module stays picklable
 
 
 # ---------------------------------------------------------------------------------- model-level helpers
@@ -421,7 +426,7 @@ class SwapReport:
                 f"backend {self.backend or 'unresolved (move the model to a device it runs on)'}")
 
 
-#: ``hook(model)`` callables run after every swap (:func:`swap_named_linears`, ``swap_linears``). The
+#: ``hook(model)`` callables run after every swap (``swap_linears``, ``swap_named_linears``, a load). The
 #: layers above this module register what a swapped model needs from them here (``nxm_kernels.models``
 #: makes a swapped transformers model save through ``save_pretrained``), so this module imports none of them.
 SWAP_HOOKS: list = []
@@ -431,73 +436,3 @@ def after_swap(model: nn.Module) -> None:
     """Run :data:`SWAP_HOOKS` on a freshly swapped ``model``."""
     for hook in SWAP_HOOKS:
         hook(model)
-
-
-def swap_in(report: SwapReport, parent: nn.Module, attr: str, linear: nn.Linear, spec: LayerSpec, *, name: str,
-            qualified_name: str, backend: str, activation: str | None = None,
-            scale: torch.Tensor | None = None) -> NxMLinear:
-    """Replace ``parent.<attr>`` (``linear``) by ``NxMLinear.from_linear(linear, spec, ...)`` and record it in
-    ``report``; the one swap step of :func:`swap_named_linears` and :func:`nxm_kernels.swap_linears`."""
-    new = NxMLinear.from_linear(linear, spec, backend=backend, activation=activation, scale=scale)
-    report.swapped.append(SwappedLayer(name, qualified_name, str(spec), tuple(linear.weight.shape),
-                                       linear_nbytes(linear), new.nbytes()["total"], new.activation))
-    setattr(parent, attr, new)
-    report.backend = new.resolved_backend
-    return new
-
-
-def _named_patterns(patterns) -> list[tuple[str, LayerSpec]]:
-    if isinstance(patterns, str):
-        patterns = {"*": patterns}
-    if isinstance(patterns, Mapping):
-        patterns = list(patterns.items())
-    if not isinstance(patterns, Iterable):
-        raise TypeError(f"patterns must be a mapping of module-name globs to specs, got {type(patterns).__name__}")
-    out = []
-    for item in patterns:
-        if not (isinstance(item, (tuple, list)) and len(item) == 2 and isinstance(item[0], str) and item[0]):
-            raise TypeError(f"patterns entries must be (module-name glob, spec) pairs, got {item!r}")
-        out.append((item[0], parse_spec(item[1])))
-    return out
-
-
-def swap_named_linears(model: nn.Module, patterns, backend: str = "auto") -> SwapReport:
-    """Replace ``nn.Linear`` modules of any model, chosen by qualified-name globs, with ``NxMLinear``.
-
-    ``patterns`` maps ``fnmatch`` globs over module names (as in ``model.named_modules()``) to specs,
-    e.g. ``{"encoder.*.fc1": "2:4-w8a8", "*": "dense-w8a8"}``; a plain spec string means ``{"*": spec}``.
-    When several globs match a module, the later entry wins; ``fp`` leaves a module alone. Every glob
-    must match at least one ``nn.Linear`` (the error lists them). In place; returns a :class:`SwapReport`.
-    For BERT-family models, :func:`nxm_kernels.swap_linears` takes component plans instead.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    entries = _named_patterns(patterns)
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name}
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear submodules to swap")
-    for glob, _ in entries:
-        if not any(fnmatch.fnmatchcase(n, glob) for n in linears):
-            raise ValueError(f"pattern {glob!r} matches no nn.Linear; the linears are: {preview(linears)}")
-    chosen = {}
-    for name in linears:
-        spec = None
-        for glob, s in entries:
-            if fnmatch.fnmatchcase(name, glob):
-                spec = s
-        chosen[name] = spec
-    for name, spec in chosen.items():
-        if spec is not None and not spec.is_fp:
-            kernel_spec(spec, name=f"spec for {name}")
-    report = SwapReport(backend=None)
-    for name, module in linears.items():
-        spec = chosen[name]
-        if spec is None or spec.is_fp:
-            report.kept.append(name)
-            continue
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        swap_in(report, parent, attr, module, spec, name=name, qualified_name=name, backend=backend)
-    after_swap(model)
-    logger.info("%s", report)
-    return report

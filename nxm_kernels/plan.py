@@ -9,10 +9,14 @@ spec strings (:mod:`nxm_kernels.spec`). A pattern is one of
 * ``layer.<i>``: every component of layer ``i`` (same as ``layer.<i>.*``);
 * a full glob over names (``fnmatch`` rules), e.g. ``layer.3.ffn1``, ``layer.[0-5].query``.
 
-**Which entry wins.** Among the entries matching a name, the *most specific* wins; among equally
-specific entries, the *later* one wins. Specificity counts what a pattern pins down literally: a
-layer index (2 points) and a component (1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) <
-``layer.3.ffn2`` (3), whatever their order. Layers no entry matches stay ``fp``.
+A pattern also matches the names its own ``fnmatch`` glob does: module-name globs over any model
+(:func:`nxm_kernels.swap_named_linears`) are plans too.
+
+**Which entry wins** (for every way a plan is applied, :mod:`nxm_kernels.models.swap`). Among the
+entries matching a name, the *most specific* wins; among equally specific entries, the *later* one
+wins. Specificity counts what a pattern pins down literally: a layer index (2 points) and a component
+(1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) < ``layer.3.ffn2`` (3), whatever their order;
+other patterns (module-name globs) have 0, so among them the later wins. Unmatched names stay ``fp``.
 
 Plans are JSON objects (``{"*": "2:4-w8a8", "ffn2": "dense-w8a8"}``), the same in Python, on disk,
 in checkpoints and on the CLI.
@@ -56,6 +60,11 @@ def _specificity(pattern: str) -> int:
     return 2 * literal(parts[1]) + literal(parts[2])
 
 
+def _matches(pattern: str, name: str) -> bool:
+    """Whether plan ``pattern`` names ``name`` (see the module docstring)."""
+    return fnmatch.fnmatchcase(name, _expand(pattern)) or fnmatch.fnmatchcase(name, pattern)
+
+
 class Plan:
     """An ordered ``pattern -> spec`` mapping (see the module docstring for the matching rule)."""
 
@@ -88,7 +97,7 @@ class Plan:
         """The spec of one layer name (``fp`` when nothing matches)."""
         best, best_key = _FP, None
         for order, (pattern, spec) in enumerate(self._specs):
-            if fnmatch.fnmatchcase(name, _expand(pattern)):
+            if _matches(pattern, name):
                 key = (_specificity(pattern), order)
                 if best_key is None or key > best_key:
                     best, best_key = spec, key
@@ -98,11 +107,15 @@ class Plan:
         """Specs for ``names``. With ``strict``, a pattern matching none of them is an error."""
         names = list(names)
         if strict:
-            for pattern, _ in self.entries:
-                if not any(fnmatch.fnmatchcase(n, _expand(pattern)) for n in names):
-                    raise ValueError(f"plan pattern {pattern!r} matches no layer; layers are: {preview(names)} "
-                                     f"(components: {', '.join(COMPONENTS)})")
+            for pattern in self.unmatched(names):
+                raise ValueError(f"plan pattern {pattern!r} matches no layer; layers are: {preview(names)} "
+                                 f"(components: {', '.join(COMPONENTS)})")
         return {n: self.spec_for(n) for n in names}
+
+    def unmatched(self, names: Iterable[str]) -> list[str]:
+        """The patterns that match none of ``names``, in entry order."""
+        names = list(names)
+        return [pattern for pattern, _ in self._specs if not any(_matches(pattern, n) for n in names)]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, str]:

@@ -3,8 +3,9 @@
 Both ways of saving a swapped model write these records: :func:`nxm_kernels.save_compressed`
 (``nxm_config.json``) and ``save_pretrained`` through the Hugging Face quantizer
 (:mod:`nxm_kernels.models.hf_quantizer`, ``config.json``'s ``quantization_config``). Both ways of loading
-call :func:`place_compressed_layers` to put empty ``NxMLinear`` layers where the records say, ready to
-receive the packed tensors.
+call :func:`place_compressed_layers` to put ``NxMLinear`` layers where the records say:
+:func:`nxm_kernels.load_compressed` builds each from its packed tensors, the Hugging Face loader puts
+empty placeholders there to receive them.
 
 A record is ``{"spec", "shape": [out, in], "bias", "activation"}``; a fused layer's record (one
 ``NxMLinear`` computing several linears of the model, :mod:`nxm_kernels.fusion`) adds
@@ -13,15 +14,17 @@ A record is ``{"spec", "shape": [out, in], "bias", "activation"}``; a fused laye
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping, NamedTuple
 
-import torch
 import torch.nn as nn
 
 from .fusion import fused_groups, install_fused
+from .models.swap import module_sites, replace_sites
 from .modules import NxMLinear, compressed_linears
+from .ops import normalize_activation
+from .spec import LayerSpec, kernel_spec
 
-__all__ = ["layer_records", "identity_module_names", "place_compressed_layers"]
+__all__ = ["LayerRecord", "layer_records", "identity_module_names", "place_compressed_layers"]
 
 
 def layer_records(model: nn.Module) -> dict[str, dict]:
@@ -46,62 +49,69 @@ def identity_module_names(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Identity) and name]
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
+class LayerRecord(NamedTuple):
+    """A checked layer record: what building its ``NxMLinear`` needs."""
+
+    shape: tuple[int, int]   # (out_features, in_features)
+    spec: LayerSpec
+    bias: bool
+    activation: str
+    fused: list | None       # [{"name", "rows"}] of a fused layer, else None
+
+
+def _parse(name: str, rec) -> LayerRecord:
     try:
-        parent = model.get_submodule(parent_name) if parent_name else model
-        getattr(parent, attr)
-    except AttributeError:
-        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}") from None
-    setattr(parent, attr, module)
-
-
-def _place_fused(model: nn.Module, modules: dict, name: str, members, layer: NxMLinear) -> None:
-    """Register the fused placeholder ``layer`` at ``name`` and its projections where its record says."""
-    if not isinstance(members, list) or not all(
-            isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("rows"), int) for m in members):
+        out_f, in_f = (int(v) for v in rec["shape"])
+        if min(out_f, in_f) < 1:
+            raise ValueError(f"shape must be [out, in] with both >= 1, got {rec['shape']!r}")
+        parsed = LayerRecord((out_f, in_f), kernel_spec(rec["spec"]), bool(rec["bias"]),
+                             normalize_activation(rec.get("activation")), rec.get("fused"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
+    members = parsed.fused
+    if members is not None and (not isinstance(members, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("name"), str) and isinstance(m.get("rows"), int) for m in members)):
         raise ValueError(f"checkpoint layer record {name!r} is invalid: 'fused' must be a list of "
                          "{'name': str, 'rows': int} objects")
-    for m in members:
-        existing = modules.get(m["name"])
-        if existing is None:
-            raise ValueError(f"checkpoint does not match the model: it has no module {m['name']!r} "
-                             f"(computed by the fused layer {name})")
-        if isinstance(existing, nn.Linear) and tuple(existing.weight.shape) != (m["rows"], layer.in_features):
-            raise ValueError(f"checkpoint does not match the model config: {m['name']} is {m['rows']}x"
-                             f"{layer.in_features} in the checkpoint but {tuple(existing.weight.shape)} in the model")
-    try:
-        install_fused(model, name, layer, [(m["name"], m["rows"]) for m in members])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"checkpoint layer record {name!r} does not fit the model: {exc}") from None
+    return parsed
+
+
+def _check_fits(modules: dict, name: str, shape: tuple, fused_name: str | None = None) -> None:
+    existing = modules.get(name)
+    if existing is None:
+        by = f" (computed by the fused layer {fused_name})" if fused_name else ""
+        raise ValueError(f"checkpoint does not match the model: it has no module {name!r}{by}")
+    if isinstance(existing, nn.Linear) and tuple(existing.weight.shape) != shape:
+        raise ValueError(f"checkpoint does not match the model config: {name} is {shape[0]}x{shape[1]} in the "
+                         f"checkpoint but {tuple(existing.weight.shape)} in the model")
 
 
 def place_compressed_layers(model: nn.Module, layers: Mapping, identity_modules: Iterable[str],
-                            backend: str = "auto", *, dtype: torch.dtype | None = None) -> None:
-    """Put meta-device ``NxMLinear`` placeholders where ``layers`` (:func:`layer_records`) says and
-    ``nn.Identity`` modules at ``identity_modules``, in place, ready to receive a compressed state dict.
-    ``dtype`` is the placeholders' bias dtype (default float32).
-
-    The one rebuild step of :func:`nxm_kernels.load_compressed` and of the Hugging Face quantizer.
+                            make: Callable[[str, LayerRecord], NxMLinear]) -> None:
+    """Put ``make(name, record)`` where each of ``layers`` (:func:`layer_records`) says and ``nn.Identity``
+    modules at ``identity_modules``, in place, after checking every record against the model; a fused
+    record registers its layer and puts its projections in place. The one rebuild step of
+    :func:`nxm_kernels.load_compressed` (``make`` builds each layer from its tensors) and of the Hugging
+    Face quantizer (``make`` builds an empty meta-device layer that transformers' loader fills).
     """
     if not isinstance(layers, Mapping):
         raise TypeError(f"layers must be a mapping of module names to layer records, got {type(layers).__name__}")
     modules = dict(model.named_modules())
-    for name, rec in layers.items():
-        try:
-            out_f, in_f = (int(v) for v in rec["shape"])
-            layer = NxMLinear(in_f, out_f, rec["spec"], bool(rec["bias"]), backend=backend,
-                              activation=rec.get("activation"), device="meta", dtype=dtype)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"checkpoint layer record {name!r} is invalid: {exc}") from None
-        if "fused" in rec:  # one layer computing several linears of the model (format version 2)
-            _place_fused(model, modules, name, rec["fused"], layer)
-            continue
-        existing = modules.get(name)
-        if existing is not None and isinstance(existing, nn.Linear) and \
-                tuple(existing.weight.shape) != (out_f, in_f):
-            raise ValueError(f"checkpoint does not match the model config: {name} is {out_f}x{in_f} in the "
-                             f"checkpoint but {tuple(existing.weight.shape)} in the model")
-        _set_submodule(model, name, layer)
-    for name in identity_modules:
-        _set_submodule(model, name, nn.Identity())
+    records = {name: _parse(name, rec) for name, rec in layers.items()}
+    for name, rec in records.items():
+        for member in rec.fused or [{"name": name, "rows": rec.shape[0]}]:
+            _check_fits(modules, member["name"], (member["rows"], rec.shape[1]), rec.fused and name)
+    plain = {name: str(rec.spec) for name, rec in records.items() if rec.fused is None}
+    replace_sites(module_sites(model, plain), plain, lambda site, _: make(site.name, records[site.name]))
+    for name, rec in records.items():  # one layer computing several linears of the model (format version 2)
+        if rec.fused is not None:
+            layer = make(name, rec)
+            try:
+                install_fused(model, name, layer, [(m["name"], m["rows"]) for m in rec.fused])
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"checkpoint layer record {name!r} does not fit the model: {exc}") from None
+    try:
+        for site in module_sites(model, identity_modules):
+            setattr(site.parent, site.attr, nn.Identity())
+    except ValueError as exc:
+        raise ValueError(f"checkpoint does not match the model: {exc}") from None

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from nxm_kernels.models.bert import bert_linears
-from nxm_kernels.plan import Plan
+from nxm_kernels.models.swap import replace_sites
 from nxm_kernels.quant import fake_quant_linear, fake_quant_weight
 from nxm_kernels.sparsity import is_nm, prune_nm
 
@@ -33,11 +33,7 @@ class FakeQuantLinear(nn.Module):
 def fake_quant_twin(model: nn.Module, plan) -> nn.Module:
     """A copy of ``model`` whose encoder linears are FakeQuantLinear per ``plan`` (GELU left as a module)."""
     twin = copy.deepcopy(model)
-    plan = Plan(plan) if not isinstance(plan, Plan) else plan
-    for site in bert_linears(twin):
-        spec = plan.spec_for(site.name)
-        if not spec.is_fp:
-            setattr(site.parent, site.attr, FakeQuantLinear(site.module, spec))
+    replace_sites(bert_linears(twin), plan, lambda site, spec: FakeQuantLinear(site.module, spec), strict=False)
     return twin
 
 

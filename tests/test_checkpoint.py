@@ -10,7 +10,8 @@ import torch.nn as nn
 import nxm_kernels as nxm
 from nxm_kernels.io import CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_config
 from nxm_kernels.models.bert import bert_linears
-from nxm_kernels.modules import NxMLinear, compressed_linears, swap_named_linears
+from nxm_kernels import swap_named_linears
+from nxm_kernels.modules import NxMLinear, compressed_linears
 from _dropin_helpers import random_batch, tiny_bert
 
 PLAN = {"*": "2:4-w8a8", "ffn2": "dense-w4a8", "layer.1.query": "2:4-w4a8", "layer.0.value": "fp"}

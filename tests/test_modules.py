@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 import nxm_kernels as nxm
 from nxm_kernels.backends import WeightMeta, unavailable_reason, weight_unsupported_reason
-from nxm_kernels.modules import NxMLinear, compressed_linears, set_backend, swap_named_linears
+from nxm_kernels import swap_named_linears
+from nxm_kernels.modules import NxMLinear, compressed_linears, set_backend
 from nxm_kernels.quant import fake_quant_weight
 from nxm_kernels.sparsity import is_nm, prune_nm
 

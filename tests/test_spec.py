@@ -45,9 +45,6 @@ def test_vocabulary_is_closed_and_consistent():
     assert KERNEL_PATTERNS == ("2:4", "dense")
     assert {str(parse_spec(t)) for t in KERNEL_SPECS} == set(KERNEL_SPECS)
     assert nxm.parse_spec is parse_spec and nxm.LayerSpec is LayerSpec
-    from nxm_kernels import modules
-
-    assert modules.kernel_spec is kernel_spec  # still importable from its old home
     # Specs are hashable values (dict keys in plans and searches).
     assert len({parse_spec("2:4-w8a8"), parse_spec("2:4-w8a8"), parse_spec("fp")}) == 2
 

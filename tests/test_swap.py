@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import nxm_kernels as nxm
 from nxm_kernels.fusion import FusedProjection
-from nxm_kernels.models.bert import as_plan, bert_linears
+from nxm_kernels.models.bert import bert_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
 from _dropin_helpers import fake_quant_twin, random_batch, tiny_bert
 
@@ -61,9 +61,9 @@ def test_plan_rules_most_specific_then_later_wins():
 def test_plan_forms_accepted():
     for plan in ("dense-w8a8", {"*": "dense-w8a8"}, [("*", "dense-w8a8")], nxm.Plan({"*": "dense-w8a8"}),
                  '{"*": "dense-w8a8"}'):
-        assert as_plan(plan) == nxm.Plan({"*": "dense-w8a8"})
+        assert nxm.Plan.coerce(plan) == nxm.Plan({"*": "dense-w8a8"})
     with pytest.raises(TypeError, match="plan must be a Plan"):
-        as_plan(3)
+        nxm.Plan.coerce(3)
 
 
 @pytest.mark.parametrize("plan", ["2:4-w8a8", "2:4-w4a8", "dense-w8a8", "dense-w4a8",

@@ -14,17 +14,17 @@ forward is explained in :mod:`nxm_kernels.fusion`).
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple
+from typing import Callable, Mapping
 
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from ..fusion import FusedProjection, fusable_reason, fuse_linears
-from ..modules import NxMLinear, SwapReport, after_swap, swap_in
+from ..modules import NxMLinear, SwapReport, after_swap
 from ..plan import COMPONENTS, Plan, layer_name
-from ..spec import kernel_spec
+from ..spec import LayerSpec
+from .swap import LinearSite, swap_sites
 
-__all__ = ["COMPONENT_PATHS", "QKV", "QKV_ATTR", "LinearSite", "find_encoder_layers", "bert_linears", "as_plan",
+__all__ = ["COMPONENT_PATHS", "QKV", "QKV_ATTR", "LinearSite", "find_encoder_layers", "bert_linears",
            "swap_linears", "fuse_qkv"]
 
 logger = logging.getLogger(__name__)
@@ -46,16 +46,6 @@ assert tuple(COMPONENT_PATHS) == COMPONENTS
 QKV = ("query", "key", "value")
 #: Attribute of ``attention.self`` holding the fused query/key/value ``NxMLinear``.
 QKV_ATTR = "qkv"
-
-
-class LinearSite(NamedTuple):
-    """One encoder linear: its plan name, its parent module, the attribute holding it, and the module."""
-
-    name: str
-    parent: nn.Module
-    attr: str
-    module: nn.Module
-    qualified_name: str  # the module's dotted name inside the whole model
 
 
 def find_encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -97,12 +87,6 @@ def bert_linears(model: nn.Module) -> list[LinearSite]:
 
 
 # ---------------------------------------------------------------------------------- swapping
-def as_plan(plan) -> Plan:
-    """:meth:`Plan.coerce`: a :class:`Plan`, a ``{pattern: spec}`` mapping, a list of pairs, a spec
-    string (applied to every encoder linear), plan JSON text or a path to a ``.json`` file."""
-    return Plan.coerce(plan)
-
-
 def _is_exact_gelu(act) -> bool:
     """True for the activation modules that compute the exact (erf) GELU the kernels fuse."""
     if isinstance(act, nn.GELU):
@@ -114,7 +98,8 @@ def _is_exact_gelu(act) -> bool:
 
 
 def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fuse_gelu: bool = True,
-                 fuse_qkv: bool = True, strict: bool = True) -> SwapReport:
+                 fuse_qkv: bool = True, strict: bool = True, scales: Mapping | None = None,
+                 build: "Callable[[LinearSite, LayerSpec, str | None], NxMLinear] | None" = None) -> SwapReport:
     """Replace the encoder linears of a Hugging Face BERT-family model with :class:`NxMLinear`, in place.
 
     ``plan`` says which spec each of ``layer.<i>.{query,key,value,attn_out,ffn1,ffn2}`` gets (see
@@ -128,6 +113,10 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     the outputs are bit-identical to the unfused swap, see :func:`fuse_qkv`); the report still lists
     the three linears, each with ``fused_into`` naming the fused layer.
 
+    ``scales`` fixes layers' per-channel scales by plan name (:func:`nxm_kernels.calibrate`'s codes);
+    ``build(site, spec, activation)`` makes each ``NxMLinear`` instead of ``NxMLinear.from_linear`` (the
+    training export packs its QAT layers so).
+
     Works for ``BertModel``, ``BertFor*`` and models with the same encoder layout (MiniLM, RoBERTa,
     ...); anything else raises ``ValueError`` (use :func:`nxm_kernels.swap_named_linears`).
     Returns a :class:`~nxm_kernels.modules.SwapReport`. For calibrated compression (SparseGPT/GPTQ,
@@ -135,22 +124,11 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
     """
     if not isinstance(fuse_qkv, bool):
         raise TypeError(f"fuse_qkv must be a bool, got {type(fuse_qkv).__name__}")
-    return _swap(model, plan, backend, fuse_gelu=fuse_gelu, fuse_qkv=fuse_qkv, strict=strict)
-
-
-def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bool, strict: bool,
-          scales: dict | None = None):
-    """:func:`swap_linears`, optionally packing layers with given per-channel ``scales`` (by plan name), which is
-    how :func:`nxm_kernels.calibrate` stores exactly the codes its algorithm chose."""
+    plan = Plan.coerce(plan)
     scales = scales or {}
-    plan = as_plan(plan)
-    sites = bert_linears(model)
-    specs = plan.resolve([s.name for s in sites], strict=strict)
-    for site in sites:
-        spec = specs[site.name]
-        if spec.is_fp:
-            continue
-        kernel_spec(spec, name=f"spec for {site.name}")
+    gelus = []
+
+    def make(site: LinearSite, spec: LayerSpec) -> NxMLinear:
         if isinstance(site.module, NxMLinear):
             raise ValueError(f"{site.name} ({site.qualified_name}) already is an NxMLinear ({site.module.spec}); "
                              "swap a fresh model, or leave it out of the plan")
@@ -158,31 +136,25 @@ def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bo
             raise ValueError(f"{site.name} ({site.qualified_name}) is already swapped: rows of the fused NxMLinear "
                              f"{site.module.fused_name} ({site.module.spec}); swap a fresh model, or leave it out "
                              "of the plan")
+        activation = None
+        if fuse_gelu and site.name.endswith(".ffn1") and _is_exact_gelu(getattr(site.parent, GELU_ATTR, None)):
+            activation = "gelu"
+            gelus.append(site)
+        if build is not None:
+            return build(site, spec, activation)
         if not isinstance(site.module, nn.Linear):
             raise TypeError(f"{site.name} ({site.qualified_name}) must be an nn.Linear to be swapped, "
                             f"got {type(site.module).__name__}")
-    report = SwapReport()
-    todo = [s for s in sites if not specs[s.name].is_fp]
-    report.kept = [s.name for s in sites if specs[s.name].is_fp]
-    for site in tqdm(todo, desc="swapping linears", unit="layer", disable=None, leave=False):
-        spec = specs[site.name]
-        activation, act_site = None, None
-        if fuse_gelu and site.name.endswith(".ffn1"):
-            act = getattr(site.parent, GELU_ATTR, None)
-            if _is_exact_gelu(act):
-                activation, act_site = "gelu", site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR
-        swap_in(report, site.parent, site.attr, site.module, spec, name=site.name, qualified_name=site.qualified_name,
-                backend=backend, activation=activation, scale=scales.get(site.name))
-        if act_site is not None:
-            setattr(site.parent, GELU_ATTR, nn.Identity())
-            report.fused_activations.append(act_site)
+        return NxMLinear.from_linear(site.module, spec, backend=backend, activation=activation,
+                                     scale=scales.get(site.name))
+
+    report, replaced = swap_sites(bert_linears(model), plan, make, strict=strict)
+    for site in gelus:
+        setattr(site.parent, GELU_ATTR, nn.Identity())
+        report.fused_activations.append(site.qualified_name.rsplit(".", 1)[0] + "." + GELU_ATTR)
     if fuse_qkv:
         # Only layers whose three projections this call swapped: the report then covers every member.
-        swapped_now = {s.name for s in todo}
-        for fused_name, members in _qkv_groups(bert_linears(model)):  # the sites now hold the NxMLinears
-            if all(m.name in swapped_now for m in members):
-                if _fuse(model, fused_name, members):
-                    report.fused[fused_name] = [m.qualified_name for m in members]
+        report.fused = _fuse_groups(model, [site._replace(module=new) for site, _, new in replaced])
         for entry in report.swapped:
             entry.fused_into = next((f for f, ms in report.fused.items() if entry.module_name in ms), None)
     # Remembered for checkpoints (nxm_kernels.io records the plan); later swaps add their entries.
@@ -194,31 +166,29 @@ def _swap(model: nn.Module, plan, backend: str, *, fuse_gelu: bool, fuse_qkv: bo
 
 
 # ---------------------------------------------------------------------------------- fused QKV
-def _qkv_groups(sites: list[LinearSite]) -> list[tuple[str, list[LinearSite]]]:
-    """``(fused layer name, [query, key, value sites])`` per encoder layer, from :func:`bert_linears`."""
+def _fuse_groups(model: nn.Module, sites: list[LinearSite]) -> dict[str, list[str]]:
+    """Fuse the query, key and value of each encoder layer all three of which are among ``sites`` (not fused
+    yet) where they can be, logging why not elsewhere; ``{fused layer name: [their module names]}``."""
     by_layer: dict[str, dict[str, LinearSite]] = {}
     for site in sites:
         layer, _, comp = site.name.rpartition(".")
-        if comp in QKV:
+        if comp in QKV and not isinstance(site.module, FusedProjection):
             by_layer.setdefault(layer, {})[comp] = site
-    out = []
-    for comps in by_layer.values():
+    out = {}
+    for layer, comps in by_layer.items():
+        if len(comps) < len(QKV):
+            continue
         members = [comps[c] for c in QKV]
-        out.append((members[0].qualified_name.rsplit(".", 1)[0] + "." + QKV_ATTR, members))
+        why = fusable_reason([m.module for m in members])
+        if why is None and hasattr(members[0].parent, QKV_ATTR):
+            why = f"{type(members[0].parent).__name__} already has an attribute {QKV_ATTR!r}"
+        if why is not None:
+            logger.info("%s: query, key and value stay separate layers (%s)", layer, why)
+            continue
+        fused_name = members[0].qualified_name.rsplit(".", 1)[0] + "." + QKV_ATTR
+        out[fused_name] = [m.qualified_name for m in members]
+        fuse_linears(model, fused_name, out[fused_name])
     return out
-
-
-def _fuse(model: nn.Module, fused_name: str, members: list[LinearSite]) -> bool:
-    """Fuse one layer's query/key/value if they can be; log why not otherwise."""
-    why = fusable_reason([m.module for m in members])
-    if why is None and hasattr(members[0].parent, QKV_ATTR):
-        why = f"{type(members[0].parent).__name__} already has an attribute {QKV_ATTR!r}"
-    if why is not None:
-        layer = members[0].name.rpartition(".")[0]
-        logger.info("%s: query, key and value stay separate layers (%s)", layer, why)
-        return False
-    fuse_linears(model, fused_name, [m.qualified_name for m in members])
-    return True
 
 
 def fuse_qkv(model: nn.Module) -> dict[str, list[str]]:
@@ -237,10 +207,4 @@ def fuse_qkv(model: nn.Module) -> dict[str, list[str]]:
     ``fuse_qkv=False`` or loaded from a checkpoint written unfused. Returns
     ``{fused layer name: [query, key, value module names]}`` for the layers fused by this call.
     """
-    out = {}
-    for fused_name, members in _qkv_groups(bert_linears(model)):
-        if any(isinstance(m.module, FusedProjection) for m in members):
-            continue  # already fused
-        if _fuse(model, fused_name, members):
-            out[fused_name] = [m.qualified_name for m in members]
-    return out
+    return _fuse_groups(model, bert_linears(model))

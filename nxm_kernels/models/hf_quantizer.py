@@ -37,7 +37,7 @@ from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..format import FORMAT_VERSION
-from ..modules import compressed_linears
+from ..modules import NxMLinear, compressed_linears
 from ..records import identity_module_names, layer_records, place_compressed_layers
 
 __all__ = ["QUANT_METHOD", "MIN_TRANSFORMERS", "NxMQuantizationConfig", "NxMHfQuantizer", "supported", "register",
@@ -212,7 +212,8 @@ class NxMHfQuantizer(HfQuantizer):
         # Biases in the model's float dtype (from_pretrained(dtype=...) built it in that dtype; transformers
         # keeps a placeholder's dtype when loading); scales stay float32 as NxMLinear makes them.
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
-        place_compressed_layers(model, layers, identity, dtype=dtype)
+        place_compressed_layers(model, layers, identity, lambda name, r: NxMLinear(
+            r.shape[1], r.shape[0], r.spec, r.bias, activation=r.activation, device="meta", dtype=dtype))
         keys = _checkpoint_keys(checkpoint_files)
         if keys is not None:
             # A placeholder left unloaded would compute with zero codes: refuse before loading instead.

@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from .._checks import check_choice, preview
 from .._json import dump_json
 from ..models.bert import bert_linears
+from ..models.swap import replace_sites
 from ..plan import COMPONENTS, Plan
 from ..quant import fake_quant_per_token, fake_quant_weight
 from ..sparsity import prune_nm
@@ -112,29 +113,27 @@ def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec]
     token (int8). Works under ``torch.no_grad`` for evaluation; the original weights come back
     bit for bit, also when the body raises.
     """
-    sites = {s.name: s for s in bert_linears(model)}
-    if isinstance(assignment, Plan):
-        specs = assignment.resolve(sites)
-    elif isinstance(assignment, Mapping):
-        unknown = sorted(set(assignment) - set(sites))
-        if unknown:
-            raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {preview(sites)}")
-        specs = {name: parse_spec(spec) for name, spec in assignment.items()}
-    else:
-        raise TypeError(f"assignment must be a Plan or a mapping layer name -> spec, got {type(assignment).__name__}")
+    sites = bert_linears(model)
+    names = [s.name for s in sites]
+    if isinstance(assignment, Mapping) and (unknown := sorted(set(assignment) - set(names))):
+        raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {preview(names)}")
     saved, hooks = [], []
+
+    def compress_in_place(site, spec: LayerSpec) -> nn.Module:
+        # The site keeps its module: it is changed in place (and restored below), so code holding the
+        # module (an Evaluator, a test) sees the compressed layer too.
+        module = site.module
+        if not isinstance(module, nn.Linear):
+            raise TypeError(f"{site.name} is a {type(module).__name__}, not an nn.Linear (already swapped?)")
+        saved.append((module, module.weight.detach().clone()))
+        module.weight.copy_(_compressed_weight(module.weight, spec))
+        hooks.append(module.register_forward_pre_hook(_quantize_input))
+        return module
+
     try:
         with torch.no_grad():
-            for name, spec in specs.items():
-                if spec.is_fp:
-                    continue
-                module = sites[name].module
-                if not isinstance(module, nn.Linear):
-                    raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear (already swapped?)")
-                saved.append((module, module.weight.detach().clone()))
-                module.weight.copy_(_compressed_weight(module.weight, spec))
-                hooks.append(module.register_forward_pre_hook(_quantize_input))
-        yield specs
+            replaced = replace_sites(sites, assignment, compress_in_place)
+        yield {site.name: spec for site, spec, _ in replaced}
     finally:
         for h in hooks:
             h.remove()

@@ -1,9 +1,9 @@
 """Export a trained QAT model to the kernels: ``QATLinear`` -> ``NxMLinear``, with nothing lost.
 
-Each ``QATLinear`` becomes an ``nn.Linear`` holding its masked fp32 master weight, and
-:func:`nxm_kernels.models.bert.swap_linears` then packs it exactly as for any model (2:4 weights are
-kept as they are, not re-pruned; GELU is fused into ``ffn1`` as usual). The per-channel scales
-``pack`` computes for the masked weight are the ones the QAT forward used, so the packed weight
+In one step per layer: each ``QATLinear`` becomes
+``NxMLinear.from_packed(pack(layer.export_weight(), bits, pattern), bias)`` through the one swap of
+:func:`nxm_kernels.models.bert.swap_linears` (its ``build``), which also fuses GELU into ``ffn1`` as usual.
+The per-channel scales ``pack`` computes for the masked weight are the ones the QAT forward used, so the packed weight
 dequantizes to the QAT layer's fake-quantized weight **bit for bit**; :func:`export_model` checks
 this for every layer (``torch.equal``) and refuses to return a model where it fails. As with any
 swap, query, key and value exported to one spec are fused into one ``NxMLinear`` per layer
@@ -25,12 +25,14 @@ import logging
 import torch
 import torch.nn as nn
 
-from ..models.bert import bert_linears, swap_linears
+from ..format import pack
+from ..models.bert import swap_linears
+from ..modules import NxMLinear
 from ..plan import Plan
 from ..sparsity import count_nm_violations
 from .qat import QATLinear, _ddp_ignored, qat_layers
 
-__all__ = ["export_spec", "export_model", "to_linear"]
+__all__ = ["export_spec", "export_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +54,6 @@ def export_spec(layer: QATLinear) -> str:
     return f"2:4-w{bits}a8"
 
 
-def to_linear(layer: QATLinear) -> nn.Linear:
-    """A plain ``nn.Linear`` holding the layer's masked master weight (a copy) and bias."""
-    w = layer.export_weight()
-    lin = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None, device="meta")
-    lin.weight = nn.Parameter(w, requires_grad=False)
-    if layer.bias is not None:
-        lin.bias = nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
-    return lin
-
-
 @torch.no_grad()
 def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True, fuse_qkv: bool = True):
     """Replace every ``QATLinear`` of ``model`` by an ``NxMLinear`` in place; returns the
@@ -80,31 +72,32 @@ def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True,
                          "NxMCompression first (or use nxm_kernels.swap_linears for one-shot compression)")
     specs = {name: export_spec(layer) for name, layer in layers.items()}  # all checked before any change
     trained = {}
-    for name, layer in layers.items():
-        if check:
-            on = layer.quantize_weights
-            layer.quantize_weights = True
-            trained[name] = layer.effective_weight().detach().float().cpu()
-            layer.quantize_weights = on
-    sites = {s.name: s for s in bert_linears(model)}
-    for name, layer in layers.items():
-        site = sites.get(name)
-        if site is None or site.module is not layer:
-            raise ValueError(f"QATLinear {name!r} is not at its encoder position; export works on BERT-family "
+    for name, layer in layers.items() if check else ():
+        on = layer.quantize_weights
+        layer.quantize_weights = True
+        trained[name] = layer.effective_weight().detach().float().cpu()
+        layer.quantize_weights = on
+
+    def build(site, spec, activation) -> NxMLinear:
+        layer = site.module
+        if layers.get(site.name) is not layer:
+            raise ValueError(f"QATLinear {site.name!r} is not at its encoder position; export works on BERT-family "
                              "models prepared with prepare_qat")
-        setattr(site.parent, site.attr, to_linear(layer))
-    report = swap_linears(model, Plan(specs), backend=backend, fuse_qkv=fuse_qkv)
+        # The weight the layer trained toward, packed as is: pack derives the very scales the QAT forward used.
+        bias = None if layer.bias is None else layer.bias.detach().clone()
+        return NxMLinear.from_packed(pack(layer.export_weight(), spec.weight_bits, spec.pattern), bias,
+                                     backend=backend, activation=activation)
+
+    report = swap_linears(model, Plan(specs), backend=backend, fuse_qkv=fuse_qkv, build=build)
     if check:
-        for site in bert_linears(model):
-            if site.name not in trained:
-                continue
-            got = site.module.dequantized_weight(torch.float32).cpu()
-            if not torch.equal(got, trained[site.name]):
-                diff = float((got - trained[site.name]).abs().max())
-                raise RuntimeError(f"export of {site.name} is not exact: packed weight differs from the QAT weight "
+        for entry in report.swapped:  # after fusion: what ships, each projection's rows of the fused weight
+            got = model.get_submodule(entry.module_name).dequantized_weight(torch.float32).cpu()
+            if not torch.equal(got, trained[entry.name]):
+                diff = float((got - trained[entry.name]).abs().max())
+                raise RuntimeError(f"export of {entry.name} is not exact: packed weight differs from the QAT weight "
                                    f"by up to {diff:g} (please report this bug)")
     # Drop the state-buffer entries prepare_qat added (those buffers are gone); keep the user's own.
-    added = {key for name in layers for key in _ddp_ignored(sites[name].qualified_name)}
+    added = {key for entry in report.swapped for key in _ddp_ignored(entry.module_name)}
     model._ddp_params_and_buffers_to_ignore = [key for key in getattr(model, "_ddp_params_and_buffers_to_ignore", [])
                                                if key not in added]
     logger.info("exported %d QAT layers to NxMLinear (%s)", len(layers), report)

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from .._checks import check_tensor
 from ..models.bert import bert_linears
+from ..models.swap import replace_sites
 from ..plan import Plan
 from ..quant import fake_quant_linear, fake_quant_weight
 from ..sparsity import nm_mask
@@ -217,23 +218,19 @@ def prepare_qat(model: nn.Module, plan, *, strict: bool = True) -> dict[str, QAT
     sites = bert_linears(model)
     if any(isinstance(s.module, QATLinear) for s in sites):
         raise ValueError("model already holds QATLinear layers (prepare_qat was called before)")
-    specs = plan.resolve([s.name for s in sites], strict=strict)
-    layers: dict[str, QATLinear] = {}
-    for site in sites:
-        spec = specs[site.name]
-        if spec.is_fp:
-            continue
+
+    def make(site, spec) -> QATLinear:
         if not isinstance(site.module, nn.Linear):
             raise TypeError(f"layer {site.name} ({site.qualified_name}) is a {type(site.module).__name__}, "
                             "not an nn.Linear: it was swapped or compressed already")
-        layer = QATLinear.from_linear(site.module, spec, name=site.name)
-        setattr(site.parent, site.attr, layer)
-        layers[site.name] = layer
+        return QATLinear.from_linear(site.module, spec, name=site.name)
+
+    replaced = replace_sites(sites, plan, make, strict=strict)
+    layers: dict[str, QATLinear] = {site.name: layer for site, _, layer in replaced}
     if not layers:
         logger.warning("plan %s compresses no layer: every encoder linear stays fp", plan)
-    qualified = {s.name: s.qualified_name for s in sites}
     ignore = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-    ignore += [key for n in layers for key in _ddp_ignored(qualified[n])]
+    ignore += [key for site, _, _ in replaced for key in _ddp_ignored(site.qualified_name)]
     model._ddp_params_and_buffers_to_ignore = ignore
     logger.info("QAT: %d of %d encoder linears compressed (%s)", len(layers), len(sites),
                 ", ".join(sorted({str(layer.spec) for layer in layers.values()})))
