@@ -30,6 +30,7 @@ from ..models.bert import swap_linears
 from ..modules import NxMLinear
 from ..plan import Plan
 from ..sparsity import count_nm_violations
+from ..spec import LayerSpec
 from .qat import QATLinear, _ddp_ignored, qat_layers
 
 __all__ = ["export_spec", "export_model"]
@@ -37,13 +38,13 @@ __all__ = ["export_spec", "export_model"]
 logger = logging.getLogger(__name__)
 
 
-def export_spec(layer: QATLinear) -> str:
+def export_spec(layer: QATLinear) -> LayerSpec:
     """The kernel spec a trained layer exports to (``2:4-wXa8`` or ``dense-wXa8``); raises if none fits."""
     if not isinstance(layer, QATLinear):
         raise TypeError(f"layer must be a QATLinear, got {type(layer).__name__}")
     bits = layer.spec.weight_bits
     if not layer.spec.sparse:
-        return f"dense-w{bits}a8"
+        return LayerSpec("dense", bits, 8)
     if not layer.pruned:
         raise ValueError(f"layer {layer.name or '?'} ({layer.spec}) has no fixed N:M mask yet: finish the ADMM phase "
                          "(or call ADMM.prune()) before exporting")
@@ -51,7 +52,7 @@ def export_spec(layer: QATLinear) -> str:
     if bad:
         raise ValueError(f"layer {layer.name or '?'} was trained as {layer.spec}, which is not 2:4-compatible "
                          f"({bad} groups of 4 hold more than 2 non-zeros); the kernels run 2:4 only")
-    return f"2:4-w{bits}a8"
+    return LayerSpec("2:4", bits, 8)
 
 
 @torch.no_grad()
