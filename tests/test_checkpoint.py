@@ -11,7 +11,8 @@ import nxm_kernels as nxm
 from nxm_kernels.io import CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_config
 from nxm_kernels.models.bert import bert_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears, swap_named_linears
-from _dropin_helpers import random_batch, tiny_bert
+from _dropin_helpers import random_batch
+from tiny_models import tiny_bert
 
 PLAN = {"*": "2:4-w8a8", "ffn2": "dense-w4a8", "layer.1.query": "2:4-w4a8", "layer.0.value": "fp"}
 
@@ -108,12 +109,7 @@ def test_tied_weights_and_no_pooler(tmp_path):
     loaded = nxm.load_compressed(nxm.save_compressed(model, tmp_path / "mlm"))
     assert torch.equal(_out(loaded, batch), _out(model, batch))
     assert loaded.cls.predictions.decoder.weight.data_ptr() == loaded.bert.embeddings.word_embeddings.weight.data_ptr()
-    from transformers import BertModel
-
-    from nxm_kernels.models.zoo import tiny_bert_config
-
-    bare = BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=2, intermediate_size=128),
-                     add_pooling_layer=False).eval()
+    bare = tiny_bert(add_pooling_layer=False)
     nxm.swap_linears(bare, "dense-w8a8")
     loaded = nxm.load_compressed(nxm.save_compressed(bare, tmp_path / "bare"))
     assert loaded.pooler is None

@@ -17,7 +17,8 @@ import nxm_kernels as nxm
 from nxm_kernels.fusion import FusedProjection
 from nxm_kernels.models import hf_quantizer
 from nxm_kernels.modules import NxMLinear, compressed_linears, swap_named_linears
-from _dropin_helpers import random_batch, tiny_bert
+from _dropin_helpers import random_batch
+from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,7 +14,8 @@ from nxm_kernels.cli import main as nxm
 from nxm_kernels.io import load_compressed
 from nxm_kernels.modules import NxMLinear
 
-from train_helpers import FIXTURES, fixture_tokenizer, tiny_bert
+from tiny_models import save_tiny_bert
+from train_helpers import COUNT_BERT, FIXTURES, fixture_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -23,11 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def tiny_model_dir(tmp_path):
-    tok = fixture_tokenizer()
-    d = tmp_path / "tiny-bert"
-    tiny_bert(vocab_size=len(tok)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(tmp_path / "tiny-bert", fixture_tokenizer(), **COUNT_BERT)
 
 
 def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
