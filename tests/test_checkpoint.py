@@ -32,10 +32,30 @@ def saved(tmp_path):
     return model, batch, path
 
 
-def test_round_trip_is_exact(saved):
+def test_round_trip_is_exact_without_pickle_or_dense_weights(saved, monkeypatch):
+    """The checkpoint reloads bit for bit, and loading neither unpickles anything nor gives any encoder
+    linear a dense weight with data."""
     model, batch, path = saved
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle-based loading was used")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    import pickle
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    init_devices = []
+    original = nn.Linear.reset_parameters
+
+    def record(self):
+        init_devices.append((tuple(self.weight.shape), self.weight.device.type))
+        original(self)
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", record)
     loaded = nxm.load_compressed(path)
+    assert init_devices and all(dev == "meta" for _, dev in init_devices), init_devices
     assert type(loaded) is type(model) and not loaded.training
     assert torch.equal(_out(loaded, batch), _out(model, batch))
     specs = {s.name: str(s.module.spec) for s in bert_linears(loaded) if hasattr(s.module, "spec")}
@@ -61,36 +81,18 @@ def test_config_json_contents(saved):
     assert len(cfg["weights"]["sha256"]) == 64
 
 
-def test_no_pickle_and_no_dense_encoder_weights(saved, monkeypatch):
-    """Loading neither unpickles anything nor gives any encoder linear a dense weight with data."""
-    model, batch, path = saved
+def test_sequence_classification_fp16_and_tokenizer(tmp_path):
+    from transformers import AutoTokenizer, BertTokenizerFast
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("pickle-based loading was used")
-
-    monkeypatch.setattr(torch, "load", forbidden)
-    import pickle
-
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    init_devices = []
-    original = nn.Linear.reset_parameters
-
-    def record(self):
-        init_devices.append((tuple(self.weight.shape), self.weight.device.type))
-        original(self)
-
-    monkeypatch.setattr(nn.Linear, "reset_parameters", record)
-    loaded = nxm.load_compressed(path)
-    assert init_devices and all(dev == "meta" for _, dev in init_devices), init_devices
-    assert torch.equal(_out(loaded, batch), _out(model, batch))
-
-
-def test_sequence_classification_and_fp16(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab))
     model = tiny_bert("BertForSequenceClassification", num_labels=3)
     nxm.swap_linears(model, "dense-w8a8")
     batch = random_batch(model)
-    path = nxm.save_compressed(model, tmp_path / "cls")
+    path = nxm.save_compressed(model, tmp_path / "cls", tokenizer=tok)
+    again = AutoTokenizer.from_pretrained(str(path))     # the tokenizer is saved alongside
+    assert again("hello world")["input_ids"] == tok("hello world")["input_ids"]
     loaded = nxm.load_compressed(path)
     assert torch.equal(_out(loaded, batch), _out(model, batch))
     assert isinstance(loaded.classifier, nn.Linear)
@@ -129,22 +131,6 @@ def test_generic_model_needs_model_argument(tmp_path):
     assert loaded is target and isinstance(loaded[0], NxMLinear)
     x = torch.randn(5, 32)
     assert torch.equal(loaded(x), model(x))
-
-
-def test_tokenizer_saved_alongside(tmp_path):
-    from transformers import BertTokenizerFast
-
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab))
-    model = tiny_bert()
-    nxm.swap_linears(model, "dense-w8a8")
-    path = nxm.save_compressed(model, tmp_path / "with_tok", tokenizer=tok)
-    from transformers import AutoTokenizer
-
-    again = AutoTokenizer.from_pretrained(str(path))
-    assert again("hello world")["input_ids"] == tok("hello world")["input_ids"]
-    nxm.load_compressed(path)
 
 
 def test_same_model_same_bytes_and_usual_permissions(saved, tmp_path):
