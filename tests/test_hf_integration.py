@@ -282,6 +282,7 @@ def test_sentence_transformers_saves_and_reloads_compressed(tmp_path):
     assert torch.equal(again.encode(sentences, convert_to_tensor=True), before)
 
 
+@pytest.mark.slow
 @needs_registry
 def test_fresh_process_needs_only_import_nxm_kernels(tmp_path):
     """The registration waits for transformers' quantizer registry to be imported (import nxm_kernels
