@@ -449,18 +449,11 @@ def test_cli_search_end_to_end_on_glue_fixture(tiny_task_model, tmp_path, capsys
                  "--max-samples", "16", "--backend", "reference"]) == 0
 
 
-def test_example_search_plan_runs(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "python" / "search_plan.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # see one_thread in conftest
-    proc = subprocess.run([sys.executable, str(script), "--model", "tiny", "--out-dir", str(tmp_path / "out"),
-                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "reloaded checkpoint: mean embedding cosine" in proc.stdout
+@pytest.mark.slow
+def test_example_search_plan_runs(run_program, tmp_path):
+    out = run_program("python/search_plan.py", "--model", "tiny", "--out-dir", tmp_path / "out",
+                      "--cache-dir", tmp_path / "cache")
+    assert "reloaded checkpoint: mean embedding cosine" in out
     plan = Plan.from_json(tmp_path / "out" / "plan.json")
     assert account(bert_shapes(layers=2, h=128, i=512), plan).nominal_ratio >= 0.875
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000
