@@ -72,13 +72,15 @@ def run_program(monkeypatch, capsys):
         if not path.is_file():
             raise FileNotFoundError(f"path must be a program in the repository, got {path}")
         monkeypatch.setattr(sys, "argv", [str(path), *map(str, args)])
+        monkeypatch.syspath_prepend(str(path.parent))  # as `python PATH` puts the program's folder first
         monkeypatch.chdir(cwd or root)
+        code = 0
         try:
             runpy.run_path(str(path), run_name="__main__")
         except SystemExit as exit_:
-            captured = capsys.readouterr()
-            assert exit_.code in (0, None), f"{path.name} exited {exit_.code}\n{captured.out[-3000:]}\n{captured.err[-3000:]}"
-            return captured.out
-        return capsys.readouterr().out
+            code = exit_.code
+        captured = capsys.readouterr()
+        assert code in (0, None), f"{path.name} exited {code}\n{captured.out[-3000:]}\n{captured.err[-3000:]}"
+        return captured.out
 
     return run
