@@ -1,4 +1,4 @@
-"""Test helpers for the drop-in tests: a fake-quantized twin of a swapped model, small BERTs."""
+"""Test helpers for the drop-in tests: a fake-quantized twin of a swapped model, a random batch."""
 
 from __future__ import annotations
 
@@ -35,18 +35,6 @@ def fake_quant_twin(model: nn.Module, plan) -> nn.Module:
     twin = copy.deepcopy(model)
     replace_sites(bert_linears(twin), plan, lambda site, spec: FakeQuantLinear(site.module, spec), strict=False)
     return twin
-
-
-def tiny_bert(cls_name: str = "BertModel", **overrides):
-    """A small random BERT (2 layers, hidden 64) in eval mode; extra config fields via ``overrides``."""
-    import transformers
-
-    from nxm_kernels.models.zoo import tiny_bert_config
-
-    kw = dict(hidden_size=64, num_attention_heads=2, intermediate_size=128, vocab_size=120,
-              max_position_embeddings=64)
-    kw.update(overrides)
-    return getattr(transformers, cls_name)(tiny_bert_config(**kw)).eval()
 
 
 def random_batch(model, batch: int = 3, length: int = 11):

@@ -6,10 +6,17 @@
   prints it, so a failure shows the seed that reproduces it (``NXM_TEST_SEED=<seed>``).
 * ``@pytest.mark.gpu`` tests skip cleanly without a CUDA device.
 * Under pytest-xdist, one intra-op thread per worker.
+* ``@pytest.mark.slow`` marks the tests that start a process importing torch (or a compiler) or run an
+  example/benchmark program end to end; ``-m "not slow"`` is the quick run, CI runs everything.
+* ``run_program`` runs a repository program (``python/``, ``benchmarks/``) in the test's process, as
+  ``python PATH ARGS...`` would, without paying a fresh interpreter's imports of torch and transformers.
 """
 
 import os
 import random
+import runpy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,3 +57,30 @@ def fresh_seed():
     torch.manual_seed(seed)
     random.seed(seed)
     yield seed
+
+
+@pytest.fixture
+def run_program(monkeypatch, capsys):
+    """``run(path, *args, cwd=None) -> stdout``: run the program at ``path`` (relative to the repository
+    root) as ``__main__`` with ``sys.argv = [path, *args]`` in this process, and return what it printed.
+    A non-zero exit fails the test with the output. For tests of what a program does, not of the process
+    boundary (those start a subprocess)."""
+    root = Path(__file__).resolve().parents[1]
+
+    def run(path, *args, cwd=None) -> str:
+        path = root / path
+        if not path.is_file():
+            raise FileNotFoundError(f"path must be a program in the repository, got {path}")
+        monkeypatch.setattr(sys, "argv", [str(path), *map(str, args)])
+        monkeypatch.syspath_prepend(str(path.parent))  # as `python PATH` puts the program's folder first
+        monkeypatch.chdir(cwd or root)
+        code = 0
+        try:
+            runpy.run_path(str(path), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code
+        captured = capsys.readouterr()
+        assert code in (0, None), f"{path.name} exited {code}\n{captured.out[-3000:]}\n{captured.err[-3000:]}"
+        return captured.out
+
+    return run

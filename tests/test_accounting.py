@@ -166,6 +166,7 @@ def test_bad_input():
         account(SHAPES, "fp").fraction_removed("bogus")
 
 
+@pytest.mark.slow
 def test_accounting_imports_without_transformers():
     # Foundation-level knowledge: the demo, benchmarks and tools may use it without the HF stack.
     import subprocess

@@ -34,9 +34,18 @@ def _run(args: list[str], timeout: float = 240, **env) -> subprocess.CompletedPr
     return proc
 
 
+@pytest.fixture
+def run_bench(run_program, monkeypatch):
+    """The benchmark programs run in this process (``run_program``), with _run's environment."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    return run_program
+
+
+@pytest.mark.slow
 @cpu_only
-def test_gemm_smoke_runs_end_to_end(tmp_path):
-    _run(["benchmarks/bench_gemm.py", "--smoke", "--out", str(tmp_path)])
+def test_gemm_smoke_runs_end_to_end(run_bench, tmp_path):
+    run_bench("benchmarks/bench_gemm.py", "--smoke", "--out", tmp_path)
     result = json.loads((tmp_path / "gemm.json").read_text())
     assert result["smoke"] is True and result["complete"] is True
     assert result["environment"]["commit"] and result["environment"]["torch"] == torch.__version__
@@ -69,11 +78,18 @@ def test_gemm_smoke_runs_end_to_end(tmp_path):
     assert "== GEMM" in text and "cslt-int8-2:4" in text
 
 
+@pytest.mark.slow
 @cpu_only
-def test_e2e_smoke_runs_end_to_end(tmp_path):
+def test_e2e_smoke_runs_end_to_end(run_bench, tmp_path, monkeypatch):
+    import tempfile
+
     results_before = sorted(p.name for p in common.RESULTS_ROOT.iterdir())
-    # No --out: a smoke run writes under the temp dir (TMPDIR here), never into the source tree.
-    proc = _run(["benchmarks/bench_e2e.py", "--smoke"], TMPDIR=str(tmp_path))
+    # No --out: a smoke run writes under the temp dir (tmp_path here), never into the source tree.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    try:
+        stdout = run_bench("benchmarks/bench_e2e.py", "--smoke")
+    finally:
+        torch._dynamo.reset()  # the compiled variants' graphs stay out of later tests in this process
     assert sorted(p.name for p in common.RESULTS_ROOT.iterdir()) == results_before
     (out,) = (tmp_path / "nxm_kernels-smoke").iterdir()
     result = json.loads((out / "e2e.json").read_text())
@@ -98,12 +114,13 @@ def test_e2e_smoke_runs_end_to_end(tmp_path):
     assert checks["nxm-hetero-triton"]["swap"]["layer_backends"] == {"triton": 10}
     # smoke timings mean nothing: no ratios in the records, the table or the summary
     assert not [k for r in recs for k in r if k.startswith("speedup")]
-    assert "no speedup ratios" in proc.stdout and "x)" not in proc.stdout
+    assert "no speedup ratios" in stdout and "x)" not in stdout
     assert (out / "e2e_tiny.png").stat().st_size > 0
     text = summarize.summarize(out)
     assert "tiny" in text and "no speedup ratios (CPU smoke run)" in text and "x)" not in text
 
 
+@pytest.mark.slow
 @cpu_only
 def test_pytest_benchmark_entry_points_run_once():
     proc = _run(["-m", "pytest", "benchmarks/test_bench_kernels.py", "-q", "--benchmark-disable",
@@ -111,11 +128,12 @@ def test_pytest_benchmark_entry_points_run_once():
     assert " passed" in proc.stdout and " failed" not in proc.stdout, proc.stdout[-2000:]
 
 
-def test_overhead_benchmark_runs(tmp_path):
+@pytest.mark.slow
+def test_overhead_benchmark_runs(run_bench, tmp_path):
     """bench_overhead.py (host time per NxMLinear call, no-op kernels, vs nn.Linear) runs and reports;
     its numbers are never asserted on."""
-    proc = _run(["benchmarks/bench_overhead.py", "--quick", "--json", str(tmp_path / "overhead.json")], timeout=120)
-    assert "NxMLinear / nn.Linear" in proc.stdout and "goal <= 1.5x" in proc.stdout
+    stdout = run_bench("benchmarks/bench_overhead.py", "--quick", "--json", tmp_path / "overhead.json")
+    assert "NxMLinear / nn.Linear" in stdout and "goal <= 1.5x" in stdout
     result = json.loads((tmp_path / "overhead.json").read_text())
     rows = result["us_per_call"]
     assert {"nn.Linear (1 x 16 x 16)", "NxMLinear, reference backend", "NxMLinear, triton backend"} <= set(rows)

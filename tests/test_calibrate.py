@@ -13,9 +13,9 @@ import nxm_kernels as nxm
 from nxm_kernels.calibrate import calibrate_weights, compress_weight, hessian
 from nxm_kernels.format import pack
 from nxm_kernels.models.bert import bert_linears
-from nxm_kernels.models.zoo import tiny_bert_config
 from nxm_kernels.modules import NxMLinear
 from nxm_kernels.sparsity import is_nm
+from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -114,10 +114,7 @@ def test_hessian_rejects_nan():
 
 # ---------------------------------------------------------------------------------- model level
 def _tiny():
-    from transformers import BertModel
-
-    model = BertModel(tiny_bert_config(hidden_size=64, intermediate_size=128, num_attention_heads=2),
-                      add_pooling_layer=False).eval()
+    model = tiny_bert(vocab_size=1000, max_position_embeddings=128, add_pooling_layer=False)
     ids = torch.randint(1, 1000, (12, 16))
     mask = (torch.arange(16)[None, :] < torch.randint(4, 17, (12,))[:, None]).long()
     return model, [{"input_ids": ids[:6] * mask[:6], "attention_mask": mask[:6]},

@@ -12,7 +12,8 @@ from nxm_kernels.io import CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME, read_c
 from nxm_kernels.models.bert import bert_linears
 from nxm_kernels import swap_named_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
-from _dropin_helpers import random_batch, tiny_bert
+from _dropin_helpers import random_batch
+from tiny_models import tiny_bert
 
 PLAN = {"*": "2:4-w8a8", "ffn2": "dense-w4a8", "layer.1.query": "2:4-w4a8", "layer.0.value": "fp"}
 
@@ -32,10 +33,30 @@ def saved(tmp_path):
     return model, batch, path
 
 
-def test_round_trip_is_exact(saved):
+def test_round_trip_is_exact_without_pickle_or_dense_weights(saved, monkeypatch):
+    """The checkpoint reloads bit for bit, and loading neither unpickles anything nor gives any encoder
+    linear a dense weight with data."""
     model, batch, path = saved
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("pickle-based loading was used")
+
+    monkeypatch.setattr(torch, "load", forbidden)
+    import pickle
+
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    init_devices = []
+    original = nn.Linear.reset_parameters
+
+    def record(self):
+        init_devices.append((tuple(self.weight.shape), self.weight.device.type))
+        original(self)
+
+    monkeypatch.setattr(nn.Linear, "reset_parameters", record)
     loaded = nxm.load_compressed(path)
+    assert init_devices and all(dev == "meta" for _, dev in init_devices), init_devices
     assert type(loaded) is type(model) and not loaded.training
     assert torch.equal(_out(loaded, batch), _out(model, batch))
     specs = {s.name: str(s.module.spec) for s in bert_linears(loaded) if hasattr(s.module, "spec")}
@@ -61,36 +82,18 @@ def test_config_json_contents(saved):
     assert len(cfg["weights"]["sha256"]) == 64
 
 
-def test_no_pickle_and_no_dense_encoder_weights(saved, monkeypatch):
-    """Loading neither unpickles anything nor gives any encoder linear a dense weight with data."""
-    model, batch, path = saved
+def test_sequence_classification_fp16_and_tokenizer(tmp_path):
+    from transformers import AutoTokenizer, BertTokenizerFast
 
-    def forbidden(*args, **kwargs):
-        raise AssertionError("pickle-based loading was used")
-
-    monkeypatch.setattr(torch, "load", forbidden)
-    import pickle
-
-    monkeypatch.setattr(pickle, "load", forbidden)
-    monkeypatch.setattr(pickle, "loads", forbidden)
-    init_devices = []
-    original = nn.Linear.reset_parameters
-
-    def record(self):
-        init_devices.append((tuple(self.weight.shape), self.weight.device.type))
-        original(self)
-
-    monkeypatch.setattr(nn.Linear, "reset_parameters", record)
-    loaded = nxm.load_compressed(path)
-    assert init_devices and all(dev == "meta" for _, dev in init_devices), init_devices
-    assert torch.equal(_out(loaded, batch), _out(model, batch))
-
-
-def test_sequence_classification_and_fp16(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
+    tok = BertTokenizerFast(vocab_file=str(vocab))
     model = tiny_bert("BertForSequenceClassification", num_labels=3)
     nxm.swap_linears(model, "dense-w8a8")
     batch = random_batch(model)
-    path = nxm.save_compressed(model, tmp_path / "cls")
+    path = nxm.save_compressed(model, tmp_path / "cls", tokenizer=tok)
+    again = AutoTokenizer.from_pretrained(str(path))     # the tokenizer is saved alongside
+    assert again("hello world")["input_ids"] == tok("hello world")["input_ids"]
     loaded = nxm.load_compressed(path)
     assert torch.equal(_out(loaded, batch), _out(model, batch))
     assert isinstance(loaded.classifier, nn.Linear)
@@ -109,12 +112,7 @@ def test_tied_weights_and_no_pooler(tmp_path):
     loaded = nxm.load_compressed(nxm.save_compressed(model, tmp_path / "mlm"))
     assert torch.equal(_out(loaded, batch), _out(model, batch))
     assert loaded.cls.predictions.decoder.weight.data_ptr() == loaded.bert.embeddings.word_embeddings.weight.data_ptr()
-    from transformers import BertModel
-
-    from nxm_kernels.models.zoo import tiny_bert_config
-
-    bare = BertModel(tiny_bert_config(hidden_size=64, num_attention_heads=2, intermediate_size=128),
-                     add_pooling_layer=False).eval()
+    bare = tiny_bert(add_pooling_layer=False)
     nxm.swap_linears(bare, "dense-w8a8")
     loaded = nxm.load_compressed(nxm.save_compressed(bare, tmp_path / "bare"))
     assert loaded.pooler is None
@@ -134,22 +132,6 @@ def test_generic_model_needs_model_argument(tmp_path):
     assert loaded is target and isinstance(loaded[0], NxMLinear)
     x = torch.randn(5, 32)
     assert torch.equal(loaded(x), model(x))
-
-
-def test_tokenizer_saved_alongside(tmp_path):
-    from transformers import BertTokenizerFast
-
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world"]) + "\n")
-    tok = BertTokenizerFast(vocab_file=str(vocab))
-    model = tiny_bert()
-    nxm.swap_linears(model, "dense-w8a8")
-    path = nxm.save_compressed(model, tmp_path / "with_tok", tokenizer=tok)
-    from transformers import AutoTokenizer
-
-    again = AutoTokenizer.from_pretrained(str(path))
-    assert again("hello world")["input_ids"] == tok("hello world")["input_ids"]
-    nxm.load_compressed(path)
 
 
 def test_same_model_same_bytes_and_usual_permissions(saved, tmp_path):

@@ -87,6 +87,7 @@ def _sass_by_function(cubin):
     return funcs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", CI_ARCHS)
 def test_gemm_kernels_compile_without_spills_and_use_sparse_tensor_cores(arch, build_dir):
     cubin, log = _compile(arch, build_dir)
@@ -108,6 +109,7 @@ def test_gemm_kernels_compile_without_spills_and_use_sparse_tensor_cores(arch, b
     assert probe and any("IMMA.SP.16864.S8.S8" in ln for ln in probe[0])
 
 
+@pytest.mark.slow
 def test_torch_binding_compiles():
     """Syntax-check the PyTorch binding against this torch's headers (no CUDA torch needed)."""
     gxx = shutil.which("g++")

@@ -45,6 +45,7 @@ def cc():
     return cutlass_compile
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sm90", "sm80"])
 def test_ci_instance_compiles_clean_with_sparse_tensor_cores(cc, family):
     instance = CI_INSTANCES[family]
@@ -81,6 +82,7 @@ def test_instantiation_set_is_complete_and_named_consistently():
         assert re.search(rf"{macro}\({f[:-3]},", text), f
 
 
+@pytest.mark.slow
 def test_dispatch_compiles_with_and_without_cutlass():
     """``csrc/cutlass_dispatch.cu`` holds no CUTLASS code: it compiles without the headers, and with the
     NXM_WITH_CUTLASS_* defines it only declares the instantiations' entry points."""

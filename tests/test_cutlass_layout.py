@@ -95,6 +95,7 @@ def _run(exe, d, np_, kp, n):
     assert res.stdout.count("can_implement") >= 5, res.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
 def test_sm80_layout_matches_cutlass_host_utilities(host_check, tmp_path, bits):
     exe = host_check("sm80_layout_check")
@@ -113,6 +114,7 @@ def test_sm80_layout_matches_cutlass_host_utilities(host_check, tmp_path, bits):
         assert torch.equal(reordered, meta_words), f"cutlass::reorder_meta disagrees, shape {(n, k)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bits", [8, 4])
 def test_sm90_layout_decodes_through_cutlass_layouts(host_check, tmp_path, bits):
     exe = host_check("sm90_layout_check")

@@ -16,7 +16,8 @@ from nxm_kernels.fusion import FusedProjection, fusable_reason, fuse_linears, fu
 from nxm_kernels.io import CONFIG_NAME
 from nxm_kernels.models.bert import bert_linears, fuse_qkv
 from nxm_kernels.modules import NxMLinear, compressed_linears
-from _dropin_helpers import random_batch, tiny_bert
+from _dropin_helpers import random_batch
+from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 

@@ -18,7 +18,8 @@ from nxm_kernels.fusion import FusedProjection
 from nxm_kernels.models import hf_quantizer
 from nxm_kernels import swap_named_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
-from _dropin_helpers import random_batch, tiny_bert
+from _dropin_helpers import random_batch
+from tiny_models import tiny_bert
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -282,6 +283,7 @@ def test_sentence_transformers_saves_and_reloads_compressed(tmp_path):
     assert torch.equal(again.encode(sentences, convert_to_tensor=True), before)
 
 
+@pytest.mark.slow
 @needs_registry
 def test_fresh_process_needs_only_import_nxm_kernels(tmp_path):
     """The registration waits for transformers' quantizer registry to be imported (import nxm_kernels

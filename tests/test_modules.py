@@ -205,7 +205,8 @@ def test_triton_prepared_layout_follows_state_dict_and_swap():
     placeholder.load_state_dict(ref.state_dict())            # in-place copy_ into the buffers
     x = torch.randn(5, 64)
     torch.testing.assert_close(placeholder(x), ref(x), rtol=1e-5, atol=1e-5)
-    from _dropin_helpers import random_batch, tiny_bert
+    from _dropin_helpers import random_batch
+    from tiny_models import tiny_bert
 
     model = tiny_bert(num_hidden_layers=1)
     batch = random_batch(model, batch=2, length=8)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
 
 from nxm_kernels.accounting import account, nominal_bits
 from nxm_kernels.format import pack
@@ -18,6 +17,7 @@ from nxm_kernels.plan import COMPONENTS, Plan
 from nxm_kernels.search import (PlanCandidate, Sensitivity, compact_plan, fake_compressed, plot_pareto,
                                 profile_sensitivity, search_plans, validate_plans)
 from nxm_kernels.search.objective import Evaluator
+from tiny_models import save_tiny_bert, tiny_bert
 
 GLUE = Path(__file__).parent / "fixtures" / "glue"
 SPECS = ["dense-w8a8", "2:4-w8a8", "dense-w4a8", "2:4-w4a8"]
@@ -27,14 +27,9 @@ SPECS = ["dense-w8a8", "2:4-w8a8", "dense-w4a8", "2:4-w4a8"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny_model(num_labels=3, layers=2):
-    cfg = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                     intermediate_size=128, max_position_embeddings=64, num_labels=num_labels,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = BertForSequenceClassification(cfg).eval()
-    with torch.no_grad():  # a random head with HF's 0.02 init barely moves the logits; make them matter
-        model.classifier.weight.normal_(0.0, 1.0)
-    return model
+#: The search tests' model: a 3-label classifier, hidden 32, no dropout, a head whose logits matter.
+SEARCH_BERT = dict(cls_name="BertForSequenceClassification", vocab_size=100, hidden_size=32, num_labels=3,
+                   dropout=0.0, head_std=1.0)
 
 
 def sample(n=3, bs=8, t=16, num_labels=3):
@@ -74,7 +69,7 @@ def random_sensitivity(names, granularity="component", specs=SPECS):
 
 # ------------------------------------------------------------------------------- compression math
 def test_fake_compressed_is_the_kernels_math_and_restores_exactly():
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     sites = {s.name: s for s in bert_linears(model)}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lin = sites["layer.0.ffn1"].module
@@ -101,7 +96,7 @@ def test_fake_compressed_is_the_kernels_math_and_restores_exactly():
 
 
 def test_evaluator_objectives():
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     batches = sample()
     ev = Evaluator(model, batches)
     assert ev.cost(model) == 0.0  # the uncompressed model against itself
@@ -125,7 +120,7 @@ def test_evaluator_objectives():
 
 # ------------------------------------------------------------------------------- the fragile component
 def test_search_keeps_a_fragile_component_at_higher_precision():
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     make_fragile(model, layer=1)
     batches = sample()
     sites = bert_linears(model)
@@ -233,7 +228,7 @@ def test_search_bad_input():
         search_plans({}, shapes, 0.5)
     with pytest.raises(ValueError, match="another model"):
         search_plans(sens, bert_shapes(layers=1, h=32, i=64), 0.5)
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     with pytest.raises(ValueError, match="other than 'fp'"):
         profile_sensitivity(model, sample(1), ["fp"], progress=False)
     with pytest.raises(ValueError, match="granularity"):
@@ -257,7 +252,7 @@ def test_compact_plan_round_trips():
 
 # ------------------------------------------------------------------------------- cache
 def test_cached_sensitivities_are_reused(tmp_path):
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     batches = sample()
     forwards = []
     model.register_forward_hook(lambda *a: forwards.append(1))
@@ -303,7 +298,7 @@ def test_cached_sensitivities_are_reused(tmp_path):
 
 # ------------------------------------------------------------------------------- validation, outputs
 def test_validation_measures_whole_plans(tmp_path):
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     make_fragile(model)
     batches = sample()
     sens = profile_sensitivity(model, batches, progress=False)
@@ -339,7 +334,7 @@ def test_validation_measures_whole_plans(tmp_path):
 def test_best_plan_is_taken_unchanged_by_swap_linears(tmp_path):
     from nxm_kernels.models.bert import swap_linears
 
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     batches = sample()
     sens = profile_sensitivity(model, batches, progress=False)
     result = search_plans(sens, bert_linears(model), 0.85, kind="true")
@@ -361,7 +356,7 @@ def test_best_plan_is_taken_unchanged_by_swap_linears(tmp_path):
 def test_plans_with_fp_entries_swap_save_and_load(tmp_path):
     import nxm_kernels as nxm
 
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     names = [s.name for s in bert_linears(model)]
     plan = compact_plan({n: ("fp" if n.endswith("ffn2") or n == "layer.0.query" else "2:4-w4a8") for n in names},
                         names)
@@ -380,7 +375,7 @@ def test_plans_with_fp_entries_swap_save_and_load(tmp_path):
 
 def test_short_qat_mode_uses_the_training_path(tmp_path):
     pytest.importorskip("nxm_kernels.train.qat")
-    model = tiny_model()
+    model = tiny_bert(**SEARCH_BERT)
     batches, train = sample(2), sample(2)
     sens = profile_sensitivity(model, batches, ["2:4-w4a8"], mode="qat", train_batches=train, qat_steps=2,
                                qat_lr=1e-3, cache_dir=tmp_path, progress=False)
@@ -398,16 +393,8 @@ def test_short_qat_mode_uses_the_training_path(tmp_path):
 def tiny_task_model(tmp_path):
     from transformers import BertTokenizer
 
-    tok = BertTokenizer(str(GLUE / "vocab.txt"))
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=64, num_labels=2)
-    model = BertForSequenceClassification(cfg)
-    with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 1.0)
-    d = tmp_path / "tiny-sst2"
-    model.save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(tmp_path / "tiny-sst2", BertTokenizer(str(GLUE / "vocab.txt")),
+                          cls_name="BertForSequenceClassification", hidden_size=32, intermediate_size=64, head_std=1.0)
 
 
 def test_cli_search_end_to_end_on_glue_fixture(tiny_task_model, tmp_path, capsys):
@@ -462,18 +449,11 @@ def test_cli_search_end_to_end_on_glue_fixture(tiny_task_model, tmp_path, capsys
                  "--max-samples", "16", "--backend", "reference"]) == 0
 
 
-def test_example_search_plan_runs(tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parents[1] / "python" / "search_plan.py"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # see one_thread in conftest
-    proc = subprocess.run([sys.executable, str(script), "--model", "tiny", "--out-dir", str(tmp_path / "out"),
-                           "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, env=env,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "reloaded checkpoint: mean embedding cosine" in proc.stdout
+@pytest.mark.slow
+def test_example_search_plan_runs(run_program, tmp_path):
+    out = run_program("python/search_plan.py", "--model", "tiny", "--out-dir", tmp_path / "out",
+                      "--cache-dir", tmp_path / "cache")
+    assert "reloaded checkpoint: mean embedding cosine" in out
     plan = Plan.from_json(tmp_path / "out" / "plan.json")
     assert account(bert_shapes(layers=2, h=128, i=512), plan).fraction_removed("nominal") >= 0.875
     assert (tmp_path / "out" / "pareto.png").stat().st_size > 10_000

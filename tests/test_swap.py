@@ -8,7 +8,8 @@ import nxm_kernels as nxm
 from nxm_kernels.fusion import FusedProjection
 from nxm_kernels.models.bert import bert_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
-from _dropin_helpers import fake_quant_twin, random_batch, tiny_bert
+from _dropin_helpers import fake_quant_twin, random_batch
+from tiny_models import tiny_bert
 
 
 def _out(model, batch):

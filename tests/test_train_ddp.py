@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from transformers import Trainer, TrainerCallback
 import torch.distributed as dist
 from nxm_kernels.train import ADMMConfig, CompressionSchedule, NxMCompression
-from train_helpers import CountTask, tiny_bert, training_args
+from tiny_models import tiny_bert
+from train_helpers import COUNT_BERT, CountTask, training_args
 
 torch.set_num_threads(1)
 out = sys.argv[1]
@@ -35,7 +36,7 @@ class Snapshot(TrainerCallback):
                          for k in ("admm_z", "admm_u")}
 
 
-model = tiny_bert()  # a different random init on each rank: DDP broadcasts rank 0's weights
+model = tiny_bert(**COUNT_BERT)  # a different random init on each rank: DDP broadcasts rank 0's weights
 comp = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=8, admm=ADMMConfig(rho=0.05, interval=2)))
 snap = Snapshot(comp)
 args = training_args(out, max_steps=12, per_device_train_batch_size=8, ddp_backend="gloo", seed=3)
@@ -58,6 +59,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ranks_agree(tmp_path):
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.skip("torch.distributed with gloo is not available")

@@ -9,7 +9,8 @@ from nxm_kernels.quant import fake_quant_per_token, fake_quant_weight
 from nxm_kernels.sparsity import is_nm, nm_mask
 from nxm_kernels.train import QATLinear, prepare_qat, qat_layers
 
-from train_helpers import tiny_bert
+from tiny_models import tiny_bert
+from train_helpers import COUNT_BERT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -104,7 +105,7 @@ def test_state_buffers_round_trip_with_changing_shapes():
 
 
 def test_prepare_qat_follows_the_plan():
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     before = {n: p for n, p in model.named_parameters()}
     layers = prepare_qat(model, {"*": "2:4-w8a8", "ffn2": "dense-w4a8", "layer.1.query": "fp"})
     assert len(layers) == 11 and "layer.1.query" not in layers
@@ -118,14 +119,14 @@ def test_prepare_qat_follows_the_plan():
     with pytest.raises(ValueError, match="already"):
         prepare_qat(model, "2:4-w8a8")
     with pytest.raises(ValueError, match="matches no layer"):
-        prepare_qat(tiny_bert(), {"layer.9.ffn1": "2:4-w8a8"})
+        prepare_qat(tiny_bert(**COUNT_BERT), {"layer.9.ffn1": "2:4-w8a8"})
 
 
 def test_prepare_qat_reads_a_plan_json_path(tmp_path):
     # The docstring promises a JSON path works; it used to be read as a spec string (ValueError).
     path = tmp_path / "plan.json"
     path.write_text('{"*": "2:4-w8a8", "ffn2": "dense-w4a8"}')
-    layers = prepare_qat(tiny_bert(), str(path))
+    layers = prepare_qat(tiny_bert(**COUNT_BERT), str(path))
     assert len(layers) == 12 and str(layers["layer.1.ffn2"].spec) == "dense-w4a8"
     assert str(layers["layer.0.query"].spec) == "2:4-w8a8"
 
@@ -133,13 +134,13 @@ def test_prepare_qat_reads_a_plan_json_path(tmp_path):
 def test_export_keeps_the_users_ddp_ignore_entries():
     from nxm_kernels.train import export_model
 
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     model._ddp_params_and_buffers_to_ignore = ["bert.pooler.dense.bias"]  # the user's own entry
     prepare_qat(model, {"*": "dense-w8a8", "layer.1": "fp"})
     assert len(model._ddp_params_and_buffers_to_ignore) == 1 + 6 * 5  # 6 layers x 5 state buffers
     export_model(model, backend="reference")
     assert model._ddp_params_and_buffers_to_ignore == ["bert.pooler.dense.bias"]
-    fresh = tiny_bert()
+    fresh = tiny_bert(**COUNT_BERT)
     prepare_qat(fresh, "dense-w4a8")
     export_model(fresh, backend="reference")
     assert fresh._ddp_params_and_buffers_to_ignore == []

@@ -16,7 +16,8 @@ from nxm_kernels.sparsity import is_nm
 from nxm_kernels.train import (ADMMConfig, CompressionSchedule, DistillConfig, Distiller, NxMCompression,
                                qat_layers)
 
-from train_helpers import CountTask, accuracy, predict, tiny_bert, training_args
+from tiny_models import tiny_bert
+from train_helpers import COUNT_BERT, CountTask, accuracy, predict, training_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest
 
@@ -29,7 +30,7 @@ LOGIT_RTOL = 1e-3
 
 def test_compress_tiny_bert_keeps_accuracy_and_exports_exactly(tmp_path):
     train, test = CountTask(2048), CountTask(1000)
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     Trainer(model=model, args=training_args(tmp_path / "dense", num_train_epochs=2), train_dataset=train).train()
     dense_acc = accuracy(model, test)
     assert dense_acc >= 0.9, f"the dense tiny BERT did not learn the task (accuracy {dense_acc})"
@@ -82,7 +83,7 @@ class _Probe(TrainerCallback):
 
 
 def _run(tmp_path, name, init, max_steps, resume=None, save_steps=None):
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     model.load_state_dict(init)
     compression = NxMCompression({"*": "2:4-w8a8", "ffn2": "1:4-w4a8"}, schedule=CompressionSchedule(
         admm_steps=16, admm=ADMMConfig(rho=0.05, rho_growth=1.5, interval=4)))
@@ -96,7 +97,7 @@ def _run(tmp_path, name, init, max_steps, resume=None, save_steps=None):
 
 
 def test_resumed_run_continues_the_admm_state(tmp_path):
-    init = tiny_bert().state_dict()
+    init = tiny_bert(**COUNT_BERT).state_dict()
     full, full_c, _ = _run(tmp_path, "full", init, 24)
     # The same run, saved at step 12 (mid-ADMM: 3 updates done) and resumed from there by a fresh process.
     _run(tmp_path, "first", init, 24, save_steps=12)
@@ -115,14 +116,14 @@ def test_resumed_run_continues_the_admm_state(tmp_path):
 
 def test_phases_by_epochs_and_one_shot(tmp_path):
     data = CountTask(64)
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     compression = NxMCompression("2:4-w4a8", schedule=CompressionSchedule(admm_epochs=1, admm=ADMMConfig(interval=1)))
     trainer = Trainer(model=model, args=training_args(tmp_path / "ep", num_train_epochs=2, per_device_train_batch_size=16),
                       train_dataset=data, callbacks=[compression])
     trainer.train()
     pruned_at = [h["step"] for h in trainer.state.log_history if h.get("nxm_phase") == "finetune"]
     assert pruned_at == [4]  # 64 examples / 16 per step: epoch 1 ends at step 4
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     compression = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=0))
     trainer = Trainer(model=model, args=training_args(tmp_path / "os", max_steps=2), train_dataset=data,
                       callbacks=[compression])
@@ -130,7 +131,7 @@ def test_phases_by_epochs_and_one_shot(tmp_path):
     assert [h["step"] for h in trainer.state.log_history if h.get("nxm_phase") == "finetune"] == [0]
     assert not any("nxm_admm_update" in h for h in trainer.state.log_history)
     # A run that ends inside the ADMM phase is pruned at the end, so it can always be exported.
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     compression = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=100))
     Trainer(model=model, args=training_args(tmp_path / "short", max_steps=2), train_dataset=data,
             callbacks=[compression]).train()
@@ -138,7 +139,7 @@ def test_phases_by_epochs_and_one_shot(tmp_path):
 
 
 def test_distiller_loss_terms():
-    student, teacher = tiny_bert(), tiny_bert()
+    student, teacher = tiny_bert(**COUNT_BERT), tiny_bert(**COUNT_BERT)
     cfg = DistillConfig(alpha=0.3, temperature=2.5, hidden_weight=0.7)
     Distiller(teacher, cfg).attach(student)
     data = CountTask(8)
@@ -165,7 +166,7 @@ def test_distiller_loss_terms():
 def test_penalty_gradient_under_fp16_loss_scaling():
     # Trainer's optimizer (accelerate) carries the GradScaler; gradients may still be scaled when the
     # callback adds the penalty gradient (no clipping ran): they must be unscaled first.
-    model = tiny_bert()
+    model = tiny_bert(**COUNT_BERT)
     compression = NxMCompression("2:4-w8a8")
     compression.prepare(model)
     compression.admm.start()
@@ -206,11 +207,11 @@ def test_admm_phase_without_updates_is_announced(caplog):
     args = SimpleNamespace(learning_rate=5e-5, num_train_epochs=2, max_steps=-1, device="cpu")
     state = SimpleNamespace(max_steps=10, num_train_epochs=2, global_step=0, epoch=0, log_history=[])
     caplog.set_level("INFO", logger="nxm_kernels")
-    callback.on_train_begin(args, state, None, model=tiny_bert())
+    callback.on_train_begin(args, state, None, model=tiny_bert(**COUNT_BERT))
     assert "the ADMM phase (5 optimizer steps) is shorter than the ADMM interval (400 steps)" in caplog.text
     caplog.clear()
     once = NxMCompression("2:4-w8a8", schedule=CompressionSchedule(admm_steps=0))
-    once.on_train_begin(args, state, None, model=tiny_bert())
+    once.on_train_begin(args, state, None, model=tiny_bert(**COUNT_BERT))
     assert "no ADMM phase (admm_steps=0): pruning 12 layers to N:M at once" in caplog.text
     assert "shorter than the ADMM interval" not in caplog.text and once.phase == "finetune"
 
@@ -243,7 +244,7 @@ def test_squarehead_hidden_loss():
 def test_distiller_squarehead_term():
     from nxm_kernels.train import hidden_state_loss
 
-    student, teacher = tiny_bert(), tiny_bert()
+    student, teacher = tiny_bert(**COUNT_BERT), tiny_bert(**COUNT_BERT)
     cfg = DistillConfig(alpha=0.3, temperature=2.5, hidden_weight=0.7, hidden_loss="squarehead")
     Distiller(teacher, cfg).attach(student)
     batch = CountTask(8)[0:8]

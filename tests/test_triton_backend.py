@@ -319,6 +319,7 @@ print(json.dumps({"quant_divs": sorted(set(re.findall(r"div\.[a-z0-9.]+", q.ptx)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU, TestOnGPU compiles and runs the kernels for real")
 def test_kernels_compile_for_real_gpus():
     """The interpreter checks values, not compilability: compile for sm_80 and sm_90a without a GPU.

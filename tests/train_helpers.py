@@ -1,4 +1,4 @@
-"""Helpers shared by the training-path tests: a tiny BERT, a tokenizer and a synthetic task.
+"""Helpers shared by the training-path tests: the tiny BERT they train, a tokenizer and a synthetic task.
 
 The synthetic task is learnable in a few hundred CPU steps: random token sequences, label 1 when
 "positive" tokens outnumber "negative" ones. No downloads.
@@ -15,18 +15,10 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "glue"
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def tiny_config(vocab_size: int = 64, hidden: int = 64, layers: int = 2, num_labels: int = 2, **kw):
-    from transformers import BertConfig
-
-    return BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=4,
-                      intermediate_size=2 * hidden, max_position_embeddings=64, num_labels=num_labels,
-                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **kw)
-
-
-def tiny_bert(num_labels: int = 2, **kw):
-    from transformers import BertForSequenceClassification
-
-    return BertForSequenceClassification(tiny_config(num_labels=num_labels, **kw))
+#: The tiny BERT (``tiny_models.tiny_bert(**COUNT_BERT)``) the training tests fit to :class:`CountTask`: a
+#: sequence classifier over its 64-token vocabulary, 4 heads, no dropout, left in train mode like a fresh model.
+COUNT_BERT = dict(cls_name="BertForSequenceClassification", vocab_size=64, num_attention_heads=4, dropout=0.0,
+                  train=True)
 
 
 def fixture_tokenizer():
