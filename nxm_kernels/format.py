@@ -117,7 +117,7 @@ def _check_bits(bits) -> None:
     check_choice("bits", bits, WEIGHT_BITS)
 
 
-def _pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
+def pack_nibbles(codes: torch.Tensor) -> torch.Tensor:
     """int8 codes ``[..., 2j]`` (even count) -> uint8, code ``2j`` in the low nibble."""
     c = codes.to(torch.int16) & 0xF
     return (c[..., 0::2] | (c[..., 1::2] << 4)).to(torch.uint8)
@@ -411,5 +411,5 @@ def pack(weight: torch.Tensor, bits: int = 8, pattern: str = "2:4", *, prune: bo
         codes = torch.gather(groups, 2, slots).reshape(n, kp // 2)
         nib = (slots[..., 0] | (slots[..., 1] << 2)).to(torch.int16)  # [N, G], 4 bits per group
         metadata = (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8)
-    values = _pack_nibbles(codes) if bits == 4 else codes.contiguous()
+    values = pack_nibbles(codes) if bits == 4 else codes.contiguous()
     return PackedWeight(values.contiguous(), metadata, scales.contiguous(), (n, k), bits, pattern)

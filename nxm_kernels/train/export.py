@@ -31,7 +31,7 @@ from ..modules import NxMLinear
 from ..plan import Plan
 from ..sparsity import count_nm_violations
 from ..spec import LayerSpec
-from .qat import QATLinear, _ddp_ignored, qat_layers
+from .qat import QATLinear, ddp_ignored_keys, qat_layers
 
 __all__ = ["export_spec", "export_model"]
 
@@ -98,7 +98,7 @@ def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True,
                 raise RuntimeError(f"export of {entry.name} is not exact: packed weight differs from the QAT weight "
                                    f"by up to {diff:g} (please report this bug)")
     # Drop the state-buffer entries prepare_qat added (those buffers are gone); keep the user's own.
-    added = {key for entry in report.swapped for key in _ddp_ignored(entry.module_name)}
+    added = {key for entry in report.swapped for key in ddp_ignored_keys(entry.module_name)}
     model._ddp_params_and_buffers_to_ignore = [key for key in getattr(model, "_ddp_params_and_buffers_to_ignore", [])
                                                if key not in added]
     logger.info("exported %d QAT layers to NxMLinear (%s)", len(layers), report)

@@ -187,7 +187,7 @@ class QATLinear(nn.Module):
                 f"bias={self.bias is not None}, spec={self.spec}, state={state}")
 
 
-def _ddp_ignored(qualified_name: str) -> list[str]:
+def ddp_ignored_keys(qualified_name: str) -> list[str]:
     """The ``_ddp_params_and_buffers_to_ignore`` entries of the QATLinear at ``qualified_name``."""
     return [f"{qualified_name}.{b}" for b in STATE_BUFFERS]
 
@@ -230,7 +230,7 @@ def prepare_qat(model: nn.Module, plan, *, strict: bool = True) -> dict[str, QAT
     if not layers:
         logger.warning("plan %s compresses no layer: every encoder linear stays fp", plan)
     ignore = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
-    ignore += [key for site, _, _ in replaced for key in _ddp_ignored(site.qualified_name)]
+    ignore += [key for site, _, _ in replaced for key in ddp_ignored_keys(site.qualified_name)]
     model._ddp_params_and_buffers_to_ignore = ignore
     logger.info("QAT: %d of %d encoder linears compressed (%s)", len(layers), len(sites),
                 ", ".join(sorted({str(layer.spec) for layer in layers.values()})))

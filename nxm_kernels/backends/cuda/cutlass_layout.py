@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from ...format import PackedWeight, _pack_nibbles, padded_k
+from ...format import PackedWeight, pack_nibbles, padded_k
 from .layout import padded_codes_meta, prepared_dims
 
 __all__ = ["ARCHS", "cutlass_layout", "cutlass_sm80_layout", "cutlass_sm90_layout", "restore_cutlass",
@@ -130,6 +130,6 @@ def restore_cutlass(prepared: list[torch.Tensor], n: int, k: int, bits: int, arc
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     kc = padded_k(k)
     codes = values[:n, : kc // 2]
-    vals = _pack_nibbles(codes) if bits == 4 else codes.contiguous()
+    vals = pack_nibbles(codes) if bits == 4 else codes.contiguous()
     return PackedWeight(vals.contiguous(), meta_b[:n, : kc // 8].contiguous(), scales[:n].contiguous(), (n, k),
                         bits, "2:4")

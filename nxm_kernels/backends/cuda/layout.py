@@ -40,7 +40,7 @@ from typing import ClassVar
 
 import torch
 
-from ...format import PAD_METADATA_BYTE, PackedWeight, _pack_nibbles, padded_k
+from ...format import PAD_METADATA_BYTE, PackedWeight, pack_nibbles, padded_k
 from ..layout import Layout, WeightMeta
 
 __all__ = ["N_ALIGN", "K_ALIGN", "CudaLayout", "padded_codes_meta", "prepare_layout", "restore_canonical", "prepared_dims"]
@@ -215,6 +215,6 @@ def restore_canonical(prepared, n: int, k: int, bits: int) -> PackedWeight:
     meta_b = words.view(torch.uint8)                        # [Np, KP/8], little-endian bytes
     kc = padded_k(k)
     codes = codes[:n, : kc // 2]
-    vals = _pack_nibbles(codes) if bits == 4 else codes.contiguous()
+    vals = pack_nibbles(codes) if bits == 4 else codes.contiguous()
     return PackedWeight(vals.contiguous(), meta_b[:n, : kc // 8].contiguous(),
                         scales[:n].contiguous(), (n, k), bits, "2:4")

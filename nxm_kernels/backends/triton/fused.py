@@ -8,8 +8,8 @@ once; the two-launch path (:mod:`.quant`, then :mod:`.gemm`) pays the latency tw
 
 Read top to bottom: the kernel (tiling, amax prologue, on-the-fly quantization, main loop, split-K
 completion), the configs and the split-K rule, the counters, the launcher. The weight-tile decoder
-(``gemm._weight_tile``, the only code that knows the packed layout), the rounding helper
-(``quant._round_half_even``) and the epilogue (``gemm._store_output``) are shared with the
+(``gemm.weight_tile``, the only code that knows the packed layout), the rounding helper
+(``quant.round_half_even``) and the epilogue (``gemm.store_output``) are shared with the
 two-launch kernels, so all paths decode, round and dequantize identically.
 
 Tiling
@@ -76,7 +76,7 @@ bytes, which is why the fused range ends at :data:`FUSED_M_MAX` and why the spli
 The division ``div_rn`` per element is integer/float ALU work (a dozen instructions) that overlaps
 the weight stream at small M.
 
-Epilogue: the GEMM's (``gemm._store_output``): ``((acc * x_scale[m]) * w_scale[n]) + bias[n]``,
+Epilogue: the GEMM's (``gemm.store_output``): ``((acc * x_scale[m]) * w_scale[n]) + bias[n]``,
 then erf-GELU, in float32 without FMA contraction, cast to ``x``'s dtype; or, with ``EPILOGUE=False``
 (:func:`fused_linear` with ``int32=True``), the raw int32 accumulator, for the exactness tests.
 """
@@ -91,8 +91,8 @@ import triton.language as tl
 
 from ...format import packed_shapes, padded_k, values_dtype
 from ...quant import ACT_QMAX
-from .gemm import GemmConfig, _store_output, _weight_tile, is_interpreted, m_bucket
-from .quant import _round_half_even
+from .gemm import GemmConfig, store_output, weight_tile, is_interpreted, m_bucket
+from .quant import round_half_even
 
 __all__ = ["FusedConfig", "FUSED_M_MAX", "FUSED_CONFIGS", "FUSED_INTERPRETER_CONFIG", "MAX_SPLIT_K",
            "MIN_K_TILES_PER_SPLIT", "COUNTER_CAPACITY", "fused_config", "fused_split_k", "fused_linear", "launch", "use_fused"]
@@ -175,9 +175,9 @@ def _nxm_fused_kernel(
         else:
             v = tl.load(x_rows + k[None, :] * stride_xk, mask=m_ok[:, None] & (k < K)[None, :], other=0.0)
         v = tl.where(finite[:, None], v.to(tl.float32), 0.0)
-        r = _round_half_even(tl.math.div_rn(v, divisor[:, None]))
+        r = round_half_even(tl.math.div_rn(v, divisor[:, None]))
         a = tl.minimum(tl.maximum(r, -QMAX + 0.0), QMAX + 0.0).to(tl.int8)  # integral, in [-127, 127]: exact
-        w = _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
+        w = weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
                          BITS, SPARSE, BLOCK_N, BLOCK_K, EVEN_K)
         acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
 
@@ -199,10 +199,10 @@ def _nxm_fused_kernel(
             # Every slice of this tile has arrived: nobody else touches the counter in this launch,
             # and the next launch (stream-ordered) finds it at zero.
             tl.store(cnt_ptr + tile, 0)
-            _store_output(acc, scale, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
+            store_output(acc, scale, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
                           EPILOGUE, HAS_BIAS, GELU)
     else:
-        _store_output(acc, scale, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
+        store_output(acc, scale, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
                       EPILOGUE, HAS_BIAS, GELU)
 
 

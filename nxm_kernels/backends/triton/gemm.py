@@ -27,7 +27,7 @@ the same time share weight tiles). Each program walks K in steps of ``BLOCK_K`` 
   ================  ======================================  ==========================
 
   Every byte is loaded once, as one contiguous run per weight row (coalesced, vectorisable), and
-  decoded in registers to the dense int8 tile ``[BLOCK_N, BLOCK_K]`` (see ``_weight_tile``): one
+  decoded in registers to the dense int8 tile ``[BLOCK_N, BLOCK_K]`` (see ``weight_tile``): one
   int32 per group of 4 logical columns, built with shifts and masks (SWAR), whose four bytes are the
   group's dense codes;
 * ``acc += xq_tile @ W_tile^T`` with ``tl.dot`` on int8 operands into an int32 accumulator.
@@ -98,7 +98,7 @@ def _bytes_to_tile(word, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
+def weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
                  BITS: tl.constexpr, SPARSE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                  EVEN_K: tl.constexpr):
     """The dense int8 codes ``W[offs_n, kt*BLOCK_K : (kt+1)*BLOCK_K]`` (zero for rows >= N).
@@ -172,7 +172,7 @@ def _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
 # The epilogue (shared with the fused quantize+GEMM kernel in fused.py, so both round alike).
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _store_output(acc, xs, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
+def store_output(acc, xs, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
                   EPILOGUE: tl.constexpr, HAS_BIAS: tl.constexpr, GELU: tl.constexpr):
     """Store the int32 tile ``acc[offs_m, offs_n]``: raw (``EPILOGUE=False``), or dequantized in the
     reference's float32 order ``((acc * xs[m]) * w_scale[n]) + bias[n]``, then the erf GELU, then a
@@ -239,7 +239,7 @@ def _nxm_gemm_kernel(
             a = tl.load(x_ptrs, mask=m_ok[:, None], other=0)
         else:
             a = tl.load(x_ptrs, mask=m_ok[:, None] & ((kt * BLOCK_K + offs_k) < K)[None, :], other=0)
-        w = _weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
+        w = weight_tile(w_ptr, meta_ptr, offs_n, kt, N, K_PAD, stride_wn, stride_mn,
                          BITS, SPARSE, BLOCK_N, BLOCK_K, EVEN_K)
         acc = tl.dot(a, tl.trans(w), acc, out_dtype=tl.int32)
         x_ptrs += BLOCK_K * stride_xk
@@ -249,7 +249,7 @@ def _nxm_gemm_kernel(
         xs = tl.load(xs_ptr + offs_m, mask=m_ok, other=0.0)
     else:
         xs = tl.zeros([BLOCK_M], dtype=tl.float32)  # unused: the raw accumulator is stored
-    _store_output(acc, xs, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
+    store_output(acc, xs, offs_m, offs_n, M, N, ws_ptr, bias_ptr, y_ptr, stride_ym, stride_yn,
                   EPILOGUE, HAS_BIAS, GELU)
 
 

@@ -41,7 +41,7 @@ MAX_BLOCK_K = 2048
 
 
 @triton.jit
-def _round_half_even(q):
+def round_half_even(q):
     """Round float32 ``q`` to the nearest integer, ties to even (what ``torch.round`` does)."""
     f = tl.floor(q)
     d = q - f  # exact: q and floor(q) share the exponent range, the difference is representable
@@ -77,7 +77,7 @@ def _quantize_per_token_kernel(
     for k0 in range(0, K, BLOCK_K):
         k = k0 + offs
         v = tl.load(x_row + k * stride_xk, mask=k < K, other=0.0).to(tl.float32)
-        r = _round_half_even(tl.math.div_rn(tl.where(finite, v, 0.0), divisor))
+        r = round_half_even(tl.math.div_rn(tl.where(finite, v, 0.0), divisor))
         r = tl.minimum(tl.maximum(r, -QMAX + 0.0), QMAX + 0.0)
         tl.store(q_row + k, r.to(tl.int8), mask=k < K)
     tl.store(s_ptr + row, tl.where(finite, scale, float("nan")))
