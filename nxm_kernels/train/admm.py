@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -55,11 +55,14 @@ class ADMMConfig:
     on MiniLM: interval 10 made the residual grow from 0.35 to 0.54, interval 50 made it fall).
     """
 
-    rho: float = 1e-2
-    rho_growth: float = 1.1
-    rho_max: float = 1.0
-    interval: int = 100
-    projection: str = "nm"
+    # The metadata "help" (and "choices") is what `nxm compress --help` shows: its flags are generated
+    # from these fields (nxm_kernels.train.arguments).
+    rho: float = field(default=1e-2, metadata={"help": "initial ADMM penalty"})
+    rho_growth: float = field(default=1.1, metadata={"help": "rho multiplier per Z/U update (1: constant)"})
+    rho_max: float = field(default=1.0, metadata={"help": "rho cap"})
+    interval: int = field(default=100, metadata={"help": "optimizer steps between Z/U updates"})
+    projection: str = field(default="nm", metadata={
+        "help": "Z projection: onto N:M, or onto N:M and the quantization grid", "choices": PROJECTIONS})
 
     def __post_init__(self):
         for key in ("rho", "rho_growth", "rho_max"):
