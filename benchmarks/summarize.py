@@ -121,11 +121,11 @@ def gemm_lines(g: dict, markdown: bool = False) -> list[str]:
         out.append("== performance goals (worst point over shapes and M)")
         for gl in goals:
             if gl["worst"] is None:
-                out.append(f"  [ -- ] issue {gl['issue']}: {gl['goal']} (not measured)")
+                out.append(f"  [ -- ] {gl['goal']} (not measured)")
                 continue
             mark = "MET " if gl["met"] else "MISS"
             unit = "%" if "HBM" in gl["goal"] else "x"
-            out.append(f"  [{mark}] issue {gl['issue']}: {gl['goal']}: worst {gl['worst']:.2f}{unit} at "
+            out.append(f"  [{mark}] {gl['goal']}: worst {gl['worst']:.2f}{unit} at "
                        f"{gl['worst_at']['shape']} M={gl['worst_at']['m']}, median {gl['median']:.2f}{unit}")
 
     ms = list(dict.fromkeys(r["m"] for r in recs))

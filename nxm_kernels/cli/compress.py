@@ -75,7 +75,8 @@ def check_admm_updates(schedule, plan, n_train: int, args) -> None:
         return
     how = "" if args.admm_interval_given else f" (the default, 0.02 / --lr {args.learning_rate:g})"
     raise ValueError(f"the ADMM phase would make no Z/U update: it lasts {phase} optimizer steps ({n_train} training "
-                     f"examples, --batch-size {args.per_device_train_batch_size}, {total} steps in all) but --admm-interval is "
+                     f"examples, --batch-size {args.per_device_train_batch_size}, {total} steps in all) but "
+                     "--admm-interval is "
                      f"{schedule.admm.interval}{how}; pass --admm-interval {max(1, phase // 4)} (at most {phase}), "
                      "train longer (--epochs, --max-steps, --admm-steps), or prune at once with --admm-steps 0")
 

@@ -18,7 +18,6 @@ import argparse
 import copy
 import logging
 import re
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._json import dump_json
+from ..timing import measure, text_table
 from ._args import PLAN_HELP, plan_arg
 
 logger = logging.getLogger(__name__)
@@ -135,24 +135,11 @@ def _warn_slow(backends: list[str], device: torch.device, model_name: str, forwa
                        "say nothing about GPU speed", each, forwards)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _latency_ms(model, inputs, device, repeats: int) -> float:
-    """Median wall time of a full forward, after warm-up passes (one on a CPU, three on a GPU)."""
+    """Median time of a full forward (nxm_kernels.timing), after warm-up passes (one on a CPU, three on a GPU)."""
     with torch.inference_mode():
-        for _ in range(1 if device.type == "cpu" else 3):
-            model(**inputs)
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(**inputs)
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return measure(lambda: model(**inputs), device, warmup=1 if device.type == "cpu" else 3,
+                       min_iters=repeats).median_ms
 
 
 def _embed(model, inputs):
@@ -165,13 +152,6 @@ def _embed(model, inputs):
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
-
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
 # ---------------------------------------------------------------------------------- the job
@@ -310,7 +290,7 @@ def _print_report(builtin, device, backends, n_linears, dense_bytes, baseline_ms
                      f"{dense_bytes / 2 / r['linear_bytes']:.2f}x", _mib(r["checkpoint_bytes"]),
                      f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}", "exact" if r["reload_exact"] else "DIFFERS",
                      "-"] + [f"{r['latency_ms'][b]:.2f}" for b in backends])
-    print(_table(rows, header))
+    print(text_table(header, rows))
     print("\nlinears: bytes of the encoder linears (packed values + metadata + scales + bias); vs fp32/fp16: "
           "the same linears stored dense;\ncheckpoint: the safetensors file (packed linears plus every other weight "
           "in float32); cosine: mean-pooled embeddings against the float32 model; reload: the saved and reloaded "
