@@ -473,23 +473,14 @@ def format_table(result: dict) -> str:
         else:
             what = "no speedup ratios: no Hugging Face baseline was measured"
         lines.append(f"\n== {model}: p50 ms, eager | CUDA graph; {what}")
-        table = []
-        for name in dict.fromkeys(r["variant"] for r in rows):
-            cells = [name]
-            for b, s in shapes:
-                parts = []
-                for mode in ("eager", "graph"):
-                    r = next((r for r in rows if r["variant"] == name and (r["batch"], r["seq"]) == (b, s)
-                              and r["mode"] == mode), None)
-                    if r is None:
-                        parts.append("-")
-                    elif r["status"] != "ok":
-                        parts.append(r["status"][:7])
-                    else:
-                        sp = r.get("speedup")
-                        parts.append(f"{r['p50_ms']:.2f}" + (f"({sp:.1f}x)" if sp else ""))
-                cells.append(" | ".join(parts))
-            table.append(cells)
+        by = {(r["variant"], r["batch"], r["seq"], r["mode"]): r for r in rows}
+
+        def cell(r):
+            if r is None or r["status"] != "ok":
+                return "-" if r is None else r["status"][:7]
+            return f"{r['p50_ms']:.2f}" + (f"({r['speedup']:.1f}x)" if r.get("speedup") else "")
+        table = [[name] + [" | ".join(cell(by.get((name, b, s, mode))) for mode in ("eager", "graph"))
+                           for b, s in shapes] for name in dict.fromkeys(r["variant"] for r in rows)]
         lines.append(text_table([""] + [f"{b}x{s}" for b, s in shapes], table))
     bad = [c for c in result["checks"] if not c["ok"]]
     for c in bad:

@@ -279,11 +279,11 @@ def measure_copy_gbps(device: torch.device, nbytes: int = 2**29) -> float | None
     """Achieved device-memory bandwidth of a plain copy (read + write), GB/s: a practical ceiling."""
     if device.type != "cuda":
         return None
-    import triton.testing
+    from nxm_kernels.timing import measure
 
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
+    ms = measure(lambda: dst.copy_(src), device, timer="do_bench", warmup_ms=10, rep_ms=50).median_ms
     del src, dst
     torch.cuda.empty_cache()
     return 2 * nbytes / (ms * 1e-3) / 1e9

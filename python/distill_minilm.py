@@ -34,6 +34,7 @@ import nxm_kernels
 from nxm_kernels._json import dump_json
 from nxm_kernels.models.text import STDLIB, docstring_sentences, split_sentences
 from nxm_kernels.models.zoo import mean_pool, minilm_dir
+from nxm_kernels.timing import text_table
 from nxm_kernels.train import ADMM, ADMMConfig, export_model, prepare_qat
 from nxm_kernels.train.arguments import DataclassArgs
 
@@ -172,10 +173,9 @@ def main(argv=None) -> int:
         logger.info("%s: cosine %.4f before (one-shot) -> %.4f after (ADMM + QAT + distillation)", spec,
                     results["specs"][spec]["cosine_before"], res["cosine_after"])
     print("\nmean-pooled embedding cosine to the original, held-out docstring sentences (reference kernels):")
-    print(f"{'spec':<12} {'one-shot':>9} {'trained':>9}")
-    for spec, r in results["specs"].items():
-        after = f"{r['cosine_after']:.4f}" if "cosine_after" in r else "-"
-        print(f"{spec:<12} {r['cosine_before']:>9.4f} {after:>9}")
+    print(text_table(["spec", "one-shot", "trained"], [
+        [spec, f"{r['cosine_before']:.4f}", f"{r['cosine_after']:.4f}" if "cosine_after" in r else "-"]
+        for spec, r in results["specs"].items()]))
     if args.out:
         dump_json(results, args.out, make_parents=True)
     return 0

@@ -16,8 +16,7 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # exit_on_error=False: a value its type refuses (a bad --plan, say) reaches main() as an ArgumentError,
-    # which it reports in one line like every other bad input, instead of argparse exiting.
+    # exit_on_error=False: a value its type refuses (a bad --plan) reaches main(), which says so in one line.
     parser = argparse.ArgumentParser(prog="nxm", description="2:4 sparse + int8/int4 BERT compression and kernels",
                                      exit_on_error=False)
     from .. import __version__

@@ -87,14 +87,12 @@ def _calibrated_start(model, plan, train, tokenizer, args) -> dict:
 
     from ..calibrate import calibrate_weights
     from ..glue import encode
+    from ..search.batches import collate
 
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
     feats = encode(train.subset(min(args.calibration_samples, len(train))), tokenizer, args.max_length)
-    batches = []
-    for i in range(0, len(feats), 32):
-        chunk = [{k: v for k, v in f.items() if k != "labels"} for f in feats[i:i + 32]]
-        batches.append(dict(tokenizer.pad(chunk, return_tensors="pt")))
+    batches = collate([{k: v for k, v in f.items() if k != "labels"} for f in feats], tokenizer, 32)
     device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
     model.to(device)
     t0 = time.time()

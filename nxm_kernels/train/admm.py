@@ -41,11 +41,8 @@ PROJECTIONS = ("nm", "nm+quant")
 
 @dataclass
 class ADMMConfig:
-    """ADMM hyper-parameters.
-
-    ``rho``: initial penalty weight; ``rho_growth``: multiplier applied at each update (1 = constant);
-    ``rho_max``: cap; ``interval``: optimizer steps between Z/U updates; ``projection``: ``"nm"`` or
-    ``"nm+quant"`` (project onto N:M, then onto the layer's per-channel quantization grid).
+    """ADMM hyper-parameters, each described by its field's ``metadata["help"]`` (which ``nxm compress
+    --help`` shows: its options are generated from these fields, see :mod:`nxm_kernels.train.arguments`).
 
     **Choosing ``interval``.** ADMM assumes W (nearly) solves its subproblem between two Z/U updates.
     Each update adds ``W - Z`` to U, i.e. the pruned weights themselves; if W cannot move that far in
@@ -55,14 +52,13 @@ class ADMMConfig:
     on MiniLM: interval 10 made the residual grow from 0.35 to 0.54, interval 50 made it fall).
     """
 
-    # The metadata "help" (and "choices") is what `nxm compress --help` shows: its flags are generated
-    # from these fields (nxm_kernels.train.arguments).
     rho: float = field(default=1e-2, metadata={"help": "initial ADMM penalty"})
     rho_growth: float = field(default=1.1, metadata={"help": "rho multiplier per Z/U update (1: constant)"})
     rho_max: float = field(default=1.0, metadata={"help": "rho cap"})
     interval: int = field(default=100, metadata={"help": "optimizer steps between Z/U updates"})
     projection: str = field(default="nm", metadata={
-        "help": "Z projection: onto N:M, or onto N:M and the quantization grid", "choices": PROJECTIONS})
+        "help": "Z projection: onto N:M, or onto N:M and then the layer's per-channel quantization grid",
+        "choices": PROJECTIONS})
 
     def __post_init__(self):
         for key in ("rho", "rho_growth", "rho_max"):

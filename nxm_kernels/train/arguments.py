@@ -1,19 +1,12 @@
-"""Command-line options generated from the training dataclasses, so a new config field needs no new flag.
+"""Command-line options generated from the training dataclasses, so that a new config field needs no new flag.
 
-:class:`DataclassArgs` adds one option per field of a dataclass (the name, type and default come from
-the field; the help text and choices from its ``metadata``, the convention of transformers'
-``HfArgumentParser``) and reads the values back into the dataclass. It differs from
-``HfArgumentParser`` where the ``nxm compress`` command line has always differed from the field
-names and defaults: ``--lr`` for ``learning_rate``, ``--batch-size 32``, ``--rho-growth 1.25``, and
-only the few ``TrainingArguments`` fields a compression run needs rather than all of them.
+Like transformers' ``HfArgumentParser``, :class:`DataclassArgs` makes one option per field: its type
+and default from the field, its help text and choices from the field's ``metadata``. Unlike it, options
+may be renamed and re-defaulted, and a selection of fields taken, which ``nxm compress`` has always
+needed (``--lr`` for ``learning_rate``, ``--batch-size 32``, ten of ``TrainingArguments``' fields)::
 
-:data:`SCHEDULE_ARGS`, :data:`ADMM_ARGS`, :data:`TRAINING_ARGS` and :data:`DISTILL_ARGS` are the
-option sets ``nxm compress`` and ``python/compress_glue.py`` share::
-
-    p = argparse.ArgumentParser()
-    TRAINING_ARGS.add_to(p, "training")
-    args = p.parse_args()
-    TrainingArguments(output_dir="out", **TRAINING_ARGS.values(args))
+    TRAINING_ARGS.add_to(parser, "training")
+    TrainingArguments(output_dir="out", **TRAINING_ARGS.values(parser.parse_args()))
 """
 
 from __future__ import annotations
@@ -36,14 +29,10 @@ _SCALARS = (bool, int, float, str)
 
 @dataclass(frozen=True)
 class DataclassArgs:
-    """The options of one dataclass ``cls``: ``--field-name`` per scalar field (``bool``, ``int``,
-    ``float``, ``str``, or one of them or ``None``), except those in ``skip``.
-
-    ``only`` keeps just the fields named (in that order); ``flags`` renames options (``{field: "lr"}``
-    gives ``--lr``); ``defaults`` replaces field defaults (the option's type then follows the new
-    default, e.g. ``int`` for a ``float`` field defaulting to ``0``); ``notes`` replaces the help text.
-    A ``False`` boolean becomes a ``store_true`` switch.
-    """
+    """Options for the scalar fields of dataclass ``cls`` (``bool``, ``int``, ``float``, ``str``, or one of
+    them or ``None``): ``--field-name``, or ``--<flags[field]>``; ``only`` keeps those fields, in that
+    order; ``defaults`` replaces a field's default (and the option's type follows it); ``notes`` replaces
+    the help text. A boolean defaulting to ``False`` is a switch. The parsed value lands in ``args.<field>``."""
 
     cls: type
     only: tuple = ()
@@ -55,47 +44,32 @@ class DataclassArgs:
     def __post_init__(self):
         if not dataclasses.is_dataclass(self.cls):
             raise TypeError(f"cls must be a dataclass, got {self.cls!r}")
-        names = {f.name for f in dataclasses.fields(self.cls)}
-        for what in ("only", "skip", "flags", "defaults", "notes"):
-            unknown = sorted(set(getattr(self, what)) - names)
-            if unknown:
-                raise ValueError(f"{what} names fields {self.cls.__name__} does not have: {unknown}")
+        unknown = {*self.only, *self.skip, *self.flags, *self.defaults, *self.notes} - {
+            f.name for f in dataclasses.fields(self.cls)}
+        if unknown:
+            raise ValueError(f"{self.cls.__name__} has no fields {sorted(unknown)}")
 
     def fields(self) -> list[tuple[dataclasses.Field, type]]:
-        """``(field, scalar type)`` of every field that gets an option, in option order."""
-        hints = typing.get_type_hints(self.cls)
-        by_name = {f.name: f for f in dataclasses.fields(self.cls) if f.init}
-        out = []
-        for name in self.only or list(by_name):
-            kind = _scalar(hints[name])
-            if name not in self.skip and kind is not None:
-                out.append((by_name[name], kind))
-        return out
-
-    def flag(self, name: str) -> str:
-        return "--" + self.flags.get(name, name.replace("_", "-"))
+        """``(field, scalar type)`` of the fields that get an option, in option order."""
+        hints, by_name = typing.get_type_hints(self.cls), {f.name: f for f in dataclasses.fields(self.cls) if f.init}
+        kinds = {name: _scalar(hints[name]) for name in self.only or by_name if name not in self.skip}
+        return [(by_name[name], kind) for name, kind in kinds.items() if kind is not None]
 
     def add_to(self, parser, title: str | None = None):
-        """Add the options to ``parser`` (in an argument group named ``title`` when given); returns the group."""
+        """Add the options to ``parser`` (to a new argument group ``title`` when given); returns where they went."""
         group = parser.add_argument_group(title) if title else parser
         for f, kind in self.fields():
-            flag = self.flag(f.name)
-            if f.name in self.defaults:
-                default = self.defaults[f.name]
-                kind = type(default) if isinstance(default, _SCALARS) else kind
-            elif f.default is not dataclasses.MISSING:
-                default = f.default
-            else:
-                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-            meta = f.metadata
-            help_text = self.notes.get(f.name, meta.get("help") or f"{self.cls.__name__}.{f.name}")
-            kwargs = ({"choices": meta["choices"]} if "choices" in meta
-                      else {"metavar": flag[2:].upper().replace("-", "_")})
+            flag = "--" + self.flags.get(f.name, f.name.replace("_", "-"))
+            default = self.defaults.get(f.name, None if f.default is dataclasses.MISSING else f.default)
+            kind = type(default) if f.name in self.defaults and isinstance(default, _SCALARS) else kind
+            text = self.notes.get(f.name, f.metadata.get("help", f"{self.cls.__name__}.{f.name}"))
             if kind is bool and default is False:
-                group.add_argument(flag, dest=f.name, action="store_true", help=help_text)
+                group.add_argument(flag, dest=f.name, action="store_true", help=text)
                 continue
             shown = "" if default is None or f.name in self.notes else f" (default {default})"
-            group.add_argument(flag, dest=f.name, type=kind, default=default, help=help_text + shown, **kwargs)
+            extra = ({"choices": f.metadata["choices"]} if "choices" in f.metadata
+                     else {"metavar": flag[2:].upper().replace("-", "_")})
+            group.add_argument(flag, dest=f.name, type=kind, default=default, help=text + shown, **extra)
         return group
 
     def values(self, args) -> dict:
@@ -104,22 +78,21 @@ class DataclassArgs:
 
 
 def _scalar(hint) -> type | None:
-    """The scalar type of an annotation (``int``, ``int | None``, ``Optional[int]``), else None."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         hint = args[0] if len(args) == 1 else None
     return hint if hint in _SCALARS else None
 
 
-#: When ADMM ends: ``--admm-steps``, ``--admm-epochs``, ``--admm-fraction`` (the ADMMConfig is nested).
+#: ``--admm-steps``, ``--admm-epochs``, ``--admm-fraction`` (the nested ADMMConfig has its own options).
 SCHEDULE_ARGS = DataclassArgs(CompressionSchedule, skip=("admm",))
-#: ``--rho``, ``--rho-growth``, ``--rho-max``, ``--admm-interval``, ``--projection``. The command line's
-#: growth (1.25) and interval (from the learning rate) have always differed from the class defaults.
+#: ``--rho``, ``--rho-growth`` (1.25 on the command line), ``--rho-max``, ``--admm-interval`` (from the
+#: learning rate unless given), ``--projection``.
 ADMM_ARGS = DataclassArgs(
     ADMMConfig, flags={"interval": "admm-interval"}, defaults={"rho_growth": 1.25, "interval": None},
     notes={"interval": "optimizer steps between Z/U updates (default: 0.02 / lr, so that the weights can move "
                        "about as far as the pruned ones are large between updates)"})
-#: The ``TrainingArguments`` a compression run sets from its command line, under their short names.
+#: The ``TrainingArguments`` a compression run takes from its command line, under short names.
 TRAINING_ARGS = DataclassArgs(
     TrainingArguments,
     only=("num_train_epochs", "max_steps", "learning_rate", "weight_decay", "warmup_steps",

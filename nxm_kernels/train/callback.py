@@ -56,7 +56,6 @@ class CompressionSchedule:
     prunes at once (one-shot magnitude pruning followed by QAT fine-tuning).
     """
 
-    # The metadata "help" is what `nxm compress --help` shows (nxm_kernels.train.arguments).
     admm_steps: int | None = field(default=None, metadata={"help": "ADMM phase length in optimizer steps"})
     admm_epochs: float | None = field(default=None, metadata={"help": "ADMM phase length in epochs"})
     admm_fraction: float = field(default=0.5, metadata={"help": "share of the steps spent in ADMM"})
