@@ -54,6 +54,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import torch
 
 from benchmarks import common, plots
+from nxm_kernels.timing import measure, text_table  # noqa: E402 - after common sets TRITON_INTERPRET
 
 logger = logging.getLogger("benchmarks.e2e")
 
@@ -207,30 +208,10 @@ def _forward(model, ids):
     return model(input_ids=ids).last_hidden_state
 
 
-def time_forward(fn, device: torch.device, *, warmup: int, budget_s: float, min_iters: int, max_iters: int) -> dict:
-    """Latency samples of ``fn()``: CUDA events around each call (wall clock on a CPU)."""
-    for _ in range(warmup):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    samples: list[float] = []
-    t_end = time.perf_counter() + budget_s
-    while len(samples) < max_iters and (len(samples) < min_iters or time.perf_counter() < t_end):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
-    pct = lambda q: samples[min(len(samples) - 1, int(round(q * (len(samples) - 1))))]  # noqa: E731
-    return {"p50_ms": pct(0.5), "p99_ms": pct(0.99), "mean_ms": sum(samples) / len(samples), "min_ms": samples[0],
-            "iters": len(samples)}
+def time_forward(fn, device: torch.device, iters: dict) -> dict:
+    """The latency fields of a record: ``fn()`` timed call by call (nxm_kernels.timing, CUDA events)."""
+    t = measure(fn, device, **iters)
+    return {"p50_ms": t.median_ms, "p99_ms": t.p99_ms, "mean_ms": t.mean_ms, "min_ms": t.min_ms, "iters": t.iters}
 
 
 def capture_graph(model, ids: torch.Tensor):
@@ -404,7 +385,7 @@ def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, c
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 rec["first_call_s"] = round(time.perf_counter() - t0, 3)
-            rec.update(status="ok", **time_forward(rot, device, **iters))
+            rec.update(status="ok", **time_forward(rot, device, iters))
             _throughput(rec)
         except common.TimeBoxExpired:
             raise
@@ -423,7 +404,7 @@ def measure_shape(model, v, model_name, b, s, ids_sets, device, graphs, iters, c
                 torch.cuda.synchronize()
                 eager_out = _forward(model, static)
                 same = bool(torch.allclose(static_out.float(), eager_out.float(), rtol=1e-2, atol=1e-2))
-                grec.update(status="ok", graph_matches_eager=same, **time_forward(replay, device, **iters))
+                grec.update(status="ok", graph_matches_eager=same, **time_forward(replay, device, iters))
                 _throughput(grec)
                 del replay, static_out
             except common.TimeBoxExpired:
@@ -493,23 +474,15 @@ def format_table(result: dict) -> str:
         else:
             what = "no speedup ratios: no Hugging Face baseline was measured"
         lines.append(f"\n== {model}: p50 ms, eager | CUDA graph; {what}")
-        lines.append(f"{'':<28}" + "".join(f"{f'{b}x{s}':>22}" for b, s in shapes))
-        for name in dict.fromkeys(r["variant"] for r in rows):
-            cells = []
-            for b, s in shapes:
-                parts = []
-                for mode in ("eager", "graph"):
-                    r = next((r for r in rows if r["variant"] == name and (r["batch"], r["seq"]) == (b, s)
-                              and r["mode"] == mode), None)
-                    if r is None:
-                        parts.append("-")
-                    elif r["status"] != "ok":
-                        parts.append(r["status"][:7])
-                    else:
-                        sp = r.get("speedup")
-                        parts.append(f"{r['p50_ms']:.2f}" + (f"({sp:.1f}x)" if sp else ""))
-                cells.append(f"{' | '.join(parts):>22}")
-            lines.append(f"{name[:28]:<28}" + "".join(cells))
+        by = {(r["variant"], r["batch"], r["seq"], r["mode"]): r for r in rows}
+
+        def cell(r):
+            if r is None or r["status"] != "ok":
+                return "-" if r is None else r["status"][:7]
+            return f"{r['p50_ms']:.2f}" + (f"({r['speedup']:.1f}x)" if r.get("speedup") else "")
+        table = [[name] + [" | ".join(cell(by.get((name, b, s, mode))) for mode in ("eager", "graph"))
+                           for b, s in shapes] for name in dict.fromkeys(r["variant"] for r in rows)]
+        lines.append(text_table([""] + [f"{b}x{s}" for b, s in shapes], table))
     bad = [c for c in result["checks"] if not c["ok"]]
     for c in bad:
         lines.append(f"  CHECK FAILED {c['model']} {c['variant']}: cosine {c['mean_token_cosine']:.4f}")

@@ -55,6 +55,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import torch
 
 from benchmarks import common, plots
+from nxm_kernels.timing import measure, text_table  # noqa: E402 - after common sets TRITON_INTERPRET
 
 logger = logging.getLogger("benchmarks.gemm")
 
@@ -604,23 +605,23 @@ def add_ratios(records: list[dict]) -> None:
                             for (n, k, m, b) in base if (n, k, m) == (r["n"], r["k"], r["m"])}
 
 
-#: The performance goals of issues 2 (Triton) and 3 (CUDA), evaluated on every point measured.
-#: (issue, backend, spec, mode, baseline or "hbm", M range, threshold, statement)
+#: The performance goals, evaluated on every point measured; each statement says what it measures.
+#: (backend, spec, mode, baseline or "hbm", M range, threshold, statement)
 GOALS = [
-    ("2", "triton", "2:4-w8a8", "op", "fp16-mm", (1, 64), 2.0, "Triton 2:4-w8a8 >= 2x fp16 for M <= 64"),
-    ("2", "triton", "2:4-w4a8", "op", "fp16-mm", (1, 64), 3.0, "Triton 2:4-w4a8 >= 3x fp16 for M <= 64"),
-    ("2", "triton", "2:4-w8a8", "gemm", "int8-mm", (2048, None), 0.9, "Triton 2:4-w8a8 >= 0.9x int8 for M >= 2048"),
-    ("3", "cuda", "2:4-w8a8", "gemm", "cslt-int8-2:4", (1, None), 1.0, "CUDA 2:4-w8a8 >= cuSPARSELt at every M"),
-    ("3", "cuda", "2:4-w8a8", "gemm", "int8-mm", (2048, None), 1.6, "CUDA 2:4-w8a8 >= 1.6x int8 for M >= 2048"),
-    ("3", "cuda", "2:4-w8a8", "gemm", "hbm", (1, 64), 70.0, "CUDA 2:4-w8a8 >= 70% of HBM bandwidth for M <= 64"),
-    ("3", "cuda", "2:4-w4a8", "gemm", "cslt-int8-2:4", (1, None), 1.0, "CUDA 2:4-w4a8 >= cuSPARSELt at every M"),
-    ("3", "cuda", "2:4-w4a8", "gemm", "hbm", (1, 64), 70.0, "CUDA 2:4-w4a8 >= 70% of HBM bandwidth for M <= 64"),
+    ("triton", "2:4-w8a8", "op", "fp16-mm", (1, 64), 2.0, "Triton 2:4-w8a8 >= 2x fp16 for M <= 64"),
+    ("triton", "2:4-w4a8", "op", "fp16-mm", (1, 64), 3.0, "Triton 2:4-w4a8 >= 3x fp16 for M <= 64"),
+    ("triton", "2:4-w8a8", "gemm", "int8-mm", (2048, None), 0.9, "Triton 2:4-w8a8 >= 0.9x int8 for M >= 2048"),
+    ("cuda", "2:4-w8a8", "gemm", "cslt-int8-2:4", (1, None), 1.0, "CUDA 2:4-w8a8 >= cuSPARSELt at every M"),
+    ("cuda", "2:4-w8a8", "gemm", "int8-mm", (2048, None), 1.6, "CUDA 2:4-w8a8 >= 1.6x int8 for M >= 2048"),
+    ("cuda", "2:4-w8a8", "gemm", "hbm", (1, 64), 70.0, "CUDA 2:4-w8a8 >= 70% of HBM bandwidth for M <= 64"),
+    ("cuda", "2:4-w4a8", "gemm", "cslt-int8-2:4", (1, None), 1.0, "CUDA 2:4-w4a8 >= cuSPARSELt at every M"),
+    ("cuda", "2:4-w4a8", "gemm", "hbm", (1, 64), 70.0, "CUDA 2:4-w4a8 >= 70% of HBM bandwidth for M <= 64"),
 ]
 
 
 def evaluate_goals(records: list[dict]) -> list[dict]:
     out = []
-    for issue, backend, spec, mode, base, (lo, hi), threshold, text in GOALS:
+    for backend, spec, mode, base, (lo, hi), threshold, text in GOALS:
         pts = []
         for r in records:
             if (r["provider"] == f"nxm-{backend}-{spec}-{mode}" and r["status"] == "ok" and r["m"] >= lo
@@ -628,7 +629,7 @@ def evaluate_goals(records: list[dict]) -> list[dict]:
                 v = r.get("pct_hbm") if base == "hbm" else r.get("speedup", {}).get(base)
                 if v is not None:
                     pts.append((v, f"{r['n']}x{r['k']}", r["m"]))
-        goal = {"issue": issue, "goal": text, "threshold": threshold, "points": len(pts)}
+        goal = {"goal": text, "threshold": threshold, "points": len(pts)}
         if pts:
             worst = min(pts)
             goal.update(worst=worst[0], worst_at={"shape": worst[1], "m": worst[2]},
@@ -713,7 +714,7 @@ def run(args) -> dict:
                     if why_not[prov.name]:
                         rec.update(status="unavailable", reason=why_not[prov.name])
                         continue
-                    aborted = measure(prov, problem, m, rec, device, peak, warmup, rep, args.timer)
+                    aborted = measure_point(prov, problem, m, rec, device, peak, warmup, rep, args.timer)
                 write_partial(result, path)
             del problem
             if device.type == "cuda":
@@ -748,14 +749,14 @@ def write_partial(result: dict, path: Path) -> None:
     common.write_json(path, result)
 
 
-def measure(prov: Provider, problem: Problem, m: int, rec: dict, device, peak, warmup, rep, timer) -> str | None:
+def measure_point(prov: Provider, problem: Problem, m: int, rec: dict, device, peak, warmup, rep, timer) -> str | None:
     """Build, check and time one point, filling ``rec``; returns a reason when the GPU is unusable."""
     t0 = time.perf_counter()
     try:
         case = prov.build(problem, m)
         for _ in range(case.n_sets):  # every weight copy prepared, every autotuner bucket tuned
             case.run()
-        timing = common.bench(case.run, device, warmup_ms=warmup, rep_ms=rep, timer=timer)
+        timing = measure(case.run, device, timer=timer, warmup_ms=warmup, rep_ms=rep)
     except Unsupported as exc:
         rec.update(status="unavailable", reason=str(exc))
         return None
@@ -793,26 +794,18 @@ def format_table(result: dict) -> str:
     for shape in dict.fromkeys(r["shape"] for r in recs):
         ms = list(dict.fromkeys(r["m"] for r in recs if r["shape"] == shape))
         where = next(r["where"] for r in recs if r["shape"] == shape)
-        head = f"{'':<38}" + "".join(f"{'M=' + str(m):>10}" for m in ms)
-        lines += [f"\n== {shape} ({where}): median us per call", head]
-        for n in names:
-            cells = []
-            for m in ms:
-                r = by.get((shape, m, n))
-                cells.append(f"{r['time_us']:>10.1f}" if r and r["status"] == "ok"
-                             else f"{(r or {}).get('status', '-')[:9]:>10}")
-            lines.append(f"{n[:38]:<38}" + "".join(cells))
+        rows = [[n] + [f"{r['time_us']:.1f}" if r and r["status"] == "ok" else (r or {}).get("status", "-")[:9]
+                       for r in (by.get((shape, m, n)) for m in ms)] for n in names]
+        lines += [f"\n== {shape} ({where}): median us per call", text_table([""] + [f"M={m}" for m in ms], rows)]
         mode_of = {r["provider"]: r["mode"] for r in recs}   # e.g. "-fused" providers are "op" mode
         ours = [n for n in names if n.startswith("nxm-")]
-        rows = [(n, b) for n in ours for b in base_names if ("op" if b == "fp16-mm" else "gemm") == mode_of.get(n)]
-        if rows:
-            lines.append("-- speedup (baseline time / ours)")
-            for n, b in rows:
-                cells = []
-                for m in ms:
-                    v = (by.get((shape, m, n)) or {}).get("speedup", {}).get(b)
-                    cells.append(f"{v:>9.2f}x" if v else f"{'-':>10}")
-                lines.append(f"{(n[4:] + ' / ' + b)[:38]:<38}" + "".join(cells))
+        pairs = [(n, b) for n in ours for b in base_names if ("op" if b == "fp16-mm" else "gemm") == mode_of.get(n)]
+        if pairs:
+            rows = [[f"{n[4:]} / {b}"] + [f"{v:.2f}x" if v else "-" for v in
+                                           ((by.get((shape, m, n)) or {}).get("speedup", {}).get(b) for m in ms)]
+                    for n, b in pairs]
+            lines += ["-- speedup (baseline time / ours)",
+                      text_table(["ours / baseline"] + [f"M={m}" for m in ms], rows)]
     goals = result.get("goals") or []
     if goals:
         lines.append("\n== performance goals (worst point over shapes and M; '-' = not measured)")
@@ -820,7 +813,7 @@ def format_table(result: dict) -> str:
             v = "-" if g["worst"] is None else f"{g['worst']:.2f}"
             where = "" if g["worst"] is None else f" at {g['worst_at']['shape']} M={g['worst_at']['m']}"
             met = {True: "MET", False: "NOT MET", None: "-"}[g["met"]]
-            lines.append(f"  issue {g['issue']}: {g['goal']:<52} worst {v:>7}{where:<24} {met}")
+            lines.append(f"  {g['goal']:<52} worst {v:>7}{where:<24} {met}")
     bad = [r for r in recs if r["status"] in ("incorrect", "failed")]
     if bad:
         lines.append(f"\n== {len(bad)} incorrect/failed points")

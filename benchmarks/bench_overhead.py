@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 import nxm_kernels as nxm  # noqa: E402
 from nxm_kernels.backends import Variant, get_backend, unavailable_reason  # noqa: E402
 from nxm_kernels.modules import NxMLinear  # noqa: E402
+from nxm_kernels.timing import text_table  # noqa: E402
 
 GOAL = 1.5
 
@@ -131,8 +132,8 @@ def main(argv=None) -> int:
     r = measure(calls=500, repeats=2) if args.quick else measure()
     print(f"host time per call on the CPU, no-op kernels, x = 1 x {r['shape']['tokens']} x {r['shape']['hidden']} "
           f"({r['calls']} calls, best of {r['repeats']}):")
-    for name, us in r["us_per_call"].items():
-        print(f"  {name:58s} {us:8.2f} us  {r['ratios'][name]:5.2f}x nn.Linear")
+    print(text_table(["", "us per call", "vs nn.Linear"], [[name, f"{us:.2f}", f"{r['ratios'][name]:.2f}x"]
+                                                           for name, us in r["us_per_call"].items()]))
     print(f"  NxMLinear / nn.Linear (worst backend): {r['ratio']:.2f}x (goal <= {GOAL}x: "
           f"{'met' if r['ratio'] <= GOAL else 'NOT met'})")
     if args.quick:

@@ -22,14 +22,13 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from nxm_kernels._json import dump_json
+from nxm_kernels.timing import measure, text_table
 from nxm_kernels.train import ADMM, ADMMConfig, prepare_qat
 
 
@@ -53,20 +52,13 @@ def batch(cfg, args, device):
             "labels": torch.randint(0, 2, (args.batch_size,), generator=g).to(device)}
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def time_mode(model, data, args, device, admm: ADMM | None = None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.bf16 else None
-    times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for step in range(1, args.warmup + args.steps + 1):
-        sync(device)
-        t = time.perf_counter()
+
+    def step():
         if amp is not None:
             with amp:
                 loss = model(**data).loss
@@ -79,11 +71,10 @@ def time_mode(model, data, args, device, admm: ADMM | None = None):
         opt.zero_grad(set_to_none=True)
         if admm is not None and admm.phase == "finetune":
             admm.apply_masks()
-        sync(device)
-        if step > args.warmup:
-            times.append(time.perf_counter() - t)
+
+    t = measure(step, device, warmup=args.warmup, min_iters=args.steps)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-    return statistics.median(times), statistics.mean(times), peak
+    return t.median_ms / 1e3, t.mean_ms / 1e3, peak
 
 
 def main(argv=None) -> int:
@@ -114,14 +105,7 @@ def main(argv=None) -> int:
     admm = ADMM(layers, ADMMConfig(interval=args.interval))
     admm.start()
     step_t = time_mode(model, data, args, device, admm)
-    update_s = []
-    for _ in range(3):
-        sync(device)
-        t = time.perf_counter()
-        admm.update()
-        sync(device)
-        update_s.append(time.perf_counter() - t)
-    update = statistics.median(update_s)
+    update = measure(admm.update, device, warmup=0, min_iters=3).median_ms / 1e3
     admm_t = (step_t[0] + update / args.interval, step_t[1] + update / args.interval, step_t[2])
     state_bytes = admm.memory_bytes()
     admm.prune()
@@ -132,10 +116,9 @@ def main(argv=None) -> int:
     rows = [("plain", plain), ("admm+qat", admm_t), ("masked qat", masked)]
     print(f"device: {dev_name}; model: {'tiny BERT' if args.smoke else 'BERT-base shapes'}; batch {args.batch_size} "
           f"x seq {args.seq_len}; spec {args.spec}; ADMM interval {args.interval}; torch {torch.__version__}")
-    print(f"{'mode':<12} {'median ms':>10} {'mean ms':>9} {'vs plain':>9} {'peak MiB':>9}")
-    for name, (med, mean, peak) in rows:
-        pk = f"{peak / 2**20:.0f}" if peak is not None else "-"
-        print(f"{name:<12} {med * 1e3:>10.2f} {mean * 1e3:>9.2f} {med / plain[0]:>8.2f}x {pk:>9}")
+    print(text_table(["mode", "median ms", "mean ms", "vs plain", "peak MiB"],
+                     [[name, f"{med * 1e3:.2f}", f"{mean * 1e3:.2f}", f"{med / plain[0]:.2f}x",
+                       "-" if peak is None else f"{peak / 2**20:.0f}"] for name, (med, mean, peak) in rows]))
     one = next(iter(state_bytes))
     shape = tuple(layers[one].weight.shape)
     total_state = sum(state_bytes.values())

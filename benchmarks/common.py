@@ -1,5 +1,6 @@
-"""What every benchmark here shares: the machine's description, the card's peak numbers, the timer,
-rotating input sets, where results go, and stopping cleanly when a time box runs out.
+"""What every benchmark here shares besides the timer and the table (:mod:`nxm_kernels.timing`): the
+machine's description, the card's peak numbers, rotating input sets, where results go, and stopping
+cleanly when a time box runs out.
 
 Without a GPU the benchmarks run in *smoke* mode: tiny shapes, the reference and interpreted-Triton
 backends, a wall-clock timer. Their numbers prove the programs work end to end and mean nothing
@@ -16,11 +17,9 @@ import os
 import platform
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -248,44 +247,8 @@ def stop_on_sigterm() -> None:
 
 
 # ------------------------------------------------------------------------------------------- timing
-@dataclass
-class Timing:
-    median_ms: float
-    p20_ms: float
-    p80_ms: float
-    timer: str
-
-
-def bench(fn: Callable[[], object], device: torch.device, *, warmup_ms: float = 25, rep_ms: float = 100,
-          timer: str = "do_bench", cpu_iters: int = 1) -> Timing:
-    """Median time of ``fn`` (which should rotate its own inputs).
-
-    On a GPU ``triton.testing.do_bench`` runs ``fn`` for ``rep_ms`` after ``warmup_ms`` and clears
-    the L2 before every call, each call timed with CUDA events (cold L2, launch overhead hidden
-    behind the cache-clearing kernel); ``timer="cudagraph"`` replays ``fn`` from a CUDA graph instead
-    (no host overhead at all, warm L2 unless the rotation spills it). On a CPU: a wall clock over
-    ``cpu_iters`` calls of an already warmed-up ``fn``, for the smoke mode only.
-    """
-    if device.type == "cuda":
-        import triton.testing
-
-        if timer == "cudagraph":
-            med, lo, hi = triton.testing.do_bench_cudagraph(fn, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-        elif timer == "do_bench":
-            med, lo, hi = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
-        else:
-            raise ValueError(f"timer must be 'do_bench' or 'cudagraph', got {timer!r}")
-        return Timing(float(med), float(lo), float(hi), timer)
-    times = []  # the caller has warmed fn up
-    for _ in range(max(1, cpu_iters)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return Timing(statistics.median(times), q(0.2), q(0.8), "wall-clock (CPU smoke: no timing claims)")
-
-
+# The timer itself is nxm_kernels.timing.measure (one timer, shared with `nxm demo`); this is what
+# keeps the caches honest around it.
 def rotation_count(bytes_per_set: int, device: torch.device, *, max_sets: int = 16,
                    budget_bytes: int = 2 * 2**30) -> int:
     """How many independent input sets to cycle through so that together they are >= 3x the L2
@@ -316,11 +279,11 @@ def measure_copy_gbps(device: torch.device, nbytes: int = 2**29) -> float | None
     """Achieved device-memory bandwidth of a plain copy (read + write), GB/s: a practical ceiling."""
     if device.type != "cuda":
         return None
-    import triton.testing
+    from nxm_kernels.timing import measure
 
     src = torch.empty(nbytes, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=10, rep=50, return_mode="median")
+    ms = measure(lambda: dst.copy_(src), device, timer="do_bench", warmup_ms=10, rep_ms=50).median_ms
     del src, dst
     torch.cuda.empty_cache()
     return 2 * nbytes / (ms * 1e-3) / 1e9

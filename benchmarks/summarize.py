@@ -15,6 +15,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from nxm_kernels.timing import text_table
+
 #: The like-for-like pairings shown in the headline: (our mode, baseline, short name).
 PAIRINGS = [("op", "fp16-mm", "fp16"), ("gemm", "int8-mm", "int8"), ("gemm", "cslt-int8-2:4", "cslt")]
 HEADLINE_SPECS = ("2:4-w8a8", "2:4-w4a8")
@@ -121,11 +123,11 @@ def gemm_lines(g: dict, markdown: bool = False) -> list[str]:
         out.append("== performance goals (worst point over shapes and M)")
         for gl in goals:
             if gl["worst"] is None:
-                out.append(f"  [ -- ] issue {gl['issue']}: {gl['goal']} (not measured)")
+                out.append(f"  [ -- ] {gl['goal']} (not measured)")
                 continue
             mark = "MET " if gl["met"] else "MISS"
             unit = "%" if "HBM" in gl["goal"] else "x"
-            out.append(f"  [{mark}] issue {gl['issue']}: {gl['goal']}: worst {gl['worst']:.2f}{unit} at "
+            out.append(f"  [{mark}] {gl['goal']}: worst {gl['worst']:.2f}{unit} at "
                        f"{gl['worst_at']['shape']} M={gl['worst_at']['m']}, median {gl['median']:.2f}{unit}")
 
     ms = list(dict.fromkeys(r["m"] for r in recs))
@@ -152,13 +154,8 @@ def gemm_lines(g: dict, markdown: bool = False) -> list[str]:
     if detail:
         provs = list(dict.fromkeys(r["provider"] for r in recs if r["shape"] == detail and r["status"] == "ok"
                                    and (r["kind"] == "baseline" or r["spec"] in HEADLINE_SPECS)))
-        table = []
-        for p in provs:
-            cells = []
-            for m in ms:
-                r = by.get((p, detail, m))
-                cells.append(f"{r['time_us']:.1f}" if r else "-")
-            table.append([p] + cells)
+        table = [[p] + [f"{by[(p, detail, m)]['time_us']:.1f}" if (p, detail, m) in by else "-" for m in ms]
+                 for p in provs]
         if table:
             out += _table(f"{detail}: median us per call", ["provider"] + [f"M={m}" for m in ms], table, markdown)
     return out
@@ -206,13 +203,8 @@ def e2e_lines(e: dict, markdown: bool = False) -> list[str]:
 
 
 def _table(title: str, head: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
-    if markdown:
-        return [f"\n**{title}**\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-               ["| " + " | ".join(r) + " |" for r in rows]
-    widths = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
-    fmt = lambda r: "  " + "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                                     for i, (c, w) in enumerate(zip(r, widths)))
-    return [f"-- {title}", fmt(head)] + [fmt(r) for r in rows]
+    lines = text_table(head, rows, markdown).splitlines()
+    return [f"\n**{title}**\n", *lines] if markdown else [f"-- {title}"] + ["  " + line for line in lines]
 
 
 def summarize(folder: Path, markdown: bool = False) -> str:

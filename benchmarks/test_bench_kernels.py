@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from benchmarks import bench_gemm, common
+from nxm_kernels.timing import measure  # after common, which sets TRITON_INTERPRET on a CPU
 
 GPU = torch.cuda.is_available()
 SMOKE = not GPU and os.environ.get("NXM_BENCH_SMOKE") == "1"
@@ -74,7 +75,7 @@ def test_gemm(benchmark, name, shape, m):
                                 bytes=case.bytes, dense_equivalent_ops=2 * m * n * k, check=case.check,
                                 note=case.note)
     if GPU:
-        t = common.bench(case.run, DEVICE, warmup_ms=5, rep_ms=20)
+        t = measure(case.run, DEVICE, timer="do_bench", warmup_ms=5, rep_ms=20)
         benchmark.extra_info.update(do_bench_median_us=t.median_ms * 1e3,
                                     do_bench_tops=2 * m * n * k / (t.median_ms * 1e-3) / 1e12)
     benchmark(one_call)

@@ -19,7 +19,9 @@ the ``datasets`` hub's integer ids (MNLI: entailment 0, neutral 1, contradiction
 entailment 0, not_entailment 1), so both sources give the same labels.
 
 This module needs neither transformers nor torch to load data; :func:`encode` takes any Hugging Face
-tokenizer.
+tokenizer. :func:`load_task_model`, :func:`task_batches` and :class:`GlueMetric` join a task to the
+model zoo and the search (what ``nxm compress`` and ``nxm search`` do with ``--model`` and ``--task``);
+they import those lazily, so that reading data stays free of them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["GlueTask", "GLUE_TASKS", "GlueData", "task_info", "load_glue", "glue_metrics", "encode",
-           "predict", "evaluate", "EVAL_SPLIT"]
+           "predict", "evaluate", "EVAL_SPLIT", "GlueMetric", "load_task_model", "task_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -332,3 +334,47 @@ def evaluate(model, tokenizer, data: GlueData, *, batch_size: int = 64, max_leng
     logits = predict(model, encode(data, tokenizer, max_length), tokenizer, batch_size, desc=f"eval {data.task.name}")
     preds = logits[:, 0].numpy() if data.task.is_regression else logits.argmax(-1).numpy()
     return glue_metrics(data.task, preds, data.labels), logits
+
+
+class GlueMetric:
+    """``metric_fn(logits, labels)`` for the search's ``metric`` objective: the task's headline GLUE metric."""
+
+    def __init__(self, task: "str | GlueTask"):
+        self.task = task_info(task)
+        self.cache_key = f"glue:{self.task.name}:{self.task.metrics[0]}"
+
+    def __call__(self, logits, labels) -> float:
+        return glue_metrics(self.task, logits.numpy(), labels.numpy())["main"]
+
+
+def load_task_model(name: str, task: "str | GlueTask", *, seed: int = 0, device=None, why: str = "", **kwargs):
+    """``(model, tokenizer)`` for ``task``: a sequence-classification model with the task's head (a
+    built-in, a model folder or a Hub id; see :func:`nxm_kernels.models.zoo.load_task_model`).
+
+    A head the checkpoint does not hold is initialised at random, and that is logged as a warning
+    (``why`` says what it means to the caller). ``device`` given: the model is moved there, in eval mode.
+    """
+    from .models import zoo  # looked up at call time, so tests can replace the loader
+
+    t = task_info(task)
+    model, tokenizer, fresh = zoo.load_task_model(name, t.num_labels, t.is_regression, seed=seed, **kwargs)
+    if fresh:
+        logger.warning("model %s has no trained %s head (%s newly initialised)%s", name, t.name, ", ".join(fresh[:3]),
+                       f": {why}" if why else "")
+    if device is not None:
+        model = model.to(device).eval()
+    return model, tokenizer
+
+
+def task_batches(task: "str | GlueTask", data: GlueData, tokenizer, *, samples: int, train_samples: int,
+                 batch_size: int, max_length: int, seed: int):
+    """``(held-out batches, training batches)`` drawn disjointly from ``data`` (one split of ``task``)."""
+    from .search.batches import collate, split_sample
+
+    t = task_info(task)
+    feats = encode(data, tokenizer, max_length=max_length)
+    ev, tr = split_sample(len(feats), samples, train_samples, seed=seed)
+    held = collate([feats[i] for i in ev], tokenizer, batch_size, regression=t.is_regression)
+    train = collate([feats[i] for i in tr], tokenizer, batch_size, regression=t.is_regression) if tr else []
+    logger.info("held-out sample: %d examples of %s; %d for short QAT", len(ev), t.name, len(tr))
+    return held, train

@@ -36,6 +36,7 @@ from nxm_kernels._json import dump_json
 from nxm_kernels.calibrate import calibrate, calibrate_weights
 from nxm_kernels.models.text import STDLIB, docstring_sentences, is_held_out, split_sentences
 from nxm_kernels.models.zoo import SENTENCES, mean_pool, minilm_dir
+from nxm_kernels.timing import text_table
 from nxm_kernels.train import ADMM, export_model, hidden_state_loss, prepare_qat
 
 logger = logging.getLogger("calibrate_minilm")
@@ -192,11 +193,9 @@ def main(argv=None) -> int:
             record({"spec": spec, "method": f"sparsegpt + {info['train_steps']} steps SquareHead distillation",
                     "seconds": info["train_seconds"], **scores(embed(model, eval_batches), ref)})
     print(f"\nall-MiniLM-L6-v2 vs float32 on {len(held)} held-out sentences ({len(calib_text)} calibration sentences):")
-    print("| spec | method | cosine | top-1 | top-10 | top-10 overlap | time |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in results["rows"]:
-        print(f"| `{r['spec']}` | {r['method']} | {r['cosine']:.4f} | {r['top1']:.3f} | {r['top10']:.3f} | "
-              f"{r['top10_overlap']:.3f} | {r['seconds']:.0f} s |")
+    print(text_table(["spec", "method", "cosine", "top-1", "top-10", "top-10 overlap", "time"], [
+        [f"`{r['spec']}`", r["method"], f"{r['cosine']:.4f}", f"{r['top1']:.3f}", f"{r['top10']:.3f}",
+         f"{r['top10_overlap']:.3f}", f"{r['seconds']:.0f} s"] for r in results["rows"]], markdown=True))
     return 0
 
 

@@ -26,6 +26,7 @@ from transformers import (AutoModelForSequenceClassification, AutoTokenizer, Dat
 from nxm_kernels.glue import encode, evaluate, load_glue, task_info
 from nxm_kernels.io import save_compressed
 from nxm_kernels.train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
+from nxm_kernels.train.arguments import TRAINING_ARGS
 
 
 def main(argv=None) -> int:
@@ -35,11 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None, help="standard GLUE layout (default: the datasets hub)")
     p.add_argument("--plan", default="2:4-w8a8", help="a spec for every layer or a plan JSON (default 2:4-w8a8)")
     p.add_argument("--output-dir", required=True, help="the checkpoint goes to <output-dir>/compressed")
-    p.add_argument("--epochs", type=float, default=3, help="training epochs (default 3)")
-    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs when > 0)")
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (default 5e-5)")
-    p.add_argument("--batch-size", type=int, default=32, help="training examples per step (default 32)")
-    p.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
+    TRAINING_ARGS.add_to(p, "training")  # --epochs, --lr, --batch-size, ... (TrainingArguments, as nxm compress)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 
@@ -57,10 +54,8 @@ def main(argv=None) -> int:
         teacher=copy.deepcopy(model), distill=DistillConfig(alpha=0.5, temperature=2.0))
     trainer = Trainer(
         model=model,
-        args=TrainingArguments(output_dir=f"{args.output_dir}/trainer", num_train_epochs=args.epochs,
-                               max_steps=args.max_steps, learning_rate=args.lr,
-                               per_device_train_batch_size=args.batch_size, save_strategy="no", report_to=[],
-                               use_cpu=args.cpu),
+        args=TrainingArguments(**{**TRAINING_ARGS.values(args), "output_dir": f"{args.output_dir}/trainer",
+                                  "save_strategy": "no", "report_to": []}),
         train_dataset=train, data_collator=DataCollatorWithPadding(tokenizer), callbacks=[compression])
     trainer.train()
 

@@ -34,7 +34,12 @@ import nxm_kernels
 from nxm_kernels._json import dump_json
 from nxm_kernels.models.text import STDLIB, docstring_sentences, split_sentences
 from nxm_kernels.models.zoo import mean_pool, minilm_dir
+from nxm_kernels.timing import text_table
 from nxm_kernels.train import ADMM, ADMMConfig, export_model, prepare_qat
+from nxm_kernels.train.arguments import DataclassArgs
+
+#: --rho, --rho-growth, --rho-max, --interval, --projection, with defaults that suit this short run.
+ADMM_ARGS = DataclassArgs(ADMMConfig, defaults={"rho": 0.05, "rho_growth": 1.5, "interval": 50})
 
 logger = logging.getLogger("distill_minilm")
 
@@ -59,8 +64,7 @@ def distill(teacher, tokenizer, spec, train, eval_batches, ref_emb, args) -> dic
     for q in student.parameters():
         q.requires_grad_(True)
     layers = prepare_qat(student, spec)
-    admm = ADMM(layers, ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max,
-                                   interval=args.interval))
+    admm = ADMM(layers, ADMMConfig(**ADMM_ARGS.values(args)))
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     total = args.admm_steps + args.finetune_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
@@ -122,10 +126,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--rho", type=float, default=0.05)
-    p.add_argument("--rho-growth", type=float, default=1.5)
-    p.add_argument("--rho-max", type=float, default=1.0)
-    p.add_argument("--interval", type=int, default=50)
+    ADMM_ARGS.add_to(p, "ADMM")
     p.add_argument("--hidden-weight", type=float, default=1.0)
     p.add_argument("--n-eval", type=int, default=256, help="held-out sentences")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -172,10 +173,9 @@ def main(argv=None) -> int:
         logger.info("%s: cosine %.4f before (one-shot) -> %.4f after (ADMM + QAT + distillation)", spec,
                     results["specs"][spec]["cosine_before"], res["cosine_after"])
     print("\nmean-pooled embedding cosine to the original, held-out docstring sentences (reference kernels):")
-    print(f"{'spec':<12} {'one-shot':>9} {'trained':>9}")
-    for spec, r in results["specs"].items():
-        after = f"{r['cosine_after']:.4f}" if "cosine_after" in r else "-"
-        print(f"{spec:<12} {r['cosine_before']:>9.4f} {after:>9}")
+    print(text_table(["spec", "one-shot", "trained"], [
+        [spec, f"{r['cosine_before']:.4f}", f"{r['cosine_after']:.4f}" if "cosine_after" in r else "-"]
+        for spec, r in results["specs"].items()]))
     if args.out:
         dump_json(results, args.out, make_parents=True)
     return 0

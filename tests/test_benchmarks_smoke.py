@@ -213,7 +213,7 @@ def test_gemm_reporting_on_gpu_like_records(tmp_path):
     assert "TIMEOUT" in text and "INCORRECT: nxm-triton-2:4-w8a8-gemm" in text
     assert "unavailable: cutlass-int8-2:4: no CUTLASS" in text
     assert "cuda 2:4-w8a8 gemm / cslt" in text and "2.00x" in text  # geomean over one shape = the ratio
-    assert "[MISS] issue 3" in text and "[MET ] issue 3" in text
+    assert "[MISS] CUDA 2:4-w8a8" in text and "[MET ] CUDA 2:4-w8a8" in text
     md = summarize.summarize(tmp_path, markdown=True)
     assert "| ours / baseline |" in md
 

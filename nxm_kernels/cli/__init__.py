@@ -6,6 +6,7 @@ Modules are discovered automatically, so adding a subcommand touches only its ow
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import logging
 import pkgutil
@@ -15,13 +16,16 @@ __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nxm", description="2:4 sparse + int8/int4 BERT compression and kernels")
+    # exit_on_error=False: a value its type refuses (a bad --plan) reaches main(), which says so in one line.
+    parser = argparse.ArgumentParser(prog="nxm", description="2:4 sparse + int8/int4 BERT compression and kernels",
+                                     exit_on_error=False)
     from .. import __version__
 
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--version", action="version", version=f"%(prog)s (nxm-kernels) {__version__}",
                         help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (nxm COMMAND -h for its options)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (nxm COMMAND -h for its options)",
+                                parser_class=functools.partial(argparse.ArgumentParser, exit_on_error=False))
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue
@@ -34,7 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except argparse.ArgumentError as exc:
+        print(f"nxm: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if not getattr(args, "func", None):

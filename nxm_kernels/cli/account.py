@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._args import PLAN_HELP, plan_arg
+
 __all__ = ["register", "run_account", "model_sites"]
 
 
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="auto",
                    help="a Hugging Face BERT-family model folder or id, or a built-in: auto, minilm, tiny")
-    p.add_argument("--plan", required=True, help="a plan: JSON object, path to a JSON file, or one spec for all")
+    p.add_argument("--plan", required=True, type=plan_arg, help=PLAN_HELP)
     p.add_argument("--per-layer", action="store_true", help="one row per linear (default: per component)")
     p.add_argument("--json", default=None, help="also write the accounting as JSON here")
     p.set_defaults(func=run_account)

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from .._json import dump_json
-from ._args import add_glue_args
+from ..train.arguments import ADMM_ARGS, DISTILL_ARGS, SCHEDULE_ARGS, TRAINING_ARGS
+from ._args import PLAN_HELP, add_glue_args, plan_arg
 
 logger = logging.getLogger(__name__)
 
@@ -30,60 +31,26 @@ def register(subparsers) -> None:
                    help="Hugging Face model folder or Hub id (ideally fine-tuned on the task), or a built-in: "
                         "minilm (all-MiniLM-L6-v2, a new task head), tiny (a random 2-layer BERT, seconds)")
     add_glue_args(p)
-    p.add_argument("--plan", default="2:4-w8a8", help="a spec for every layer, plan JSON, or a path to a plan JSON file")
+    p.add_argument("--plan", default="2:4-w8a8", type=plan_arg, help=PLAN_HELP + " (default 2:4-w8a8)")
     p.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.json go")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--epochs", type=float, default=3.0, help="training epochs (default 3)")
-    g.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (overrides --epochs when > 0)")
-    g.add_argument("--admm-fraction", type=float, default=0.5, help="share of the steps spent in ADMM (default 0.5)")
-    g.add_argument("--admm-steps", type=int, default=None, help="ADMM phase length in optimizer steps")
-    g.add_argument("--admm-epochs", type=float, default=None, help="ADMM phase length in epochs")
-    g.add_argument("--admm-interval", type=int, default=None,
-                   help="optimizer steps between Z/U updates (default: 0.02 / lr, so that the weights can "
-                        "move about as far as the pruned ones are large between updates)")
-    g.add_argument("--rho", type=float, default=1e-2, help="initial ADMM penalty (default 1e-2)")
-    g.add_argument("--rho-growth", type=float, default=1.25, help="rho multiplier per update (default 1.25)")
-    g.add_argument("--rho-max", type=float, default=1.0, help="rho cap (default 1)")
-    g.add_argument("--projection", choices=("nm", "nm+quant"), default="nm",
-                   help="Z projection: onto N:M, or onto N:M and the quantization grid (default nm)")
+    # Options that mirror a config dataclass are generated from its fields (nxm_kernels.train.arguments).
+    g = SCHEDULE_ARGS.add_to(p, "schedule")
+    ADMM_ARGS.add_to(g)
     g.add_argument("--init", choices=("magnitude", "sparsegpt", "wanda"), default="magnitude",
                    help="starting point: magnitude (the dense weights; Z and the prune-at-once mask by magnitude), or "
                         "calibrated one-shot weights and masks (nxm_kernels.calibrate) from the first "
                         "--calibration-samples training examples [magnitude]")
     g.add_argument("--calibration-samples", type=int, default=512, help="examples used by --init [512]")
-    g = p.add_argument_group("training")
-    g.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (AdamW; default 5e-5)")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-    g.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
-    g.add_argument("--batch-size", type=int, default=32, help="training examples per optimizer step (default 32)")
-    g.add_argument("--eval-batch-size", type=int, default=64, help="examples per evaluation batch (default 64)")
+    g = TRAINING_ARGS.add_to(p, "training")
     g.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     g.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
     g.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on only the first N dev examples")
-    g.add_argument("--seed", type=int, default=42, help="seed of the model head, data order and dropout (default 42)")
-    g.add_argument("--save-steps", type=int, default=0, help="save a Trainer checkpoint every N steps (0: never)")
     g.add_argument("--resume", action="store_true", help="resume from the last checkpoint in <out>/trainer")
-    g.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
-    g = p.add_argument_group("distillation")
+    g = DISTILL_ARGS.add_to(p, "distillation")
     g.add_argument("--distill", action="store_true", help="distil from the dense input model (or --teacher)")
     g.add_argument("--teacher", default=None, help="teacher model directory (implies --distill)")
-    g.add_argument("--alpha", type=float, default=0.5, help="weight of the distillation term")
-    g.add_argument("--temperature", type=float, default=2.0, help="distillation softmax temperature (default 2)")
-    g.add_argument("--hidden-weight", type=float, default=0.0, help="weight of hidden-state matching")
-    g.add_argument("--hidden-loss", choices=("mse", "squarehead"), default="mse",
-                   help="hidden-state term: plain MSE or SquareHead's per-layer normalised MSE [mse]")
     p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
     p.set_defaults(func=run)
-
-
-def _load_model(name: str, task, seed: int):
-    from ..models.zoo import load_task_model
-
-    model, tokenizer, fresh = load_task_model(name, task.num_labels, task.is_regression, seed=seed)
-    if fresh:
-        logger.warning("model %s has no trained %s head (%s newly initialised)", name, task.name,
-                       ", ".join(fresh[:3]))
-    return model, tokenizer
 
 
 def total_steps(n_train: int, batch_size: int, epochs: float, max_steps: int) -> tuple[int, float]:
@@ -102,13 +69,14 @@ def check_admm_updates(schedule, plan, n_train: int, args) -> None:
 
     if not any(parse_spec(spec).sparse for spec in plan.to_dict().values()):
         return  # no N:M layer, no ADMM phase
-    total, per_epoch = total_steps(n_train, args.batch_size, args.epochs, args.max_steps)
+    total, per_epoch = total_steps(n_train, args.per_device_train_batch_size, args.num_train_epochs, args.max_steps)
     phase = schedule.admm_phase_steps(total, per_epoch)
     if phase == 0 or schedule.admm_updates(total, per_epoch) > 0:
         return
-    how = "" if args.admm_interval_given else f" (the default, 0.02 / --lr {args.lr:g})"
+    how = "" if args.admm_interval_given else f" (the default, 0.02 / --lr {args.learning_rate:g})"
     raise ValueError(f"the ADMM phase would make no Z/U update: it lasts {phase} optimizer steps ({n_train} training "
-                     f"examples, --batch-size {args.batch_size}, {total} steps in all) but --admm-interval is "
+                     f"examples, --batch-size {args.per_device_train_batch_size}, {total} steps in all) but "
+                     "--admm-interval is "
                      f"{schedule.admm.interval}{how}; pass --admm-interval {max(1, phase // 4)} (at most {phase}), "
                      "train longer (--epochs, --max-steps, --admm-steps), or prune at once with --admm-steps 0")
 
@@ -119,15 +87,13 @@ def _calibrated_start(model, plan, train, tokenizer, args) -> dict:
 
     from ..calibrate import calibrate_weights
     from ..glue import encode
+    from ..search.batches import collate
 
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
     feats = encode(train.subset(min(args.calibration_samples, len(train))), tokenizer, args.max_length)
-    batches = []
-    for i in range(0, len(feats), 32):
-        chunk = [{k: v for k, v in f.items() if k != "labels"} for f in feats[i:i + 32]]
-        batches.append(dict(tokenizer.pad(chunk, return_tensors="pt")))
-    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    batches = collate([{k: v for k, v in f.items() if k != "labels"} for f in feats], tokenizer, 32)
+    device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
     model.to(device)
     t0 = time.time()
     results = calibrate_weights(model, plan, batches, args.init)
@@ -141,18 +107,14 @@ def run(args) -> int:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..glue import encode, evaluate, load_glue, task_info
+    from ..glue import encode, evaluate, load_glue, load_task_model, task_info
     from ..io import save_compressed
-    from ..plan import Plan
     from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
 
     task = task_info(args.task)
     if args.teacher is not None and not Path(args.teacher).is_dir():
         raise FileNotFoundError(f"--teacher must be a model directory, got {args.teacher!r}")
-    plan_text = args.plan  # a plan file may have any name (its text is JSON or a spec)
-    if not plan_text.lstrip().startswith("{") and Path(plan_text).is_file():
-        plan_text = Path(plan_text).read_text()
-    plan = Plan.coerce(plan_text)
+    plan = args.plan
     # Everything the command line can get wrong is checked before the model loads (seconds to minutes).
     train = load_glue(task, "train", args.data_dir)
     if args.max_train_samples:
@@ -160,43 +122,38 @@ def run(args) -> int:
     dev = load_glue(task, "dev", args.data_dir)
     if args.max_eval_samples:
         dev = dev.subset(args.max_eval_samples)
-    args.admm_interval_given = args.admm_interval is not None
-    if args.admm_interval is None:
-        args.admm_interval = max(1, round(0.02 / args.lr))
-        logger.info("ADMM interval: %d steps (0.02 / lr)", args.admm_interval)
-    schedule = CompressionSchedule(
-        admm_steps=args.admm_steps, admm_epochs=args.admm_epochs, admm_fraction=args.admm_fraction,
-        admm=ADMMConfig(rho=args.rho, rho_growth=args.rho_growth, rho_max=args.rho_max, interval=args.admm_interval,
-                        projection=args.projection))
+    args.admm_interval_given = args.interval is not None
+    if args.interval is None:
+        args.interval = max(1, round(0.02 / args.learning_rate))
+        logger.info("ADMM interval: %d steps (0.02 / lr)", args.interval)
+    schedule = CompressionSchedule(**SCHEDULE_ARGS.values(args), admm=ADMMConfig(**ADMM_ARGS.values(args)))
     check_admm_updates(schedule, plan, len(train), args)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
-    model, tokenizer = _load_model(args.model, task, args.seed)
+    model, tokenizer = load_task_model(args.model, task, seed=args.seed)
     logger.info("task %s: %d training, %d evaluation examples; plan %s", task.name, len(train), len(dev), plan)
 
     t0 = time.time()
-    dense_metrics, _ = evaluate(model, tokenizer, dev, batch_size=args.eval_batch_size, max_length=args.max_length)
+    dense_metrics, _ = evaluate(model, tokenizer, dev, batch_size=args.per_device_eval_batch_size,
+                                max_length=args.max_length)
     logger.info("dense model: %s", dense_metrics)
 
     teacher = None
     if args.teacher:
-        teacher, _ = _load_model(args.teacher, task, args.seed)
+        teacher, _ = load_task_model(args.teacher, task, seed=args.seed)
     elif args.distill:
         teacher = copy.deepcopy(model)
-    distill = (DistillConfig(args.alpha, args.temperature, args.hidden_weight, args.hidden_loss)
-               if teacher is not None else None)
+    distill = DistillConfig(**DISTILL_ARGS.values(args)) if teacher is not None else None
     init_masks = None
     if args.init != "magnitude":
         init_masks = _calibrated_start(model, plan, train, tokenizer, args)
     compression = NxMCompression(plan, schedule=schedule, teacher=teacher, distill=distill, init_masks=init_masks)
-    targs = TrainingArguments(
-        output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps,
-        learning_rate=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.eval_batch_size,
-        logging_steps=max(1, min(50, args.admm_interval)), save_strategy="steps" if args.save_steps > 0 else "no",
-        save_steps=args.save_steps if args.save_steps > 0 else 500, report_to=[], seed=args.seed,
-        use_cpu=args.cpu or not torch.cuda.is_available())
+    targs = TrainingArguments(**{
+        **TRAINING_ARGS.values(args), "output_dir": str(out / "trainer"), "report_to": [],
+        "logging_steps": max(1, min(50, args.interval)), "save_strategy": "steps" if args.save_steps > 0 else "no",
+        "save_steps": args.save_steps if args.save_steps > 0 else 500,
+        "use_cpu": args.use_cpu or not torch.cuda.is_available()})
     trainer = Trainer(model=model, args=targs, train_dataset=encode(train, tokenizer, args.max_length),
                       data_collator=DataCollatorWithPadding(tokenizer), callbacks=[compression])
     resume = get_last_checkpoint(str(out / "trainer")) if args.resume and (out / "trainer").is_dir() else None
@@ -205,11 +162,11 @@ def run(args) -> int:
     train_result = trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
 
-    qat_metrics, qat_logits = evaluate(model, tokenizer, dev, batch_size=args.eval_batch_size,
+    qat_metrics, qat_logits = evaluate(model, tokenizer, dev, batch_size=args.per_device_eval_batch_size,
                                        max_length=args.max_length)
     logger.info("QAT model: %s", qat_metrics)
     report = compression.export(model, backend=args.backend)
-    exp_metrics, exp_logits = evaluate(model, tokenizer, dev, batch_size=args.eval_batch_size,
+    exp_metrics, exp_logits = evaluate(model, tokenizer, dev, batch_size=args.per_device_eval_batch_size,
                                        max_length=args.max_length)
     logger.info("exported model: %s", exp_metrics)
     if task.is_regression:

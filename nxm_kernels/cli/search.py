@@ -16,15 +16,12 @@ uniform references, the sensitivity profile and the best plan's accounting) and 
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 from .._json import dump_json
 from ._args import add_glue_args
 
 __all__ = ["register", "run_search"]
-
-logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -77,52 +74,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_search)
 
 
-class GlueMetric:
-    """``metric_fn(logits, labels)`` for the ``metric`` objective: the task's headline GLUE metric."""
-
-    def __init__(self, task):
-        from ..glue import task_info
-
-        self.task = task_info(task)
-        self.cache_key = f"glue:{self.task.name}:{self.task.metrics[0]}"
-
-    def __call__(self, logits, labels) -> float:
-        from ..glue import glue_metrics
-
-        return glue_metrics(self.task, logits.numpy(), labels.numpy())["main"]
-
-
-def load_task_model(name: str, task, device: str):
-    """A sequence-classification model and its tokenizer (a built-in, folder or Hub id); warns when the
-    task head is untrained."""
-    import torch
-
-    from ..glue import task_info
-    from ..models.zoo import load_task_model as load
-
-    t = task_info(task)
-    model, tokenizer, fresh = load(name, t.num_labels, t.is_regression, dtype=torch.float32)
-    if fresh:
-        logger.warning("%s has no trained %s head (%s newly initialised): sensitivities of an untrained head say "
-                       "little; search a model fine-tuned on the task", name, t.name, ", ".join(fresh[:3]))
-    return model.to(device).eval(), tokenizer
-
-
-def task_batches(task, data, tokenizer, *, samples: int, train_samples: int, batch_size: int, max_length: int,
-                 seed: int):
-    """``(held-out batches, training batches)`` drawn disjointly from ``data`` (one split of a GLUE task)."""
-    from ..glue import encode, task_info
-    from ..search.batches import collate, split_sample
-
-    t = task_info(task)
-    feats = encode(data, tokenizer, max_length=max_length)
-    ev, tr = split_sample(len(feats), samples, train_samples, seed=seed)
-    held = collate([feats[i] for i in ev], tokenizer, batch_size, regression=t.is_regression)
-    train = collate([feats[i] for i in tr], tokenizer, batch_size, regression=t.is_regression) if tr else []
-    logger.info("held-out sample: %d examples of %s; %d for short QAT", len(ev), t.name, len(tr))
-    return held, train
-
-
 def _sibling(out: Path, suffix: str) -> Path:
     return out.with_name(out.stem + suffix)
 
@@ -134,7 +85,7 @@ def run_search(args) -> int:
     from ..accounting import account
     from ..models.bert import bert_linears
     from ..search import plot_pareto, profile_sensitivity, search_plans, validate_plans
-    from ..glue import load_glue
+    from ..glue import GlueMetric, load_glue, load_task_model, task_batches
     from ..search.sensitivity import candidate_specs, default_cache_dir
 
     if not 0.0 <= args.target < 1.0:
@@ -148,7 +99,9 @@ def run_search(args) -> int:
     # What the command line can get wrong is checked before the model loads (seconds to minutes).
     candidate_specs(args.candidates, "--candidates")
     data = load_glue(args.task, args.split, args.data_dir)
-    model, tokenizer = load_task_model(args.model, args.task, device)
+    model, tokenizer = load_task_model(args.model, args.task, device=device, dtype=torch.float32,
+                                       why="sensitivities of an untrained head say little; search a model "
+                                           "fine-tuned on the task")
     need_train = args.mode == "qat" or ("qat" in args.validate_mode and args.validate > 0)
     held, train = task_batches(args.task, data, tokenizer, samples=args.samples,
                                train_samples=args.train_samples if need_train else 0,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -41,11 +41,8 @@ PROJECTIONS = ("nm", "nm+quant")
 
 @dataclass
 class ADMMConfig:
-    """ADMM hyper-parameters.
-
-    ``rho``: initial penalty weight; ``rho_growth``: multiplier applied at each update (1 = constant);
-    ``rho_max``: cap; ``interval``: optimizer steps between Z/U updates; ``projection``: ``"nm"`` or
-    ``"nm+quant"`` (project onto N:M, then onto the layer's per-channel quantization grid).
+    """ADMM hyper-parameters, each described by its field's ``metadata["help"]`` (which ``nxm compress
+    --help`` shows: its options are generated from these fields, see :mod:`nxm_kernels.train.arguments`).
 
     **Choosing ``interval``.** ADMM assumes W (nearly) solves its subproblem between two Z/U updates.
     Each update adds ``W - Z`` to U, i.e. the pruned weights themselves; if W cannot move that far in
@@ -55,11 +52,13 @@ class ADMMConfig:
     on MiniLM: interval 10 made the residual grow from 0.35 to 0.54, interval 50 made it fall).
     """
 
-    rho: float = 1e-2
-    rho_growth: float = 1.1
-    rho_max: float = 1.0
-    interval: int = 100
-    projection: str = "nm"
+    rho: float = field(default=1e-2, metadata={"help": "initial ADMM penalty"})
+    rho_growth: float = field(default=1.1, metadata={"help": "rho multiplier per Z/U update (1: constant)"})
+    rho_max: float = field(default=1.0, metadata={"help": "rho cap"})
+    interval: int = field(default=100, metadata={"help": "optimizer steps between Z/U updates"})
+    projection: str = field(default="nm", metadata={
+        "help": "Z projection: onto N:M, or onto N:M and then the layer's per-channel quantization grid",
+        "choices": PROJECTIONS})
 
     def __post_init__(self):
         for key in ("rho", "rho_growth", "rho_max"):

@@ -56,9 +56,9 @@ class CompressionSchedule:
     prunes at once (one-shot magnitude pruning followed by QAT fine-tuning).
     """
 
-    admm_steps: int | None = None
-    admm_epochs: float | None = None
-    admm_fraction: float = 0.5
+    admm_steps: int | None = field(default=None, metadata={"help": "ADMM phase length in optimizer steps"})
+    admm_epochs: float | None = field(default=None, metadata={"help": "ADMM phase length in epochs"})
+    admm_fraction: float = field(default=0.5, metadata={"help": "share of the steps spent in ADMM"})
     admm: ADMMConfig = field(default_factory=ADMMConfig)
 
     def __post_init__(self):

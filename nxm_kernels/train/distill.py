@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -36,14 +36,15 @@ HIDDEN_LOSSES = ("mse", "squarehead")
 
 @dataclass
 class DistillConfig:
-    """``alpha``: weight of the logit term (0..1, the task loss gets ``1 - alpha``); ``temperature``:
-    softening T; ``hidden_weight``: weight of the hidden-state term (0 turns it off); ``hidden_loss``:
-    ``"mse"`` (plain) or ``"squarehead"`` (per-layer MSE normalised by the teacher's hidden-state energy)."""
+    """Distillation settings, each described by its field's ``metadata["help"]`` (``nxm compress --help``)."""
 
-    alpha: float = 0.5
-    temperature: float = 2.0
-    hidden_weight: float = 0.0
-    hidden_loss: str = "mse"
+    alpha: float = field(default=0.5, metadata={
+        "help": "weight of the distillation term (the task loss gets 1 - alpha)"})
+    temperature: float = field(default=2.0, metadata={"help": "distillation softmax temperature"})
+    hidden_weight: float = field(default=0.0, metadata={"help": "weight of hidden-state matching (0: off)"})
+    hidden_loss: str = field(default="mse", metadata={
+        "help": "hidden-state term: plain MSE or SquareHead's per-layer MSE normalised by the teacher's energy",
+        "choices": HIDDEN_LOSSES})
 
     def __post_init__(self):
         for key in ("alpha", "temperature", "hidden_weight"):
