@@ -9,14 +9,15 @@ spec strings (:mod:`nxm_kernels.spec`). A pattern is one of
 * ``layer.<i>``: every component of layer ``i`` (same as ``layer.<i>.*``);
 * a full glob over names (``fnmatch`` rules), e.g. ``layer.3.ffn1``, ``layer.[0-5].query``.
 
-A pattern also matches the names its own ``fnmatch`` glob does: module-name globs over any model
-(:func:`nxm_kernels.swap_named_linears`) are plans too.
+Any other name (a module name of any model, :func:`nxm_kernels.swap_named_linears`) is matched by the
+pattern as a plain ``fnmatch`` glob, without the shorthands.
 
 **Which entry wins** (for every way a plan is applied, :mod:`nxm_kernels.models.swap`). Among the
 entries matching a name, the *most specific* wins; among equally specific entries, the *later* one
-wins. Specificity counts what a pattern pins down literally: a layer index (2 points) and a component
-(1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) < ``layer.3.ffn2`` (3), whatever their order;
-other patterns (module-name globs) have 0, so among them the later wins. Unmatched names stay ``fp``.
+wins. Specificity counts what a pattern pins down literally in an encoder-linear name: a layer index
+(2 points) and a component (1 point). So ``*`` (0) < ``ffn2`` (1) < ``layer.3`` (2) < ``layer.3.ffn2``
+(3), whatever their order. For other names every pattern counts 0, so the later entry wins. Unmatched
+names stay ``fp``.
 
 Plans are JSON objects (``{"*": "2:4-w8a8", "ffn2": "dense-w8a8"}``), the same in Python, on disk,
 in checkpoints and on the CLI.
@@ -60,9 +61,14 @@ def _specificity(pattern: str) -> int:
     return 2 * literal(parts[1]) + literal(parts[2])
 
 
-def _matches(pattern: str, name: str) -> bool:
-    """Whether plan ``pattern`` names ``name`` (see the module docstring)."""
-    return fnmatch.fnmatchcase(name, _expand(pattern)) or fnmatch.fnmatchcase(name, pattern)
+_ENCODER_NAME = re.compile(r"layer\.\d+\.(?:" + "|".join(COMPONENTS) + ")")
+
+
+def _rank(pattern: str, name: str) -> int | None:
+    """How specifically ``pattern`` names ``name`` (``None``: not at all); see the module docstring."""
+    if _ENCODER_NAME.fullmatch(name):
+        return _specificity(pattern) if fnmatch.fnmatchcase(name, _expand(pattern)) else None
+    return 0 if fnmatch.fnmatchcase(name, pattern) else None
 
 
 class Plan:
@@ -97,8 +103,9 @@ class Plan:
         """The spec of one layer name (``fp`` when nothing matches)."""
         best, best_key = _FP, None
         for order, (pattern, spec) in enumerate(self._specs):
-            if _matches(pattern, name):
-                key = (_specificity(pattern), order)
+            rank = _rank(pattern, name)
+            if rank is not None:
+                key = (rank, order)
                 if best_key is None or key > best_key:
                     best, best_key = spec, key
         return best
@@ -115,7 +122,7 @@ class Plan:
     def unmatched(self, names: Iterable[str]) -> list[str]:
         """The patterns that match none of ``names``, in entry order."""
         names = list(names)
-        return [pattern for pattern, _ in self._specs if not any(_matches(pattern, n) for n in names)]
+        return [pattern for pattern, _ in self._specs if all(_rank(pattern, n) is None for n in names)]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, str]:

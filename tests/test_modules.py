@@ -328,6 +328,17 @@ def test_swap_named_linears_generic_model():
     assert set_backend(model, "reference") is model
 
 
+def test_swap_named_linears_later_glob_wins_even_on_layer_like_names():
+    # Module names are not encoder-linear names: no component shorthand, no specificity, the later entry wins.
+    model = nn.Module()
+    model.layer = nn.ModuleList(nn.ModuleDict({"fc": nn.Linear(16, 8), "query": nn.Linear(16, 8)}) for _ in range(2))
+    report = swap_named_linears(model, {"layer.0.fc": "2:4-w8a8", "*": "dense-w8a8", "layer.1.*": "2:4-w4a8"},
+                                backend="reference")
+    assert {s.name: s.spec for s in report.swapped} == {
+        "layer.0.fc": "dense-w8a8", "layer.0.query": "dense-w8a8", "layer.1.fc": "2:4-w4a8",
+        "layer.1.query": "2:4-w4a8"}
+
+
 def test_swap_named_linears_bad_input():
     with pytest.raises(ValueError, match="matches no nn.Linear; the linears are: blocks.0.0"):
         swap_named_linears(Mlp(), {"encoder.*": "2:4-w8a8"})
