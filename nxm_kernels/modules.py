@@ -335,11 +335,13 @@ def _warn_no_gradient() -> None:
 
 # ---------------------------------------------------------------------------------- model-level helpers
 def linear_nbytes(module: nn.Module) -> int:
-    """Bytes of a linear's weight and bias as stored (dense for ``nn.Linear``, packed for ``NxMLinear``)."""
+    """Bytes of a linear's weight and bias as stored (packed for ``NxMLinear``; dense for ``nn.Linear`` and other
+    modules holding a 2-D ``weight``, such as a ``QATLinear``)."""
     if isinstance(module, NxMLinear):
         return module.nbytes()["total"]
-    if isinstance(module, nn.Linear):
-        w, b = module.weight, module.bias
+    w = getattr(module, "weight", None)
+    if isinstance(module, nn.Module) and isinstance(w, torch.Tensor) and w.dim() == 2:
+        b = getattr(module, "bias", None)
         bias = 0 if b is None else b.numel() * b.element_size()
         return weight_nbytes(tuple(w.shape), "fp", w.element_size())["total"] + bias
     raise TypeError(f"module must be an nn.Linear or NxMLinear, got {type(module).__name__}")

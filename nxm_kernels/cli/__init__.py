@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(sub)
+    parser.commands = tuple(sub.choices)  # for main()'s error line
     return parser
 
 
@@ -40,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except argparse.ArgumentError as exc:
-        print(f"nxm: error: {exc}", file=sys.stderr)
+    except argparse.ArgumentError as exc:  # named like the errors a command raises below
+        words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+        command = next((w for w in words if w in parser.commands), None)
+        print(f"nxm{' ' + command if command else ''}: error: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")

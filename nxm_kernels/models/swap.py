@@ -14,7 +14,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .._checks import preview
-from ..modules import NxMLinear, SwappedLayer, SwapReport, after_swap
+from ..modules import NxMLinear, SwappedLayer, SwapReport, after_swap, linear_nbytes
 from ..plan import Plan
 from ..spec import LayerSpec, kernel_spec
 
@@ -74,10 +74,9 @@ def swap_sites(sites: list[LinearSite], plan, build: Callable[[LinearSite, Layer
     def make(site: LinearSite, spec: LayerSpec) -> NxMLinear:
         spec = kernel_spec(spec, name=f"spec for {site.name}")
         new = build(site, spec)
-        # The float layer's bytes as they were: its weight and bias (an nn.Linear, or a QATLinear on export).
-        before = sum(p.numel() * p.element_size() for p in site.module.parameters())
+        # The float layer's bytes as they were (an nn.Linear, or a QATLinear on export).
         report.swapped.append(SwappedLayer(site.name, site.qualified_name, str(spec), tuple(site.module.weight.shape),
-                                           before, new.nbytes()["total"], new.activation))
+                                           linear_nbytes(site.module), linear_nbytes(new), new.activation))
         report.backend = new.resolved_backend
         return new
 

@@ -11,6 +11,7 @@ needed (``--lr`` for ``learning_rate``, ``--batch-size 32``, ten of ``TrainingAr
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import types
 import typing
@@ -32,7 +33,8 @@ class DataclassArgs:
     """Options for the scalar fields of dataclass ``cls`` (``bool``, ``int``, ``float``, ``str``, or one of
     them or ``None``): ``--field-name``, or ``--<flags[field]>``; ``only`` keeps those fields, in that
     order; ``defaults`` replaces a field's default (and the option's type follows it); ``notes`` replaces
-    the help text. A boolean defaulting to ``False`` is a switch. The parsed value lands in ``args.<field>``."""
+    the help text. A boolean is a switch (``--no-<name>`` turns off one defaulting to ``True``). The parsed
+    value lands in ``args.<field>``."""
 
     cls: type
     only: tuple = ()
@@ -63,8 +65,9 @@ class DataclassArgs:
             default = self.defaults.get(f.name, None if f.default is dataclasses.MISSING else f.default)
             kind = type(default) if f.name in self.defaults and isinstance(default, _SCALARS) else kind
             text = self.notes.get(f.name, f.metadata.get("help", f"{self.cls.__name__}.{f.name}"))
-            if kind is bool and default is False:
-                group.add_argument(flag, dest=f.name, action="store_true", help=text)
+            if kind is bool:  # a switch; one that defaults to True also gets --no-<name> (type=bool reads "False" as True)
+                group.add_argument(flag, dest=f.name, default=bool(default), help=text,
+                                   action="store_true" if not default else argparse.BooleanOptionalAction)
                 continue
             shown = "" if default is None or f.name in self.notes else f" (default {default})"
             extra = ({"choices": f.metadata["choices"]} if "choices" in f.metadata
