@@ -74,11 +74,13 @@ def run_program(monkeypatch, capsys):
         monkeypatch.setattr(sys, "argv", [str(path), *map(str, args)])
         monkeypatch.syspath_prepend(str(path.parent))  # as `python PATH` puts the program's folder first
         monkeypatch.chdir(cwd or root)
-        code = 0
+        code, threads = 0, torch.get_num_threads()
         try:
             runpy.run_path(str(path), run_name="__main__")
         except SystemExit as exit_:
             code = exit_.code
+        finally:
+            torch.set_num_threads(threads)  # a benchmark may pin it (bench_overhead times one thread)
         captured = capsys.readouterr()
         assert code in (0, None), f"{path.name} exited {code}\n{captured.out[-3000:]}\n{captured.err[-3000:]}"
         return captured.out

@@ -129,6 +129,7 @@ def test_pytest_benchmark_entry_points_run_once():
 
 
 @pytest.mark.slow
+@cpu_only  # in this process TRITON_INTERPRET=1 would leave the Triton kernels interpreted on a GPU machine
 def test_overhead_benchmark_runs(run_bench, tmp_path):
     """bench_overhead.py (host time per NxMLinear call, no-op kernels, vs nn.Linear) runs and reports;
     its numbers are never asserted on."""
