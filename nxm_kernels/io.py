@@ -44,7 +44,7 @@ from ._checks import check_device
 from .backends import split_candidate
 from .format import FORMAT_VERSION, PackedWeight
 from .modules import NxMLinear, after_swap, compressed_linears
-from .records import LayerRecord, identity_module_names, layer_records, place_compressed_layers
+from .models.records import LayerRecord, identity_module_names, layer_records, place_compressed_layers
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "CONFIG_NAME", "WEIGHTS_NAME", "save_compressed",
            "load_compressed", "read_checkpoint_config"]

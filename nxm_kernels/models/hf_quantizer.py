@@ -7,7 +7,7 @@ plug-in for the method ``"nxm"``:
 
 * :class:`NxMQuantizationConfig` records what :func:`nxm_kernels.load_compressed` records in
   ``nxm_config.json``: one record per ``NxMLinear`` (spec, shape, bias, fused activation, and for a
-  fused layer such as ``attention.self.qkv`` the linears it computes, see :mod:`nxm_kernels.records`), the
+  fused layer such as ``attention.self.qkv`` the linears it computes, see :mod:`nxm_kernels.models.records`), the
   ``nn.Identity`` modules standing for fused activations, the plan and the packed-format version.
 * :class:`NxMHfQuantizer` puts meta-device ``NxMLinear`` placeholders where the records say
   before loading (so the dense encoder weights are never materialised), lets transformers load the
@@ -38,7 +38,7 @@ from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from ..format import FORMAT_VERSION
 from ..modules import NxMLinear, compressed_linears
-from ..records import identity_module_names, layer_records, place_compressed_layers
+from .records import identity_module_names, layer_records, place_compressed_layers
 
 __all__ = ["QUANT_METHOD", "MIN_TRANSFORMERS", "NxMQuantizationConfig", "NxMHfQuantizer", "supported", "register",
            "attach"]
@@ -81,7 +81,7 @@ class NxMQuantizationConfig(QuantizationConfigMixin):
 
     Args:
         layers: ``{module name: {"spec", "shape", "bias", "activation"[, "fused"]}}`` for every ``NxMLinear``
-            (:func:`nxm_kernels.records.layer_records`).
+            (:func:`nxm_kernels.models.records.layer_records`).
         identity_modules: names of the ``nn.Identity`` modules (activations fused into a layer).
         plan: the plan the model was swapped with (informational), or ``None``.
         packed_format_version: the packed format (``docs/FORMAT.md``) the tensors are in.

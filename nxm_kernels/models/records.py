@@ -18,11 +18,11 @@ from typing import Callable, Iterable, Mapping, NamedTuple
 
 import torch.nn as nn
 
-from .fusion import fused_groups, install_fused
-from .models.swap import module_sites, replace_sites
-from .modules import NxMLinear, compressed_linears
-from .ops import normalize_activation
-from .spec import LayerSpec, kernel_spec
+from ..fusion import fused_groups, install_fused
+from ..modules import NxMLinear, compressed_linears
+from ..ops import normalize_activation
+from ..spec import LayerSpec, kernel_spec
+from .swap import module_sites, replace_sites
 
 __all__ = ["LayerRecord", "layer_records", "identity_module_names", "place_compressed_layers"]
 
