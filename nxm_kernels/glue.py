@@ -19,7 +19,7 @@ the ``datasets`` hub's integer ids (MNLI: entailment 0, neutral 1, contradiction
 entailment 0, not_entailment 1), so both sources give the same labels.
 
 This module needs neither transformers nor torch to load data; :func:`encode` takes any Hugging Face
-tokenizer. :func:`load_task_model`, :func:`task_batches` and :class:`GlueMetric` join a task to the
+tokenizer. :func:`load_glue_model`, :func:`task_batches` and :class:`GlueMetric` join a task to the
 model zoo and the search (what ``nxm compress`` and ``nxm search`` do with ``--model`` and ``--task``);
 they import those lazily, so that reading data stays free of them.
 """
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["GlueTask", "GLUE_TASKS", "GlueData", "task_info", "load_glue", "glue_metrics", "encode",
-           "predict", "evaluate", "EVAL_SPLIT", "GlueMetric", "load_task_model", "task_batches"]
+           "predict", "evaluate", "EVAL_SPLIT", "GlueMetric", "load_glue_model", "task_batches"]
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ class GlueMetric:
         return glue_metrics(self.task, logits.numpy(), labels.numpy())["main"]
 
 
-def load_task_model(name: str, task: "str | GlueTask", *, seed: int = 0, device=None, why: str = "", **kwargs):
+def load_glue_model(name: str, task: "str | GlueTask", *, seed: int = 0, device=None, why: str = "", **kwargs):
     """``(model, tokenizer)`` for ``task``: a sequence-classification model with the task's head (a
     built-in, a model folder or a Hub id; see :func:`nxm_kernels.models.zoo.load_task_model`).
 

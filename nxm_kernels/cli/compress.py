@@ -107,7 +107,7 @@ def run(args) -> int:
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..glue import encode, evaluate, load_glue, load_task_model, task_info
+    from ..glue import encode, evaluate, load_glue, load_glue_model, task_info
     from ..io import save_compressed
     from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
 
@@ -131,7 +131,7 @@ def run(args) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
-    model, tokenizer = load_task_model(args.model, task, seed=args.seed)
+    model, tokenizer = load_glue_model(args.model, task, seed=args.seed)
     logger.info("task %s: %d training, %d evaluation examples; plan %s", task.name, len(train), len(dev), plan)
 
     t0 = time.time()
@@ -141,7 +141,7 @@ def run(args) -> int:
 
     teacher = None
     if args.teacher:
-        teacher, _ = load_task_model(args.teacher, task, seed=args.seed)
+        teacher, _ = load_glue_model(args.teacher, task, seed=args.seed)
     elif args.distill:
         teacher = copy.deepcopy(model)
     distill = DistillConfig(**DISTILL_ARGS.values(args)) if teacher is not None else None

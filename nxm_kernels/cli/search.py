@@ -85,7 +85,7 @@ def run_search(args) -> int:
     from ..accounting import account
     from ..models.bert import bert_linears
     from ..search import plot_pareto, profile_sensitivity, search_plans, validate_plans
-    from ..glue import GlueMetric, load_glue, load_task_model, task_batches
+    from ..glue import GlueMetric, load_glue, load_glue_model, task_batches
     from ..search.sensitivity import candidate_specs, default_cache_dir
 
     if not 0.0 <= args.target < 1.0:
@@ -99,7 +99,7 @@ def run_search(args) -> int:
     # What the command line can get wrong is checked before the model loads (seconds to minutes).
     candidate_specs(args.candidates, "--candidates")
     data = load_glue(args.task, args.split, args.data_dir)
-    model, tokenizer = load_task_model(args.model, args.task, device=device, dtype=torch.float32,
+    model, tokenizer = load_glue_model(args.model, args.task, device=device, dtype=torch.float32,
                                        why="sensitivities of an untrained head say little; search a model "
                                            "fine-tuned on the task")
     need_train = args.mode == "qat" or ("qat" in args.validate_mode and args.validate > 0)

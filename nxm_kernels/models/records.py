@@ -101,6 +101,10 @@ def place_compressed_layers(model: nn.Module, layers: Mapping, identity_modules:
     for name, rec in records.items():
         for member in rec.fused or [{"name": name, "rows": rec.shape[0]}]:
             _check_fits(modules, member["name"], (member["rows"], rec.shape[1]), rec.fused and name)
+    try:  # found before anything changes, like every other site
+        identity_sites = module_sites(model, identity_modules)
+    except ValueError as exc:
+        raise ValueError(f"checkpoint does not match the model: {exc}") from None
     plain = {name: str(rec.spec) for name, rec in records.items() if rec.fused is None}
     replace_sites(module_sites(model, plain), plain, lambda site, _: make(site.name, records[site.name]))
     for name, rec in records.items():  # one layer computing several linears of the model (format version 2)
@@ -110,8 +114,5 @@ def place_compressed_layers(model: nn.Module, layers: Mapping, identity_modules:
                 install_fused(model, name, layer, [(m["name"], m["rows"]) for m in rec.fused])
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"checkpoint layer record {name!r} does not fit the model: {exc}") from None
-    try:
-        for site in module_sites(model, identity_modules):
-            setattr(site.parent, site.attr, nn.Identity())
-    except ValueError as exc:
-        raise ValueError(f"checkpoint does not match the model: {exc}") from None
+    for site in identity_sites:
+        setattr(site.parent, site.attr, nn.Identity())
