@@ -42,6 +42,9 @@ def register(subparsers) -> None:
     p.add_argument("--kind", choices=KINDS, default="nominal",
                    help="what --target counts: nominal bits x density (default), or true packed bytes incl. "
                         "metadata, scales, padding against fp32 (true = true-fp32) or fp16")
+    # The spellings of earlier versions keep working, unlisted: --ratio KIND and --true-ratio (= --kind true-fp32).
+    p.add_argument("--ratio", choices=KINDS, dest="kind", help=argparse.SUPPRESS)
+    p.add_argument("--true-ratio", action="store_const", const="true-fp32", dest="kind", help=argparse.SUPPRESS)
     p.add_argument("--out", required=True, help="where to write the best plan (JSON)")
     p.add_argument("--report", default=None, help="full search report JSON (default: <out>.search.json)")
     p.add_argument("--plot", default=None, help="Pareto-front PNG (default: <out>.pareto.png); 'none' to skip")
