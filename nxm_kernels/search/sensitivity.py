@@ -107,11 +107,12 @@ def _quantize_input(module, args):
 def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec] | Plan"):
     """Temporarily compress encoder linears in place with the kernels' math; restore them on exit.
 
-    ``assignment`` maps layer names (``layer.<i>.<component>``) to specs, or is a
-    :class:`~nxm_kernels.plan.Plan`. ``fp`` layers are left alone. Weights are magnitude-pruned to
-    the spec's N:M pattern and fake-quantized per output channel; inputs are fake-quantized per
-    token (int8). Works under ``torch.no_grad`` for evaluation; the original weights come back
-    bit for bit, also when the body raises.
+    ``assignment`` maps layer names (``layer.<i>.<component>``) to specs, or is anything
+    :meth:`Plan.coerce <nxm_kernels.plan.Plan.coerce>` takes. ``fp`` layers are left alone. Weights are
+    magnitude-pruned to the spec's N:M pattern and fake-quantized per output channel; inputs are
+    fake-quantized per token (int8). Works under ``torch.no_grad`` for evaluation; the original weights
+    come back bit for bit, also when the body raises. Yields ``{layer name: spec}`` of the layers it
+    compressed (``fp`` layers are not listed).
     """
     sites = bert_linears(model)
     names = [s.name for s in sites]
