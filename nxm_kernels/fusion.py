@@ -141,18 +141,10 @@ class FusedProjection(nn.Module):
         """This projection's rows of the fused packed weight (views, no copy)."""
         return self.fused.packed.rows(*self.rows)
 
-    def nbytes(self) -> dict:
-        """This projection's share of the fused layer's bytes (the format is per row, so the shares add
-        up to the fused layer's bytes exactly): ``values``/``metadata``/``scales``/``bias``/``total``."""
-        b = dict(self.packed.nbytes())
-        bias = self.bias
-        b["bias"] = 0 if bias is None else bias.numel() * bias.element_size()
-        b["total"] = b["values"] + b["metadata"] + b["scales"] + b["bias"]
-        return b
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """This projection's dense ``[out, in]`` weight as the kernels compute with it (a copy)."""
-        return self.packed.unpack(dtype)
+    # NxMLinear's, over this projection's rows (``packed`` and ``bias`` above): its share of the fused layer's
+    # bytes (the format is per row, so the shares add up exactly) and its dense weight.
+    nbytes = NxMLinear.nbytes
+    dequantized_weight = NxMLinear.dequantized_weight
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
