@@ -175,6 +175,16 @@ def _split(name: str, what: str) -> tuple[str, str]:
     return parent, attr
 
 
+def _member(model: nn.Module, member) -> tuple[nn.Module, str, nn.Module]:
+    """``(parent module, attribute, module)`` of the module at the qualified name ``member``."""
+    parent, attr = _split(member, "member name")
+    try:
+        holder = model.get_submodule(parent) if parent else model
+        return holder, attr, getattr(holder, attr)
+    except AttributeError:
+        raise ValueError(f"member {member!r}: the model has no such module") from None
+
+
 def install_fused(model: nn.Module, name: str, fused: NxMLinear, members) -> list[FusedProjection]:
     """Register ``fused`` at ``name`` inside ``model`` and put a :class:`FusedProjection` where each member was.
 
@@ -201,14 +211,9 @@ def install_fused(model: nn.Module, name: str, fused: NxMLinear, members) -> lis
         if not (isinstance(item, (list, tuple)) and len(item) == 2):
             raise TypeError(f"members entries must be (module name, rows) pairs, got {item!r}")
         member, rows = item
-        member_parent, member_attr = _split(member, "member name")
+        holder, member_attr, old = _member(model, member)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ValueError(f"member {member!r}: rows must be a positive int, got {rows!r}")
-        try:
-            holder = model.get_submodule(member_parent) if member_parent else model
-            old = getattr(holder, member_attr)
-        except AttributeError:
-            raise ValueError(f"member {member!r}: the model has no such module") from None
         if not isinstance(old, nn.Module):
             raise ValueError(f"member {member!r} is not a module ({type(old).__name__})")
         for what, want in (("in_features", fused.in_features), ("out_features", rows)):
@@ -269,13 +274,7 @@ def fuse_linears(model: nn.Module, name: str, members) -> NxMLinear:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(members, (list, tuple)) or len(members) < 2:
         raise ValueError(f"members must list at least two module names, got {members!r}")
-    layers = []
-    for member in members:
-        _split(member, "member name")
-        try:
-            layers.append(model.get_submodule(member))
-        except AttributeError:
-            raise ValueError(f"member {member!r}: the model has no such module") from None
+    layers = [_member(model, member)[2] for member in members]
     why = fusable_reason(layers)
     if why is not None:
         raise ValueError(f"cannot fuse {list(members)}: {why}")
