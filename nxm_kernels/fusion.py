@@ -79,6 +79,10 @@ def _version(x: torch.Tensor):
     return x._version
 
 
+def _of_fused(attr: str) -> property:
+    return property(lambda self: getattr(self.fused, attr), doc=f"The fused layer's ``{attr}``.")
+
+
 class FusedProjection(nn.Module):
     """Rows ``start:stop`` of a fused ``NxMLinear`` that computes several projections of one input.
 
@@ -108,26 +112,15 @@ class FusedProjection(nn.Module):
         """``(start, stop)``: this projection's output rows in the fused layer."""
         return self._group.bounds[self.index]
 
-    @property
-    def in_features(self) -> int:
-        return self.fused.in_features
+    in_features = _of_fused("in_features")
+    spec = _of_fused("spec")
+    activation = _of_fused("activation")
+    resolved_backend = _of_fused("resolved_backend")
 
     @property
     def out_features(self) -> int:
         start, stop = self.rows
         return stop - start
-
-    @property
-    def spec(self):
-        return self.fused.spec
-
-    @property
-    def activation(self) -> str:
-        return self.fused.activation
-
-    @property
-    def resolved_backend(self) -> str | None:
-        return self.fused.resolved_backend
 
     @property
     def bias(self) -> torch.Tensor | None:

@@ -225,16 +225,11 @@ class NxMLinear(nn.Module):
             # Not fatal here: a model is often swapped on the CPU for a GPU backend, then moved.
             self._why = f"NxMLinear cannot run on {device}: {exc}"
             return
-        layouts = {}
-        kernels = []
-        for candidate in plan:
-            backend = candidate.partition(":")[0]
-            if backend not in layouts:
-                layouts[backend] = prepared_weights(packed, backend)
-            # (eager kernel, its layout; for tracing: the layout's tensors and backend)
-            layout = layouts[backend]
-            kernels.append((dispatch.variant(candidate).linear, layout, layout.tensors(), backend))
         backends = [c.partition(":")[0] for c in plan]
+        layouts = {backend: prepared_weights(packed, backend) for backend in dict.fromkeys(backends)}
+        # (eager kernel, its layout; for tracing: the layout's tensors and backend)
+        kernels = [(dispatch.variant(candidate).linear, layouts[backend], layouts[backend].tensors(), backend)
+                   for candidate, backend in zip(plan, backends)]
         self._backend_name = max(dict.fromkeys(backends), key=backends.count)  # ties: the smallest bucket's
         self._weights = layouts[self._backend_name]
         self._plan, self._kernels, self._device = plan, kernels, device
