@@ -65,8 +65,8 @@ def supported() -> bool:
     """Whether this transformers can save and load ``NxMLinear`` models through the quantizer registry."""
     from transformers.quantizers import auto
 
-    return Version(transformers.__version__).release[:2] >= MIN_TRANSFORMERS and hasattr(auto, "register_quantizer") and \
-        hasattr(HfQuantizer, "get_state_dict_and_metadata")
+    return Version(transformers.__version__).release[:2] >= MIN_TRANSFORMERS and \
+        hasattr(auto, "register_quantizer") and hasattr(HfQuantizer, "get_state_dict_and_metadata")
 
 
 class NxMQuantizationConfig(QuantizationConfigMixin):
