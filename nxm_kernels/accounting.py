@@ -176,6 +176,12 @@ class LayerAccount(_Sizes):
         }
 
 
+def _summed(field_name: str) -> property:
+    """A total of :class:`Accounting`: its layers' ``field_name`` summed."""
+    return property(lambda self: sum(getattr(a, field_name) for a in self.layers),
+                    doc=f"The layers' {field_name}, summed.")
+
+
 @dataclass
 class Accounting(_Sizes):
     """Per-layer and total figures for a plan over a set of layers (see the module docstring)."""
@@ -184,17 +190,12 @@ class Accounting(_Sizes):
     plan: dict = field(default_factory=dict)
 
     # --------------------------------------------------------------------- totals
-    @property
-    def params(self) -> int:
-        return sum(a.params for a in self.layers)
-
-    @property
-    def fp32_bytes(self) -> int:
-        return sum(a.fp32_bytes for a in self.layers)
-
-    @property
-    def fp16_bytes(self) -> int:
-        return sum(a.fp16_bytes for a in self.layers)
+    params = _summed("params")
+    fp32_bytes = _summed("fp32_bytes")
+    fp16_bytes = _summed("fp16_bytes")
+    bias_params = _summed("bias_params")
+    true_bytes_fp32 = property(lambda self: self.size("true-fp32"), doc="``size('true-fp32')``, bytes or None")
+    true_bytes_fp16 = property(lambda self: self.size("true-fp16"), doc="``size('true-fp16')``, bytes or None")
 
     @property
     def exact(self) -> bool:
@@ -208,18 +209,6 @@ class Accounting(_Sizes):
 
     def baseline(self, kind: str) -> float:
         return sum(a.baseline(kind) for a in self.layers)
-
-    @property
-    def true_bytes_fp32(self) -> int | None:
-        return self.size("true-fp32")
-
-    @property
-    def true_bytes_fp16(self) -> int | None:
-        return self.size("true-fp16")
-
-    @property
-    def bias_params(self) -> int:
-        return sum(a.bias_params for a in self.layers)
 
     def components(self) -> dict[str, "Accounting"]:
         """The layers grouped by the last part of their name (``query`` ... ``ffn2``)."""
@@ -268,9 +257,7 @@ class Accounting(_Sizes):
             return "-" if r is None else f"{100 * r:7.2f}%"
 
         def line(name, shape, spec, bits, fractions, b):
-            tot = "-" if b is None else f"{b['total']:,}"
-            meta = "-" if b is None else f"{b['metadata']:,}"
-            sc = "-" if b is None else f"{b['scales']:,}"
+            tot, meta, sc = ("-" if b is None else f"{b[key]:,}" for key in ("total", "metadata", "scales"))
             rows.append(f"{name:<20} {shape:>11} {spec:<11} {bits:>6} {pct(fractions['nominal']):>8} {tot:>11} "
                         f"{meta:>9} {sc:>8} {pct(fractions['true-fp32']):>8} {pct(fractions['true-fp16']):>8}")
 

@@ -272,22 +272,6 @@ BERT_SHAPES = ((768, 768), (2304, 768), (3072, 768), (768, 3072), (1024, 1024), 
 KINDS = ("2:4-w8a8", "2:4-w4a8", "dense-w8a8", "dense-w4a8")
 
 
-def _time_us(fn, reps: int) -> float:
-    """Median CUDA-event time of ``fn()`` in microseconds, after a warm-up (autotuning) call."""
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    times.sort()
-    return times[len(times) // 2]
-
-
 def tune(device=None, shapes=BERT_SHAPES, kinds=KINDS, ms=M_BUCKETS, *, reps: int = 50, dtype=torch.float16,
          progress: bool = True, write: bool = True) -> tuple[DispatchTable, Path | None]:
     """Time every candidate (backends and variants that run here) on ``shapes`` x ``kinds`` x ``ms``
@@ -301,6 +285,7 @@ def tune(device=None, shapes=BERT_SHAPES, kinds=KINDS, ms=M_BUCKETS, *, reps: in
 
     from .format import pack
     from .spec import parse_spec
+    from .timing import measure
 
     if not torch.cuda.is_available():
         raise RuntimeError("nxm tune times kernels on a CUDA GPU, and torch sees none on this machine")
@@ -330,7 +315,9 @@ def tune(device=None, shapes=BERT_SHAPES, kinds=KINDS, ms=M_BUCKETS, *, reps: in
                     backend = v.name.partition(":")[0]
                     if backend not in layouts:
                         layouts[backend] = get_backend(backend).prepare(packed)
-                    times[v.name] = _time_us(lambda: v.linear(x, layouts[backend], bias, "none"), reps)
+                    # CUDA events after one warm-up (autotuning) call: the median of reps, in microseconds
+                    times[v.name] = 1e3 * measure(lambda: v.linear(x, layouts[backend], bias, "none"), device,
+                                                  min_iters=reps).median_ms
                 if times:
                     table.entries[(kind, n, k, m_bucket(m))] = times
                 bar.update(1)

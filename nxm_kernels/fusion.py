@@ -79,6 +79,10 @@ def _version(x: torch.Tensor):
     return x._version
 
 
+def _of_fused(attr: str) -> property:
+    return property(lambda self: getattr(self.fused, attr), doc=f"The fused layer's ``{attr}``.")
+
+
 class FusedProjection(nn.Module):
     """Rows ``start:stop`` of a fused ``NxMLinear`` that computes several projections of one input.
 
@@ -108,26 +112,15 @@ class FusedProjection(nn.Module):
         """``(start, stop)``: this projection's output rows in the fused layer."""
         return self._group.bounds[self.index]
 
-    @property
-    def in_features(self) -> int:
-        return self.fused.in_features
+    in_features = _of_fused("in_features")
+    spec = _of_fused("spec")
+    activation = _of_fused("activation")
+    resolved_backend = _of_fused("resolved_backend")
 
     @property
     def out_features(self) -> int:
         start, stop = self.rows
         return stop - start
-
-    @property
-    def spec(self):
-        return self.fused.spec
-
-    @property
-    def activation(self) -> str:
-        return self.fused.activation
-
-    @property
-    def resolved_backend(self) -> str | None:
-        return self.fused.resolved_backend
 
     @property
     def bias(self) -> torch.Tensor | None:
@@ -141,18 +134,10 @@ class FusedProjection(nn.Module):
         """This projection's rows of the fused packed weight (views, no copy)."""
         return self.fused.packed.rows(*self.rows)
 
-    def nbytes(self) -> dict:
-        """This projection's share of the fused layer's bytes (the format is per row, so the shares add
-        up to the fused layer's bytes exactly): ``values``/``metadata``/``scales``/``bias``/``total``."""
-        b = dict(self.packed.nbytes())
-        bias = self.bias
-        b["bias"] = 0 if bias is None else bias.numel() * bias.element_size()
-        b["total"] = b["values"] + b["metadata"] + b["scales"] + b["bias"]
-        return b
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """This projection's dense ``[out, in]`` weight as the kernels compute with it (a copy)."""
-        return self.packed.unpack(dtype)
+    # NxMLinear's, over this projection's rows (``packed`` and ``bias`` above): its share of the fused layer's
+    # bytes (the format is per row, so the shares add up exactly) and its dense weight.
+    nbytes = NxMLinear.nbytes
+    dequantized_weight = NxMLinear.dequantized_weight
 
     # ------------------------------------------------------------------ compute
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,6 +168,16 @@ def _split(name: str, what: str) -> tuple[str, str]:
     return parent, attr
 
 
+def _member(model: nn.Module, member) -> tuple[nn.Module, str, nn.Module]:
+    """``(parent module, attribute, module)`` of the module at the qualified name ``member``."""
+    parent, attr = _split(member, "member name")
+    try:
+        holder = model.get_submodule(parent) if parent else model
+        return holder, attr, getattr(holder, attr)
+    except AttributeError:
+        raise ValueError(f"member {member!r}: the model has no such module") from None
+
+
 def install_fused(model: nn.Module, name: str, fused: NxMLinear, members) -> list[FusedProjection]:
     """Register ``fused`` at ``name`` inside ``model`` and put a :class:`FusedProjection` where each member was.
 
@@ -209,14 +204,9 @@ def install_fused(model: nn.Module, name: str, fused: NxMLinear, members) -> lis
         if not (isinstance(item, (list, tuple)) and len(item) == 2):
             raise TypeError(f"members entries must be (module name, rows) pairs, got {item!r}")
         member, rows = item
-        member_parent, member_attr = _split(member, "member name")
+        holder, member_attr, old = _member(model, member)
         if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
             raise ValueError(f"member {member!r}: rows must be a positive int, got {rows!r}")
-        try:
-            holder = model.get_submodule(member_parent) if member_parent else model
-            old = getattr(holder, member_attr)
-        except AttributeError:
-            raise ValueError(f"member {member!r}: the model has no such module") from None
         if not isinstance(old, nn.Module):
             raise ValueError(f"member {member!r} is not a module ({type(old).__name__})")
         for what, want in (("in_features", fused.in_features), ("out_features", rows)):
@@ -277,13 +267,7 @@ def fuse_linears(model: nn.Module, name: str, members) -> NxMLinear:
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(members, (list, tuple)) or len(members) < 2:
         raise ValueError(f"members must list at least two module names, got {members!r}")
-    layers = []
-    for member in members:
-        _split(member, "member name")
-        try:
-            layers.append(model.get_submodule(member))
-        except AttributeError:
-            raise ValueError(f"member {member!r}: the model has no such module") from None
+    layers = [_member(model, member)[2] for member in members]
     why = fusable_reason(layers)
     if why is not None:
         raise ValueError(f"cannot fuse {list(members)}: {why}")

@@ -12,22 +12,13 @@ A checkpoint is a directory::
 The weights file is deliberately *not* called ``model.safetensors`` and there is no ``config.json``:
 ``AutoModel.from_pretrained`` on this folder then fails loudly instead of loading random weights.
 
-:func:`load_compressed` rebuilds a transformers model from the recorded class and config with its
-parameters on the meta device, builds each ``NxMLinear`` once from its saved tensors where the records
-say, and assigns the other saved tensors: the dense encoder weights are never materialised. It checks the format version
-(a newer one is refused), the file's checksum and contents (a corrupt file is refused), and that the
-tensors fit the model (a mismatched config is refused), each with an error saying which.
-For models that are not transformers models, :func:`load_compressed` takes the ``model`` to load into.
 A swapped transformers model can also be saved the Hugging Face way, ``model.save_pretrained(dir)``
 and ``AutoModel.from_pretrained(dir)`` (see :mod:`nxm_kernels.models.hf_quantizer`).
 
-**Fused layers** (format version 2). A fused ``NxMLinear`` (e.g. query, key and value of a BERT
-layer, :mod:`nxm_kernels.fusion`) is stored once, under its own name (``...attention.self.qkv.values``,
-``.metadata``, ``.scales``, ``.bias``: the row concatenation of the three, ``docs/FORMAT.md``), and
-its record lists the linears it computes: ``"fused": [{"name": "...attention.self.query", "rows": 768},
-...]`` in row order. Loading registers the fused layer there and puts a ``FusedProjection`` at each
-listed name. Version 1 checkpoints (written before fusion existed; no ``"fused"`` records) load as they
-were written, one ``NxMLinear`` per linear; :func:`nxm_kernels.models.bert.fuse_qkv` fuses them afterwards.
+**Fused layers** (format version 2) are stored once, under the fused layer's own name, their record
+listing the linears they compute (``docs/FORMAT.md``, "Rows are independent"; :mod:`.models.records`).
+Version 1 checkpoints (no ``"fused"`` records) load unfused; :func:`nxm_kernels.models.bert.fuse_qkv`
+fuses them afterwards.
 """
 
 from __future__ import annotations
@@ -114,9 +105,7 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     """
     from .plan import Plan
 
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    layers = compressed_linears(model)
+    layers = compressed_linears(model)  # (checks that model is an nn.Module)
     if not layers:
         raise ValueError(f"{type(model).__name__} holds no NxMLinear: swap its linears (nxm_kernels.swap_linears) "
                          "before saving a compressed checkpoint")
@@ -237,8 +226,10 @@ def load_compressed(path, *, device="cpu", dtype: torch.dtype | None = None, bac
     """Load a checkpoint written by :func:`save_compressed`; the ``from_pretrained`` of compressed models.
 
     Builds the recorded transformers model class from the recorded config with parameters on the meta
-    device (so no dense encoder weight is ever materialised), builds each ``NxMLinear`` from its saved
-    tensors (checked, its backend layout derived once), assigns the other saved tensors on ``device`` and returns the model in eval mode. ``dtype`` optionally casts the float
+    device (so no dense encoder weight is ever materialised), builds each ``NxMLinear`` once from its saved
+    tensors (checked, its backend layout derived once), assigns the other saved tensors on ``device`` and
+    returns the model in eval mode. A newer format version, a corrupt file (checksum, contents) and tensors
+    that do not fit the model are refused, each with an error saying which. ``dtype`` optionally casts the float
     tensors (e.g. ``torch.float16`` on a GPU; packed scales stay float32). ``backend`` is the
     ``NxMLinear`` backend. ``model``: load into this model instead (e.g. a non-transformers model, built
     as it was before swapping; it is modified in place). ``verify`` checks the weights file's SHA-256.

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -44,7 +45,7 @@ from . import dispatch
 from ._checks import FLOAT_DTYPES, check_tensor
 from .backends import WeightMeta
 from .format import PAD_METADATA_BYTE, PackedWeight, pack, packed_shapes, values_dtype, weight_nbytes
-from .ops import linear_traced, normalize_activation, prepared_weights
+from .ops import check_packed, linear_traced, normalize_activation, prepared_weights
 from .sparsity import is_nm
 from .spec import LayerSpec, kernel_spec
 
@@ -79,8 +80,6 @@ class NxMLinear(nn.Module):
                 raise ValueError(f"{arg} must be a positive int, got {v!r}")
         if not isinstance(bias, bool):
             raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         if dtype is not None and dtype not in FLOAT_DTYPES:
             raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
         spec = kernel_spec(spec)
@@ -98,6 +97,8 @@ class NxMLinear(nn.Module):
               activation) -> None:
         """Set every attribute from checked arguments and derive the layouts, once: the one body of
         both constructors (``__init__`` builds placeholder tensors, :meth:`from_packed` takes real ones)."""
+        if not isinstance(backend, str):
+            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
         self.spec = spec
         self.in_features = in_features
         self.out_features = out_features
@@ -135,8 +136,7 @@ class NxMLinear(nn.Module):
             raise ValueError("linear.weight is on the meta device (no data); load real weights first")
         prune = s.sparse and not is_nm(w, 2, 4)
         if scale is not None:
-            check_tensor("scale", scale, dtypes=(torch.float32,), ndim=1)
-            scale = scale.to(w.device)
+            scale = check_tensor("scale", scale, dtypes=(torch.float32,), ndim=1).to(w.device)
         packed = pack(w, bits=s.weight_bits, pattern=s.pattern, prune=prune, scale=scale)
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls.from_packed(packed, bias, backend=backend, activation=activation)
@@ -148,17 +148,9 @@ class NxMLinear(nn.Module):
 
         ``bias``: ``[out_features]`` float tensor on the packed weight's device, or ``None``.
         """
-        if not isinstance(packed, PackedWeight):
-            raise TypeError(f"packed must be a PackedWeight (see nxm_kernels.pack), got {type(packed).__name__}")
-        packed.validate()
-        if bias is not None:
-            check_tensor("bias", bias, dtypes=FLOAT_DTYPES, ndim=1)
-            if bias.shape[0] != packed.out_features:
-                raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
-            if bias.device != packed.device:
-                raise ValueError(f"bias must be on the packed weight's device {packed.device}, got {bias.device}")
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+        check_packed(packed, bias).validate()
+        if bias is not None and bias.device != packed.device:
+            raise ValueError(f"bias must be on the packed weight's device {packed.device}, got {bias.device}")
         self = cls.__new__(cls)
         nn.Module.__init__(self)
         n, k = packed.shape
@@ -233,16 +225,11 @@ class NxMLinear(nn.Module):
             # Not fatal here: a model is often swapped on the CPU for a GPU backend, then moved.
             self._why = f"NxMLinear cannot run on {device}: {exc}"
             return
-        layouts = {}
-        kernels = []
-        for candidate in plan:
-            backend = candidate.partition(":")[0]
-            if backend not in layouts:
-                layouts[backend] = prepared_weights(packed, backend)
-            # (eager kernel, its layout; for tracing: the layout's tensors and backend)
-            layout = layouts[backend]
-            kernels.append((dispatch.variant(candidate).linear, layout, layout.tensors(), backend))
         backends = [c.partition(":")[0] for c in plan]
+        layouts = {backend: prepared_weights(packed, backend) for backend in dict.fromkeys(backends)}
+        # (eager kernel, its layout; for tracing: the layout's tensors and backend)
+        kernels = [(dispatch.variant(candidate).linear, layouts[backend], layouts[backend].tensors(), backend)
+                   for candidate, backend in zip(plan, backends)]
         self._backend_name = max(dict.fromkeys(backends), key=backends.count)  # ties: the smallest bucket's
         self._weights = layouts[self._backend_name]
         self._plan, self._kernels, self._device = plan, kernels, device
@@ -404,10 +391,7 @@ class SwapReport:
         return self.bytes_before / self.bytes_after if self.bytes_after else float("nan")
 
     def by_spec(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.swapped:
-            out[s.spec] = out.get(s.spec, 0) + 1
-        return out
+        return dict(Counter(s.spec for s in self.swapped))
 
     def to_dict(self) -> dict:
         return {"swapped": {s.name: s.spec for s in self.swapped}, "kept": list(self.kept),

@@ -34,7 +34,7 @@ from .format import PackedWeight
 from .quant import quantize_per_token
 
 __all__ = ["sparse_int_linear", "sparse_int_mm", "quantize_per_token", "prepared_weights", "linear_traced",
-           "normalize_activation"]
+           "normalize_activation", "check_packed"]
 
 
 # ---------------------------------------------------------------------------------- custom ops
@@ -83,16 +83,21 @@ def normalize_activation(activation) -> str:
     raise ValueError(f"activation must be None or 'gelu', got {activation!r}")
 
 
-def _check_packed(packed) -> PackedWeight:
+def check_packed(packed, bias: torch.Tensor | None = None) -> PackedWeight:
+    """Require a :class:`PackedWeight` and, when given, a float ``bias`` of shape ``[out_features]``."""
     if not isinstance(packed, PackedWeight):
         raise TypeError(f"packed must be a PackedWeight (see nxm_kernels.pack), got {type(packed).__name__}")
+    if bias is not None:
+        check_tensor("bias", bias, dtypes=FLOAT_DTYPES, ndim=1)
+        if bias.shape[0] != packed.out_features:
+            raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
     return packed
 
 
 def prepared_weights(packed: PackedWeight, backend: str) -> Layout:
     """The backend's typed layout of ``packed``, derived (and checked) on first use and cached in
     ``packed.prepared``."""
-    _check_packed(packed)
+    check_packed(packed)
     key = (backend, str(packed.device))
     if key not in packed.prepared:
         packed.prepared[key] = get_backend(backend).prepare(packed)
@@ -121,15 +126,12 @@ def sparse_int_linear(x: torch.Tensor, packed: PackedWeight, bias: torch.Tensor 
     dispatch table on a GPU, see :mod:`nxm_kernels.dispatch`; honours ``NXM_BACKEND``), ``"cuda"``,
     ``"triton"``, ``"reference"`` or a kernel variant such as ``"triton:<variant>"``.
     """
-    _check_packed(packed)
+    check_packed(packed, bias)
     check_tensor("x", x, dtypes=FLOAT_DTYPES, min_ndim=1)
     if x.shape[-1] != packed.in_features:
         raise ValueError(f"x must have last dimension K={packed.in_features} (the weight's in_features), "
                          f"got shape {tuple(x.shape)}")
     if bias is not None:
-        check_tensor("bias", bias, dtypes=FLOAT_DTYPES, ndim=1)
-        if bias.shape[0] != packed.out_features:
-            raise ValueError(f"bias must have shape ({packed.out_features},), got {tuple(bias.shape)}")
         bias = bias.contiguous()  # kernels index bias with unit stride
     check_same_device(x=x, packed=packed.values, bias=bias)
     act = normalize_activation(activation)
@@ -155,7 +157,7 @@ def sparse_int_mm(xq: torch.Tensor, packed: PackedWeight, backend: str = "auto")
 
     ``xq`` is int8 ``[M, K]`` (e.g. from :func:`quantize_per_token`); the result is int32 ``[M, N]``.
     """
-    _check_packed(packed)
+    check_packed(packed)
     check_tensor("xq", xq, dtypes=(torch.int8,), ndim=2)
     if xq.shape[1] != packed.in_features:
         raise ValueError(f"xq must have shape [M, {packed.in_features}], got {tuple(xq.shape)}")

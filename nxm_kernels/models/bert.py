@@ -78,8 +78,7 @@ def bert_linears(model: nn.Module) -> list[LinearSite]:
     for i, layer in enumerate(layers):
         for comp, path in COMPONENT_PATHS.items():
             parent_path, attr = path.rsplit(".", 1)
-            parent = _get(layer, parent_path)
-            module = getattr(parent, attr, None) if parent is not None else None
+            parent, module = _get(layer, parent_path), _get(layer, path)
             if module is None:
                 raise ValueError(f"encoder layer {i} has no {path} (component {comp!r})")
             sites.append(LinearSite(layer_name(i, comp), parent, attr, module, f"{prefix}.{i}.{path}"))

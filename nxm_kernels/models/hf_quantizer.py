@@ -33,6 +33,7 @@ import logging
 import torch
 import torch.nn as nn
 import transformers
+from packaging.version import Version
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
@@ -60,20 +61,12 @@ _SAVE_HINT = ("save it with nxm_kernels.save_compressed(model, dir) and load it 
               "nxm_kernels.load_compressed(dir)")
 
 
-def _version() -> tuple[int, int]:
-    parts = transformers.__version__.split(".")
-    try:
-        return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
-
-
 def supported() -> bool:
     """Whether this transformers can save and load ``NxMLinear`` models through the quantizer registry."""
     from transformers.quantizers import auto
 
-    return _version() >= MIN_TRANSFORMERS and hasattr(auto, "register_quantizer") and \
-        hasattr(HfQuantizer, "get_state_dict_and_metadata")
+    return Version(transformers.__version__).release[:2] >= MIN_TRANSFORMERS and \
+        hasattr(auto, "register_quantizer") and hasattr(HfQuantizer, "get_state_dict_and_metadata")
 
 
 class NxMQuantizationConfig(QuantizationConfigMixin):
