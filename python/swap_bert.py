@@ -12,6 +12,7 @@ import tempfile
 import torch
 
 import nxm_kernels as nxm
+from nxm_kernels.models.zoo import sentence_embeddings as embed   # mean-pooled, as sentence-transformers does
 
 SENTENCES = ["A man is playing a guitar.", "The weather is lovely today.", "Sparse kernels skip the zeros."]
 
@@ -37,14 +38,6 @@ def load(name):
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
 
 
-def embed(model, batch):
-    """Mean-pooled sentence embeddings."""
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("auto", "minilm", "tiny"), default="auto")
@@ -52,7 +45,7 @@ def main():
     args = parser.parse_args()
 
     model, batch, tokenizer = load(args.model)
-    before = embed(model, batch)
+    before = embed(model, [batch])
 
     # One call: every encoder linear becomes an NxMLinear. 2:4 int8 everywhere except the first FFN
     # layer (on MiniLM the one that loses most to one-shot pruning), which stays dense int8.
@@ -60,13 +53,13 @@ def main():
     report = nxm.swap_linears(model, plan)
     print(report)
     print(model.encoder.layer[0].intermediate.dense)
-    after = embed(model, batch)
+    after = embed(model, [batch])
 
     with tempfile.TemporaryDirectory() as tmp:
         path = nxm.save_compressed(model, args.out or tmp, tokenizer=tokenizer)
         size = sum(f.stat().st_size for f in path.iterdir())
         reloaded = nxm.load_compressed(path)       # no dense encoder weights are materialised
-        again = embed(reloaded, batch)
+        again = embed(reloaded, [batch])
         print(f"checkpoint: {size / 2**20:.2f} MiB in {path}" + ("" if args.out else " (temporary)"))
 
     cosine = torch.nn.functional.cosine_similarity(before, after, dim=-1)
