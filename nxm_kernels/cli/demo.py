@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import check_device
 from .._json import dump_json
 from ..timing import measure, text_table
 from ._args import PLAN_HELP, plan_arg
@@ -90,10 +91,7 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda (or cuda:N), got {name!r}")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return dev
+    return check_device("--device", name)
 
 
 def _backends(arg: str | None, device: torch.device) -> list[str]:
