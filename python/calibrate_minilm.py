@@ -22,23 +22,22 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import random
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 import nxm_kernels
 from nxm_kernels._json import dump_json
 from nxm_kernels.calibrate import calibrate, calibrate_weights
 from nxm_kernels.models.text import STDLIB, docstring_sentences, is_held_out, split_sentences
-from nxm_kernels.models.zoo import (SENTENCES, load_builtin, mean_pool, minilm_available, sentence_embeddings,
-                                    tokenized_batches)
+from nxm_kernels.models.zoo import SENTENCES, load_builtin, minilm_available, sentence_embeddings, tokenized_batches
 from nxm_kernels.timing import text_table
-from nxm_kernels.train import ADMM, export_model, hidden_state_loss, prepare_qat
+from nxm_kernels.train import ADMM, export_model, prepare_qat
+
+from distill_minilm import train_student  # the same distillation loop, in the example beside this one
 
 logger = logging.getLogger("calibrate_minilm")
 
@@ -74,38 +73,12 @@ def train_from_calibrated(teacher, tokenizer, spec, calib, train, args) -> tuple
                                 progress=False)
     masks = {n: r.mask for n, r in results.items() if r.mask is not None}
     student.train().requires_grad_(True)
-    layers = prepare_qat(student, plan_for(spec, args))
-    admm = ADMM(layers)
+    admm = ADMM(prepare_qat(student, plan_for(spec, args)))
     admm.prune(masks=masks)  # prune at once, to the calibrated masks
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    total = args.train_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
-                                              max(0.0, 1 - s / total))
-    rng = random.Random(1)
-    bar = tqdm(range(1, total + 1), desc=f"train {spec}", unit="step", disable=None)
-    for step in bar:
-        batch = dict(tokenizer(rng.sample(train, args.batch_size), padding=True, truncation=True,
-                               max_length=args.train_max_length, return_tensors="pt"))
-        with torch.no_grad():
-            t_out = teacher(**batch, output_hidden_states=True)
-        s_out = student(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"]
-        loss_cos = (1 - F.cosine_similarity(mean_pool(s_out.last_hidden_state, mask),
-                                            mean_pool(t_out.last_hidden_state, mask), dim=-1)).mean()
-        loss_hid = hidden_state_loss(s_out.hidden_states[1:], t_out.hidden_states[1:], "squarehead", mask)
-        loss = loss_cos + args.hidden_weight * loss_hid
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        admm.apply_masks()
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if step % 50 == 0:
-            logger.info("%s step %d/%d loss %.5f (1-cos %.5f, squarehead %.5f) %.0fs", spec, step, total, float(loss),
-                        float(loss_cos), float(loss_hid), time.time() - t0)
+    train_student(student, teacher, tokenizer, admm, train, args, admm_steps=0, finetune_steps=args.train_steps,
+                  max_length=args.train_max_length, hidden_loss="squarehead", label=f"train {spec}")
     export_model(student, backend="reference")
-    return student, {"train_steps": total, "train_seconds": round(time.time() - t0, 1)}
+    return student, {"train_steps": args.train_steps, "train_seconds": round(time.time() - t0, 1)}
 
 
 def main(argv=None) -> int:

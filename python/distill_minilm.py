@@ -48,25 +48,26 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a, b, dim=-1).mean())
 
 
-def distill(teacher, tokenizer, spec, train, eval_batches, ref_emb, args) -> dict:
-    """ADMM + QAT + distillation for ``args.admm_steps``, prune, masked QAT for ``args.finetune_steps``."""
-    student = copy.deepcopy(teacher).train().requires_grad_(True)
-    layers = prepare_qat(student, spec)
-    admm = ADMM(layers, ADMMConfig(**ADMM_ARGS.values(args)))
+def train_student(student, teacher, tokenizer, admm, train, args, *, admm_steps: int, finetune_steps: int,
+                  max_length: int, hidden_loss: str = "mse", label: str = "") -> list[dict]:
+    """Distil ``teacher`` into ``student`` (whose QAT layers ``admm`` holds) on batches of ``args.batch_size``
+    sentences drawn from ``train``: ADMM for ``admm_steps`` (none: prune at once, unless pruned already), prune,
+    masked QAT for ``finetune_steps``. Loss: 1 - cosine of the mean-pooled embeddings + ``args.hidden_weight`` x
+    the ``hidden_loss`` of the hidden states; ``label`` names the run in the log. Returns the ADMM history. (calibrate_minilm.py trains with it too.)"""
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    total = args.admm_steps + args.finetune_steps
+    total = admm_steps + finetune_steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
                                               max(0.0, 1 - s / total))
     admm.start()
-    if args.admm_steps == 0:
+    if admm_steps == 0:
         admm.prune()
     rng = random.Random(1)
     history = []
     t0 = time.time()
-    bar = tqdm(range(1, total + 1), desc=f"distill {spec}", unit="step", disable=None)
+    bar = tqdm(range(1, total + 1), desc=f"distill {label}", unit="step", disable=None)
     for step in bar:
         batch = dict(tokenizer(rng.sample(train, args.batch_size), padding=True, truncation=True,
-                               max_length=args.max_length, return_tensors="pt"))
+                               max_length=max_length, return_tensors="pt"))
         with torch.no_grad():
             t_out = teacher(**batch, output_hidden_states=True)
         s_out = student(**batch, output_hidden_states=True)
@@ -74,7 +75,7 @@ def distill(teacher, tokenizer, spec, train, eval_batches, ref_emb, args) -> dic
         s_emb = mean_pool(s_out.last_hidden_state, mask)
         t_emb = mean_pool(t_out.last_hidden_state, mask)
         loss_cos = (1 - F.cosine_similarity(s_emb, t_emb, dim=-1)).mean()
-        loss_hid = hidden_state_loss(s_out.hidden_states[1:], t_out.hidden_states[1:], "mse", mask)
+        loss_hid = hidden_state_loss(s_out.hidden_states[1:], t_out.hidden_states[1:], hidden_loss, mask)
         loss = loss_cos + args.hidden_weight * loss_hid
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -83,19 +84,29 @@ def distill(teacher, tokenizer, spec, train, eval_batches, ref_emb, args) -> dic
             admm.add_penalty_grad()
         opt.step()
         sched.step()
-        if admm.phase == "admm" and step % args.interval == 0:
+        if admm.phase == "admm" and step % admm.config.interval == 0:
             rec = admm.update()
             history.append({"step": step, "rel_primal": rec["rel_primal"], "rho": rec["rho"]})
-        if admm.phase == "admm" and step >= args.admm_steps:
+        if admm.phase == "admm" and step >= admm_steps:
             admm.prune()
         elif admm.phase == "finetune":
             admm.apply_masks()
         bar.set_postfix(loss=f"{float(loss.detach()):.4f}", phase=admm.phase)
         if step % 50 == 0:
-            logger.info("%s step %d/%d phase %s loss %.5f (1-cos %.5f, hidden %.5f) %.1fs", spec, step, total,
-                        admm.phase, float(loss), float(loss_cos), float(loss_hid), time.time() - t0)
+            logger.info("%s step %d/%d phase %s loss %.5f (1-cos %.5f, %s %.5f) %.1fs", label, step, total,
+                        admm.phase, float(loss), float(loss_cos), hidden_loss, float(loss_hid), time.time() - t0)
     if admm.phase != "finetune":
         admm.prune()
+    return history
+
+
+def distill(teacher, tokenizer, spec, train, eval_batches, ref_emb, args) -> dict:
+    """ADMM + QAT + distillation for ``args.admm_steps``, prune, masked QAT for ``args.finetune_steps``."""
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    admm = ADMM(prepare_qat(student, spec), ADMMConfig(**ADMM_ARGS.values(args)))
+    t0 = time.time()
+    history = train_student(student, teacher, tokenizer, admm, train, args, admm_steps=args.admm_steps,
+                            finetune_steps=args.finetune_steps, max_length=args.max_length, label=spec)
     qat_emb = sentence_embeddings(student, eval_batches)
     export_model(student, backend="reference")
     exp_emb = sentence_embeddings(student, eval_batches)
