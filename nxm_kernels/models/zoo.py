@@ -131,21 +131,19 @@ def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
         return BuiltinModel("minilm", model, inputs, "all-MiniLM-L6-v2 (6 layers, hidden 384)", tokenizer)
     from transformers import BertModel
 
-    gen = torch.Generator().manual_seed(seed)
-    cpu_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # the random init; restored below so callers' RNG streams are untouched
-    try:
+    with torch.random.fork_rng(devices=[]):  # the random init; callers' CPU RNG stream is left untouched
+        torch.manual_seed(seed)
         model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    finally:
-        torch.random.set_rng_state(cpu_state)
-    # Token ids with varied lengths (padding), like a tokenized batch of sentences.
-    batch, length = 16, 24
-    ids = torch.randint(1, model.config.vocab_size, (batch, length), generator=gen)
+    inputs = _random_tokens(torch.Generator().manual_seed(seed), 16, 24, model.config.vocab_size)
+    return BuiltinModel("tiny", model, inputs, "tiny random BERT (2 layers, hidden 128)")
+
+
+def _random_tokens(gen: torch.Generator, batch: int, length: int, vocab: int) -> dict:
+    """Random token ids with varied lengths (padding), like a tokenized batch of sentences."""
+    ids = torch.randint(1, vocab, (batch, length), generator=gen)
     lengths = torch.randint(length // 3, length + 1, (batch,), generator=gen)
     mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
-    ids = ids * mask
-    return BuiltinModel("tiny", model, {"input_ids": ids, "attention_mask": mask},
-                        "tiny random BERT (2 layers, hidden 128)")
+    return {"input_ids": ids * mask, "attention_mask": mask}
 
 
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -210,12 +208,9 @@ def load_task_model(name: str, num_labels: int, is_regression: bool = False, *, 
         tokenizer = tiny_tokenizer()
         config = tiny_bert_config(vocab_size=len(tokenizer), num_labels=num_labels,
                                   problem_type="regression" if is_regression else None)
-        cpu_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # restored below, so callers' RNG streams are untouched
-        try:
+        with torch.random.fork_rng(devices=[]):  # callers' CPU RNG stream is left untouched
+            torch.manual_seed(seed)
             model = BertForSequenceClassification(config)
-        finally:
-            torch.random.set_rng_state(cpu_state)
         return model, tokenizer, ["every weight (the tiny built-in is a random BERT)"]
     if name == "minilm":
         source = str(_required_minilm_dir())
@@ -255,14 +250,7 @@ def calibration_batches(builtin: BuiltinModel, n: int = 512, *, batch_size: int 
     gen = torch.Generator().manual_seed(12345)  # not the evaluation batch's seed
     vocab = builtin.model.config.vocab_size
     length = builtin.inputs["input_ids"].shape[1]
-    out = []
-    for i in range(0, n, batch_size):
-        b = min(batch_size, n - i)
-        ids = torch.randint(1, vocab, (b, length), generator=gen)
-        lengths = torch.randint(length // 3, length + 1, (b,), generator=gen)
-        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
+    return [_random_tokens(gen, min(batch_size, n - i), length, vocab) for i in range(0, n, batch_size)]
 
 
 def model_sites(name: str):
