@@ -69,10 +69,7 @@ def register(subparsers) -> None:
 
 # ---------------------------------------------------------------------------------- pieces
 def plan_label(plan) -> str:
-    d = plan.to_dict()
-    if list(d) == ["*"]:
-        return d["*"]
-    return ", ".join(f"{k}={v}" if k != "*" else v for k, v in d.items())
+    return ", ".join(f"{k}={v}" if k != "*" else v for k, v in plan.to_dict().items())
 
 
 def plan_dirname(label: str, taken: set) -> str:
