@@ -43,7 +43,6 @@ def register(subparsers) -> None:
                         "--calibration-samples training examples [magnitude]")
     g.add_argument("--calibration-samples", type=int, default=512, help="examples used by --init [512]")
     g = TRAINING_ARGS.add_to(p, "training")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     g.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
     g.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on only the first N dev examples")
     g.add_argument("--resume", action="store_true", help="resume from the last checkpoint in <out>/trainer")

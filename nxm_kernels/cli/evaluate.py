@@ -21,7 +21,6 @@ def register(subparsers) -> None:
                    help="which split to score (default dev; mnli-mm reads dev_mismatched)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     p.add_argument("--max-samples", type=int, default=None, help="score only the first N examples")
     p.add_argument("--backend", default="auto", help="NxMLinear backend for compressed models")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
