@@ -12,8 +12,7 @@ import tempfile
 import torch
 
 import nxm_kernels as nxm
-from nxm_kernels.models.zoo import sentence_embeddings as embed   # mean-pooled, as sentence-transformers does
-from nxm_kernels.models.zoo import tiny_bert_config
+from nxm_kernels.models.zoo import sentence_embeddings as embed, tiny_bert_config  # embed: mean-pooled
 
 SENTENCES = ["A man is playing a guitar.", "The weather is lovely today.", "Sparse kernels skip the zeros."]
 
