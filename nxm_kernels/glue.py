@@ -302,25 +302,22 @@ def encode(data: GlueData, tokenizer, max_length: int = 128) -> list[dict]:
 
 def predict(model, features: list, tokenizer, batch_size: int = 64, desc: str = "predict"):
     """Logits ``[n, num_labels]`` (float32, CPU) of a sequence-classification ``model`` on encoded
-    ``features`` (from :func:`encode`), batched and padded with ``tokenizer.pad``; shows a progress bar."""
+    ``features`` (from :func:`encode`), batched and padded by :func:`~nxm_kernels.search.batches.collate`;
+    shows a progress bar."""
     import torch
     from tqdm.auto import tqdm
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-    if not features:
-        raise ValueError("features must not be empty")
+    from .search.batches import collate
+
+    batches = collate([{k: v for k, v in f.items() if k != "labels"} for f in features], tokenizer, batch_size)
     device = next(model.parameters(), torch.empty(0)).device
     was_training = model.training
     model.eval()
     out = []
     try:
         with torch.no_grad():
-            for i in tqdm(range(0, len(features), batch_size), desc=desc, unit="batch", disable=None, leave=False):
-                chunk = [{k: v for k, v in f.items() if k != "labels"} for f in features[i:i + batch_size]]
-                batch = tokenizer.pad(chunk, return_tensors="pt")
-                batch = {k: v.to(device) for k, v in batch.items()}
-                out.append(model(**batch).logits.float().cpu())
+            for batch in tqdm(batches, desc=desc, unit="batch", disable=None, leave=False):
+                out.append(model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)

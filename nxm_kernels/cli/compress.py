@@ -12,6 +12,7 @@ Output directory::
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import time
@@ -42,7 +43,6 @@ def register(subparsers) -> None:
                         "--calibration-samples training examples [magnitude]")
     g.add_argument("--calibration-samples", type=int, default=512, help="examples used by --init [512]")
     g = TRAINING_ARGS.add_to(p, "training")
-    g.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     g.add_argument("--max-train-samples", type=int, default=None, help="use only the first N training examples")
     g.add_argument("--max-eval-samples", type=int, default=None, help="evaluate on only the first N dev examples")
     g.add_argument("--resume", action="store_true", help="resume from the last checkpoint in <out>/trainer")
@@ -51,12 +51,6 @@ def register(subparsers) -> None:
     g.add_argument("--teacher", default=None, help="teacher model directory (implies --distill)")
     p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
     p.set_defaults(func=run)
-
-
-def total_steps(n_train: int, batch_size: int, epochs: float, max_steps: int) -> tuple[int, float]:
-    """``(optimizer steps, steps per epoch)`` of a single-process Trainer run (no gradient accumulation)."""
-    per_epoch = max(1, math.ceil(n_train / batch_size))
-    return (max_steps if max_steps > 0 else math.ceil(epochs * per_epoch)), per_epoch
 
 
 def check_admm_updates(schedule, plan, n_train: int, args) -> None:
@@ -69,7 +63,9 @@ def check_admm_updates(schedule, plan, n_train: int, args) -> None:
 
     if not any(parse_spec(spec).sparse for spec in plan.to_dict().values()):
         return  # no N:M layer, no ADMM phase
-    total, per_epoch = total_steps(n_train, args.per_device_train_batch_size, args.num_train_epochs, args.max_steps)
+    # The optimizer steps of a single-process Trainer run (no gradient accumulation).
+    per_epoch = max(1, math.ceil(n_train / args.per_device_train_batch_size))
+    total = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * per_epoch)
     phase = schedule.admm_phase_steps(total, per_epoch)
     if phase == 0 or schedule.admm_updates(total, per_epoch) > 0:
         return
@@ -135,8 +131,9 @@ def run(args) -> int:
     logger.info("task %s: %d training, %d evaluation examples; plan %s", task.name, len(train), len(dev), plan)
 
     t0 = time.time()
-    dense_metrics, _ = evaluate(model, tokenizer, dev, batch_size=args.per_device_eval_batch_size,
-                                max_length=args.max_length)
+    score = functools.partial(evaluate, tokenizer=tokenizer, data=dev, batch_size=args.per_device_eval_batch_size,
+                              max_length=args.max_length)  # (metrics, logits) of a model on the dev split
+    dense_metrics, _ = score(model)
     logger.info("dense model: %s", dense_metrics)
 
     teacher = None
@@ -162,12 +159,10 @@ def run(args) -> int:
     train_result = trainer.train(resume_from_checkpoint=resume)
     model = trainer.model
 
-    qat_metrics, qat_logits = evaluate(model, tokenizer, dev, batch_size=args.per_device_eval_batch_size,
-                                       max_length=args.max_length)
+    qat_metrics, qat_logits = score(model)
     logger.info("QAT model: %s", qat_metrics)
     report = compression.export(model, backend=args.backend)
-    exp_metrics, exp_logits = evaluate(model, tokenizer, dev, batch_size=args.per_device_eval_batch_size,
-                                       max_length=args.max_length)
+    exp_metrics, exp_logits = score(model)
     logger.info("exported model: %s", exp_metrics)
     if task.is_regression:
         agreement = None

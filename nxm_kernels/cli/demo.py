@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import check_device
 from .._json import dump_json
 from ..timing import measure, text_table
 from ._args import PLAN_HELP, plan_arg
@@ -68,10 +69,7 @@ def register(subparsers) -> None:
 
 # ---------------------------------------------------------------------------------- pieces
 def plan_label(plan) -> str:
-    d = plan.to_dict()
-    if list(d) == ["*"]:
-        return d["*"]
-    return ", ".join(f"{k}={v}" if k != "*" else v for k, v in d.items())
+    return ", ".join(f"{k}={v}" if k != "*" else v for k, v in plan.to_dict().items())
 
 
 def plan_dirname(label: str, taken: set) -> str:
@@ -90,10 +88,7 @@ def _device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.split(":")[0] not in ("cpu", "cuda"):
         raise ValueError(f"--device must be auto, cpu or cuda (or cuda:N), got {name!r}")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device")
-    return dev
+    return check_device("--device", name)
 
 
 def _backends(arg: str | None, device: torch.device) -> list[str]:

@@ -21,7 +21,6 @@ def register(subparsers) -> None:
                    help="which split to score (default dev; mnli-mm reads dev_mismatched)")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model directory)")
     p.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     p.add_argument("--max-samples", type=int, default=None, help="score only the first N examples")
     p.add_argument("--backend", default="auto", help="NxMLinear backend for compressed models")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
@@ -29,31 +28,24 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def load_model(path, *, device="cpu", backend="auto"):
-    """A compressed checkpoint (``nxm_config.json``) or a Hugging Face sequence-classification model."""
-    from ..io import CONFIG_NAME, load_compressed
-
-    d = Path(path)
-    if not d.is_dir():
-        raise FileNotFoundError(f"--model must be a directory, got {str(path)!r}")
-    if (d / CONFIG_NAME).is_file():
-        return load_compressed(d, device=device, backend=backend), True
-    from transformers import AutoModelForSequenceClassification
-
-    return AutoModelForSequenceClassification.from_pretrained(str(d)).to(device).eval(), False
-
-
 def run(args) -> int:
     import torch
-    from transformers import AutoTokenizer
-
-    from ..glue import evaluate, load_glue, task_info
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .._checks import check_device
+    from ..glue import evaluate, load_glue, task_info
+    from ..io import CONFIG_NAME, load_compressed
 
     task = task_info(args.task)
     device = check_device("--device", args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, compressed = load_model(args.model, device=device, backend=args.backend)
+    d = Path(args.model)
+    if not d.is_dir():
+        raise FileNotFoundError(f"--model must be a directory, got {str(args.model)!r}")
+    compressed = (d / CONFIG_NAME).is_file()  # else a Hugging Face sequence-classification model
+    if compressed:
+        model = load_compressed(d, device=device, backend=args.backend)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(d)).to(device).eval()
     labels = getattr(getattr(model, "config", None), "num_labels", None)
     if labels is not None and labels != task.num_labels:
         raise ValueError(f"model has {labels} labels but task {task.name} has {task.num_labels}")

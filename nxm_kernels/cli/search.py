@@ -62,7 +62,6 @@ def register(subparsers) -> None:
     p.add_argument("--samples", type=int, default=256, help="examples in the held-out sample")
     p.add_argument("--train-samples", type=int, default=256, help="examples for short QAT runs (disjoint)")
     p.add_argument("--batch-size", type=int, default=32, help="examples per forward pass (default 32)")
-    p.add_argument("--max-length", type=int, default=128, help="tokens per example, longer ones are cut (default 128)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample draw")
     p.add_argument("--top-k", type=int, default=5, help="ranked plans to report")
     p.add_argument("--validate", type=int, default=0, metavar="K", help="measure the K best plans whole")

