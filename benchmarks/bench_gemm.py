@@ -151,11 +151,12 @@ class Problem:
     def w16_24(self) -> torch.Tensor:
         return self.cached("w16_24", lambda: self.nxm.prune_nm(self.w, 2, 4).half())
 
-    def activations(self, m: int, bytes_per_set: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Rotating fp16 activation sets ``[m, K]`` and their per-token int8 codes (public quantizer)."""
+    def activations(self, m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Rotating fp16 activation sets ``[m, K]`` and their per-token int8 codes (public quantizer),
+        as many as an fp16 input and output of ``m`` rows need to rotate through the L2."""
         if self._acts is None or self._acts[0] != m:
             self._acts = None  # free the previous M's sets first
-            n_sets = self.l2_sets(bytes_per_set)
+            n_sets = self.l2_sets(2 * m * self.k + 2 * m * self.n)
             xs = [torch.randn(m, self.k, device=self.device, dtype=torch.float16) for _ in range(n_sets)]
             xqs = [self.nxm.quantize_per_token(x)[0] for x in xs]
             self._acts = (m, xs, xqs)
@@ -255,9 +256,27 @@ def _cslt_reason(device: torch.device) -> str | None:
     return None
 
 
-def _sets(op: Callable, xs: list, ws: list) -> Callable:
+def _case(op: Callable, xs: list, ws: list, nbytes: int, padded_m: int, check: dict, note: str = "") -> Case:
+    """The Case of ``op(x, w)`` rotating through the input sets ``xs`` and the weight copies ``ws``."""
     n = max(len(xs), len(ws))
-    return common.Rotation(op, [(xs[i % len(xs)], ws[i % len(ws)]) for i in range(n)])
+    return Case(common.Rotation(op, [(xs[i % len(xs)], ws[i % len(ws)]) for i in range(n)]), nbytes, padded_m, n,
+                check, note)
+
+
+def _first_accepted(m: int, xs: list, call: Callable[[list, object], object], refused: str, *, min_m: int = 1,
+                    options: tuple = (None,)):
+    """``(option, padded sets, padded M, call(padded sets, option))`` for the first option, then the first
+    row count of :func:`_m_candidates`, that the library accepts (raises no RuntimeError for);
+    :class:`Unsupported` if it refuses them all."""
+    last = None
+    for opt in options:
+        for mp in _m_candidates(m, min_m):
+            xp = [_pad_rows(x, mp) for x in xs]
+            try:
+                return opt, xp, mp, call(xp, opt)
+            except RuntimeError as exc:
+                last = exc
+    raise Unsupported(f"{refused} of M={m}: {last}")
 
 
 def _weight_copies(problem: Problem, key: str, make: Callable[[], object], nbytes: int) -> list:
@@ -267,32 +286,25 @@ def _weight_copies(problem: Problem, key: str, make: Callable[[], object], nbyte
 
 # --- baselines -------------------------------------------------------------------------------------
 def build_fp16_mm(p: Problem, m: int) -> Case:
-    xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+    xs, _ = p.activations(m)
     ws = _weight_copies(p, "w16", lambda: p.w16.clone(), 2 * p.n * p.k)
     op = lambda x, w: torch.mm(x, w.t())  # noqa: E731  (cuBLAS handles the transposed weight)
     ref = xs[0].double() @ p.w16.double().t()
     chk = check_close(op(xs[0], ws[0]), ref, FLOAT_RTOL, FLOAT_ATOL, "fp16 vs float64 product")
-    return Case(_sets(op, xs, ws), 2 * (m * p.k + p.n * p.k + m * p.n), m, max(len(xs), len(ws)), chk)
+    return _case(op, xs, ws, 2 * (m * p.k + p.n * p.k + m * p.n), m, chk)
 
 
 def build_int8_mm(p: Problem, m: int) -> Case:
-    _, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+    _, xqs = p.activations(m)
     ws = _weight_copies(p, "codes_dense", lambda: p.codes_dense.clone(), p.n * p.k)
     ref = exact_ref(xqs[0], p.codes_dense)
     min_m = 17 if p.device.type == "cuda" else 1  # cuBLASLt's _int_mm refuses M <= 16
-    last = None
-    for mp in _m_candidates(m, min_m):
-        xp = [_pad_rows(x, mp) for x in xqs]
-        op = lambda x, w: torch._int_mm(x, w.t())  # noqa: E731  (weight column-major: the "TN" int8 layout)
-        try:
-            out = op(xp[0], ws[0])
-        except RuntimeError as exc:
-            last = exc
-            continue
-        chk = check_exact(out[:m], ref)
-        note = f"M padded to {mp} (torch._int_mm needs M > 16)" if mp != m else ""
-        return Case(_sets(op, xp, ws), m * p.k + p.n * p.k + 4 * m * p.n, mp, max(len(xp), len(ws)), chk, note)
-    raise Unsupported(f"torch._int_mm refused every padding of M={m}: {last}")
+    op = lambda x, w: torch._int_mm(x, w.t())  # noqa: E731  (weight column-major: the "TN" int8 layout)
+    _, xp, mp, out = _first_accepted(m, xqs, lambda xp, _: op(xp[0], ws[0]), "torch._int_mm refused every padding",
+                                     min_m=min_m)
+    chk = check_exact(out[:m], ref)
+    note = f"M padded to {mp} (torch._int_mm needs M > 16)" if mp != m else ""
+    return _case(op, xp, ws, m * p.k + p.n * p.k + 4 * m * p.n, mp, chk, note)
 
 
 def _cslt_alg(compressed: torch.Tensor, dense_t: torch.Tensor, out_dtype) -> tuple[int, str]:
@@ -309,43 +321,47 @@ def _cslt_alg(compressed: torch.Tensor, dense_t: torch.Tensor, out_dtype) -> tup
         return 0, f"alg_id 0 (search failed: {type(exc).__name__})"
 
 
-def build_cslt_int8(p: Problem, m: int) -> Case:
-    _, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-    comp0 = p.cached("cslt_int8", lambda: torch._cslt_compress(p.codes_24))
+def _cslt(p: Problem, m: int, xs: list, key: str, weight: torch.Tensor, out_dtypes: tuple, refused: str):
+    """cuSPARSELt on the 2:4 ``weight`` (compressed once per weight copy), with its searched algorithm,
+    at the first output dtype and row count it accepts: ``(Case parts, output dtype, output)``, where the
+    parts are ``op, padded sets, weight copies, compressed bytes, padded M, note``."""
+    comp0 = p.cached(key, lambda: torch._cslt_compress(weight))
     cbytes = comp0.numel() * comp0.element_size()
-    ws = _weight_copies(p, "cslt_int8", lambda: torch._cslt_compress(p.codes_24), cbytes)
+    ws = _weight_copies(p, key, lambda: torch._cslt_compress(weight), cbytes)
+
+    def call(xp, out_dtype):
+        alg, alg_note = _cslt_alg(ws[0], xp[0].t(), out_dtype)
+
+        def op(x, c):
+            return torch._cslt_sparse_mm(c, x.t(), out_dtype=out_dtype, transpose_result=True, alg_id=alg)
+        return op, op(xp[0], ws[0]), alg_note
+
+    out_dtype, xp, mp, (op, out, note) = _first_accepted(m, xs, call, refused, options=out_dtypes)
+    if tuple(out.shape) != (mp, p.n):
+        raise Incorrect(f"transpose_result=True gave shape {tuple(out.shape)}, expected {(mp, p.n)}")
+    note += f"; M padded to {mp}" if mp != m else ""
+    return (op, xp, ws, cbytes, mp, note), out_dtype, out
+
+
+def build_cslt_int8(p: Problem, m: int) -> Case:
+    _, xqs = p.activations(m)
+    (op, xp, ws, cbytes, mp, note), out_dtype, out = _cslt(
+        p, m, xqs, "cslt_int8", p.codes_24, (torch.int32, torch.bfloat16),
+        "torch._cslt_sparse_mm refused int8 with int32 and bf16 output at every padding")
     ref = exact_ref(xqs[0], p.codes_24)
-    last = None
-    for out_dtype in (torch.int32, torch.bfloat16):
-        for mp in _m_candidates(m):
-            xp = [_pad_rows(x, mp) for x in xqs]
-            try:
-                alg, alg_note = _cslt_alg(ws[0], xp[0].t(), out_dtype)
-                op = (lambda od, a: lambda x, c: torch._cslt_sparse_mm(c, x.t(), out_dtype=od, transpose_result=True,
-                                                                     alg_id=a))(out_dtype, alg)
-                out = op(xp[0], ws[0])
-            except RuntimeError as exc:
-                last = exc
-                continue
-            if tuple(out.shape) != (mp, p.n):
-                raise Incorrect(f"transpose_result=True gave shape {tuple(out.shape)}, expected {(mp, p.n)}")
-            if out_dtype == torch.int32:
-                chk = check_exact(out[:m], ref)
-            else:  # bf16 holds these integers only to 8 bits of mantissa
-                chk = check_close(out[:m], ref.double(), 1e-2, 1e-2, "bf16 output vs exact product")
-            notes = [f"{str(out_dtype).replace('torch.', '')} out", alg_note]
-            if mp != m:
-                notes.append(f"M padded to {mp}")
-            obytes = 4 if out_dtype == torch.int32 else 2
-            return Case(_sets(op, xp, ws), m * p.k + cbytes + obytes * m * p.n, mp, max(len(xp), len(ws)), chk,
-                        "; ".join(notes))
-    raise Unsupported(f"torch._cslt_sparse_mm refused int8 with int32 and bf16 output at every padding of M={m}: {last}")
+    if out_dtype == torch.int32:
+        chk = check_exact(out[:m], ref)
+    else:  # bf16 holds these integers only to 8 bits of mantissa
+        chk = check_close(out[:m], ref.double(), 1e-2, 1e-2, "bf16 output vs exact product")
+    obytes = 4 if out_dtype == torch.int32 else 2
+    return _case(op, xp, ws, m * p.k + cbytes + obytes * m * p.n, mp, chk,
+                 f"{str(out_dtype).replace('torch.', '')} out; {note}")
 
 
 def build_cutlass_int8(p: Problem, m: int) -> Case:
     from torch.sparse import SparseSemiStructuredTensorCUTLASS
 
-    _, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+    _, xqs = p.activations(m)
 
     def make():
         with warnings.catch_warnings():
@@ -356,49 +372,27 @@ def build_cutlass_int8(p: Problem, m: int) -> Case:
     packed0, meta0 = p.cached("cutlass", make)
     wbytes = packed0.numel() * packed0.element_size() + meta0.numel() * meta0.element_size()
     ws = _weight_copies(p, "cutlass", make, wbytes)
-    ref = exact_ref(xqs[0], p.codes_24)
 
     def op(x, w):
         return torch._sparse_semi_structured_linear(x, w[0], w[1], out_dtype=torch.int32)
 
-    last = None
-    for mp in _m_candidates(m):
-        xp = [_pad_rows(x, mp) for x in xqs]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = op(xp[0], ws[0])
-        except RuntimeError as exc:
-            last = exc
-            continue
-        chk = check_exact(out[:m], ref)
-        note = f"M padded to {mp}" if mp != m else ""
-        return Case(_sets(op, xp, ws), m * p.k + wbytes + 4 * m * p.n, mp, max(len(xp), len(ws)), chk, note)
-    raise Unsupported(f"torch._sparse_semi_structured_linear refused int8 -> int32 at every padding of M={m}: {last}")
+    def call(xp, _):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return op(xp[0], ws[0])
+
+    _, xp, mp, out = _first_accepted(m, xqs, call,
+                                     "torch._sparse_semi_structured_linear refused int8 -> int32 at every padding")
+    chk = check_exact(out[:m], exact_ref(xqs[0], p.codes_24))
+    return _case(op, xp, ws, m * p.k + wbytes + 4 * m * p.n, mp, chk, f"M padded to {mp}" if mp != m else "")
 
 
 def build_cslt_fp16(p: Problem, m: int) -> Case:
-    xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-    comp0 = p.cached("cslt_fp16", lambda: torch._cslt_compress(p.w16_24))
-    cbytes = comp0.numel() * comp0.element_size()
-    ws = _weight_copies(p, "cslt_fp16", lambda: torch._cslt_compress(p.w16_24), cbytes)
-    ref = xs[0].double() @ p.w16_24.double().t()
-    last = None
-    for mp in _m_candidates(m):
-        xp = [_pad_rows(x, mp) for x in xs]
-        try:
-            alg, alg_note = _cslt_alg(ws[0], xp[0].t(), None)
-            op = (lambda a: lambda x, c: torch._cslt_sparse_mm(c, x.t(), transpose_result=True, alg_id=a))(alg)
-            out = op(xp[0], ws[0])
-        except RuntimeError as exc:
-            last = exc
-            continue
-        if tuple(out.shape) != (mp, p.n):
-            raise Incorrect(f"transpose_result=True gave shape {tuple(out.shape)}, expected {(mp, p.n)}")
-        chk = check_close(out[:m], ref, FLOAT_RTOL, FLOAT_ATOL, "fp16 vs float64 product")
-        note = alg_note + (f"; M padded to {mp}" if mp != m else "")
-        return Case(_sets(op, xp, ws), 2 * (m * p.k + m * p.n) + cbytes, mp, max(len(xp), len(ws)), chk, note)
-    raise Unsupported(f"torch._cslt_sparse_mm refused fp16 at every padding of M={m}: {last}")
+    xs, _ = p.activations(m)
+    (op, xp, ws, cbytes, mp, note), _, out = _cslt(p, m, xs, "cslt_fp16", p.w16_24, (None,),
+                                                   "torch._cslt_sparse_mm refused fp16 at every padding")
+    chk = check_close(out[:m], xs[0].double() @ p.w16_24.double().t(), FLOAT_RTOL, FLOAT_ATOL, "fp16 vs float64 product")
+    return _case(op, xp, ws, 2 * (m * p.k + m * p.n) + cbytes, mp, chk, note)
 
 
 # --- ours ------------------------------------------------------------------------------------------
@@ -409,24 +403,32 @@ def _clone_packed(pw):
                         pw.shape, pw.bits, pw.pattern)
 
 
+def _packed_copies(p: Problem, spec: str):
+    """``(packed weight, copies of it to rotate through, its bytes)``."""
+    packed = p.packed(spec)
+    wbytes = packed.nbytes()["total"]
+    return packed, _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes), wbytes
+
+
+def _ours_case(p: Problem, m: int, mode: str, op: Callable, packed, ws: list, wbytes: int) -> Case:
+    """``op(x, w)`` checked against the reference backend on ``packed``, as a Case: mode ``"gemm"`` (int8
+    in, int32 out) exactly, mode ``"op"`` (fp16 in and out) within ``OP_RTOL``/``OP_ATOL``."""
+    xs, xqs = p.activations(m)
+    if mode == "gemm":
+        chk = check_exact(op(xqs[0], ws[0]), p.nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
+        return _case(op, xqs, ws, m * p.k + wbytes + 4 * m * p.n, m, chk)
+    out = op(xs[0], ws[0])
+    if out.dtype != xs[0].dtype:
+        raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
+    chk = check_close(out, p.nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
+                      "op vs reference op")
+    return _case(op, xs, ws, 2 * m * p.k + wbytes + 2 * m * p.n, m, chk)
+
+
 def build_ours(backend: str, spec: str, mode: str) -> Callable[[Problem, int], Case]:
     def build(p: Problem, m: int) -> Case:
-        nxm = p.nxm
-        packed = p.packed(spec)
-        wbytes = packed.nbytes()["total"]
-        xs, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-        ws = _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes)
-        if mode == "gemm":
-            op = lambda xq, pw: nxm.sparse_int_mm(xq, pw, backend=backend)  # noqa: E731
-            chk = check_exact(op(xqs[0], ws[0]), nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
-            return Case(_sets(op, xqs, ws), m * p.k + wbytes + 4 * m * p.n, m, max(len(xqs), len(ws)), chk)
-        op = lambda x, pw: nxm.sparse_int_linear(x, pw, backend=backend)  # noqa: E731
-        out = op(xs[0], ws[0])
-        if out.dtype != xs[0].dtype:
-            raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
-        chk = check_close(out, nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
-                          "op vs reference op")
-        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+        fn = p.nxm.sparse_int_mm if mode == "gemm" else p.nxm.sparse_int_linear
+        return _ours_case(p, m, mode, lambda x, pw: fn(x, pw, backend=backend), *_packed_copies(p, spec))
 
     return build
 
@@ -446,11 +448,7 @@ def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Ca
 
         if m > VARIANT_M_MAX:
             raise Unsupported(f"the forced Triton variants are measured for M <= {VARIANT_M_MAX}")
-        nxm = p.nxm
-        packed = p.packed(spec)
-        wbytes = packed.nbytes()["total"]
-        xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-        ws = _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes)
+        packed, ws, wbytes = _packed_copies(p, spec)
         dims = dict(n=p.n, k=p.k, bits=packed.bits, sparse=packed.sparse)
         if variant == "fused":
             def op(x, pw):
@@ -460,12 +458,7 @@ def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Ca
                 xq, x_scale = quant.quantize_per_token(x)
                 return gemm.int_gemm(xq, pw.values, pw.metadata, **dims, x_scale=x_scale, w_scale=pw.scales,
                                      out_dtype=x.dtype)
-        out = op(xs[0], ws[0])
-        if out.dtype != xs[0].dtype:
-            raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
-        chk = check_close(out, nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
-                          "op vs reference op")
-        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+        return _ours_case(p, m, "op", op, packed, ws, wbytes)
 
     return build
 
@@ -497,15 +490,11 @@ def build_cuda_kernel(kernel: str, spec: str, mode: str) -> Callable[[Problem, i
             make = lambda: cusparselt.prepare(packed)  # noqa: E731
         wbytes = sum(t.numel() * t.element_size() for t in w0)
         ws = _weight_copies(p, f"{kernel}-{spec}", make, wbytes)
-        xs, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
         if mode == "gemm":
             op = lambda xq, w: gemm(xq, w, meta)  # noqa: E731
-            chk = check_exact(op(xqs[0], ws[0]), p.nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
-            return Case(_sets(op, xqs, ws), m * p.k + wbytes + 4 * m * p.n, m, max(len(xqs), len(ws)), chk)
-        op = lambda x, w: lin(x, w, meta, None, "none")  # noqa: E731
-        chk = check_close(op(xs[0], ws[0]), p.nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL,
-                          OP_ATOL, "op vs reference op")
-        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+        else:
+            op = lambda x, w: lin(x, w, meta, None, "none")  # noqa: E731
+        return _ours_case(p, m, mode, op, packed, ws, wbytes)
 
     return build
 
