@@ -25,11 +25,9 @@ max |diff|) before it is timed. Timing: CUDA events around each forward, after w
 latency, tokens/s and sequences/s. Weights are not evicted from L2 between forwards (a model run
 back to back, as in serving).
 
-**Ratios** (``speedup``): p50 of the Hugging Face baseline in the same mode (eager or CUDA graph)
-and the same compile state, divided by the row's p50: an uncompiled row against ``hf-fp16``, a
-compiled one against ``hf-fp16-compile``; ``speedup_baseline`` names the record used, the table
-header names the baselines. ``speedup_vs_hf_eager``, ``_same_mode`` and ``_compile`` are the
-other comparisons. A CPU smoke run has none: its timings mean nothing.
+**Ratios**: over the Hugging Face baseline in the same mode and compile state (see
+:func:`add_speedups`); the table header names the baselines. A CPU smoke run has none: its timings
+mean nothing.
 
     python benchmarks/bench_e2e.py --quick      # BERT-base, a few shapes (what gpu_validate.sh runs)
     python benchmarks/bench_e2e.py              # every model, the full grid (long)
@@ -173,14 +171,6 @@ def use_backend(model, backend: str, device: torch.device) -> dict[str, int]:
     return counts
 
 
-def torchao_reason() -> str | None:
-    try:
-        import torchao  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return f"torchao is not installed ({type(exc).__name__}: {exc})"
-    return None
-
-
 def apply_torchao(model) -> None:
     """torchao int8 dynamic activations + int8 2:4 semi-sparse weights on the encoder linears."""
     import torch.nn as nn
@@ -235,14 +225,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------------------ driver
 def run(args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    smoke = args.smoke or device.type != "cuda"
-    if device.type != "cuda" and not args.smoke:
-        logger.warning("no CUDA GPU: running the CPU smoke mode (tiny model, no timing claims)")
+    device, smoke, env, reasons = common.start(args, "tiny model")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    env = common.environment(device)
     outdir = common.results_dir(args.out, env, smoke=smoke)
-    reasons = common.backend_status(device)
     if smoke:
         models = ["tiny"]
         grid = SMOKE_GRID
@@ -337,7 +322,10 @@ def variant_reason(v: Variant, reasons: dict) -> str | None:
     if v.kind == "nxm":
         return reasons.get(v.backend, f"unknown backend {v.backend!r}")
     if v.kind == "torchao":
-        return torchao_reason()
+        try:
+            import torchao  # noqa: F401
+        except Exception as exc:  # noqa: BLE001
+            return f"torchao is not installed ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -511,10 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose)
-    common.stop_on_sigterm()
-    result = run(args)
+    result = common.run_main(build_parser(), run, argv)
     if result.get("stopped"):
         return 3
     bad = [r for r in result["records"] if r["status"] in ("failed", "incorrect")]

@@ -55,7 +55,8 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
 import torch
 
 from benchmarks import common, plots
-from nxm_kernels.timing import measure, text_table  # noqa: E402 - after common sets TRITON_INTERPRET
+from nxm_kernels.cli.tune import int_list, shape_list  # noqa: E402 - after common sets TRITON_INTERPRET
+from nxm_kernels.timing import measure, text_table  # noqa: E402
 
 logger = logging.getLogger("benchmarks.gemm")
 
@@ -221,7 +222,6 @@ class Provider:
     mode: str                      # "gemm" (int8 in) | "op" (fp16 in, fp16 out)
     backend: str | None = None
     spec: str | None = None
-    needs: str = ""                # why it might be unavailable (filled by unavailable())
     build: Callable = field(default=None, repr=False)
 
     def record_base(self) -> dict:
@@ -631,25 +631,18 @@ def evaluate_goals(records: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ driver
 def run(args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    smoke = args.smoke or device.type != "cuda"
-    if device.type != "cuda" and not args.smoke:
-        logger.warning("no CUDA GPU: running the CPU smoke mode (tiny shapes, no timing claims)")
-    env = common.environment(device)
+    device, smoke, env, reasons = common.start(args, "tiny shapes")
     peak = common.card_peak(env["gpu"], args.peak_tops, args.peak_gbps) if env.get("gpu") else None
     outdir = common.results_dir(args.out, env)
-    reasons = common.backend_status(device)
     backends = common.our_backends(args.backends, device)
     specs = args.specs.split(",") if args.specs else list(QUICK_SPECS if args.quick and not smoke else SPECS)
-    if smoke:
-        shapes = dict(SMOKE_SHAPES)
-        ms = common.parse_int_list(args.m, "--m") if args.m else SMOKE_M
-    else:
-        shapes = {s: SHAPES[s] for s in QUICK_SHAPES} if args.quick else dict(SHAPES)
-        ms = common.parse_int_list(args.m, "--m") if args.m else (M_QUICK if args.quick else M_FULL)
-    if args.shapes:
-        wanted = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
-        shapes = {s: shapes.get(s, SHAPES.get(s, "custom")) for s in wanted}
+    shapes = dict(SMOKE_SHAPES) if smoke else {s: SHAPES[s] for s in QUICK_SHAPES} if args.quick else dict(SHAPES)
+    try:
+        ms = int_list(args.m, "m") if args.m else SMOKE_M if smoke else M_QUICK if args.quick else M_FULL
+        if args.shapes:
+            shapes = {s: shapes.get(s, SHAPES.get(s, "custom")) for s in shape_list(args.shapes)}
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     # cuSPARSELt fp16 2:4 raised "illegal instruction" on an H100 (torch 2.11+cu130, 2026-11-24), which
     # poisons the CUDA context for every later provider: it runs only when asked for by name.
     # --quick keeps the forced Triton variants to one spec: gpu_validate.sh gives this step 140 s.
@@ -663,7 +656,7 @@ def run(args) -> dict:
         "benchmark": "gemm", "environment": env, "smoke": smoke,
         "peak": None if peak is None else vars(peak),
         "peak_note": None if peak else "card not in the peak table: give --peak-tops/--peak-gbps for percentages",
-        "measured_copy_gbps": _copy_gbps(device),
+        "measured_copy_gbps": common.measure_copy_gbps(device),
         "backends": reasons, "shapes": [{"n": n, "k": k, "where": w} for (n, k), w in shapes.items()], "m": ms,
         "timer": {"name": args.timer if device.type == "cuda" else "wall-clock", "warmup_ms": warmup, "rep_ms": rep,
                   "rotation": "activation and weight copies together >= 3x L2 (max 16 sets); do_bench also "
@@ -704,7 +697,8 @@ def run(args) -> dict:
                         rec.update(status="unavailable", reason=why_not[prov.name])
                         continue
                     aborted = measure_point(prov, problem, m, rec, device, peak, warmup, rep, args.timer)
-                write_partial(result, path)
+                add_ratios(result["records"])
+                common.write_json(path, result)
             del problem
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -723,19 +717,6 @@ def run(args) -> dict:
     common.finish_results(path, outdir, result, plot=None if args.no_plots else plots.plot_gemm,
                           table=format_table)
     return result
-
-
-def _copy_gbps(device: torch.device) -> float | None:
-    try:
-        return common.measure_copy_gbps(device)
-    except Exception as exc:  # noqa: BLE001 - a ceiling we can do without
-        logger.warning("could not measure the copy bandwidth: %s", exc)
-        return None
-
-
-def write_partial(result: dict, path: Path) -> None:
-    add_ratios(result["records"])
-    common.write_json(path, result)
 
 
 def measure_point(prov: Provider, problem: Problem, m: int, rec: dict, device, peak, warmup, rep, timer) -> str | None:
@@ -832,10 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose)
-    common.stop_on_sigterm()
-    result = run(args)
+    result = common.run_main(build_parser(), run, argv)
     bad = [r for r in result["records"] if r["status"] in ("incorrect", "failed")]
     if result.get("aborted") or result.get("stopped"):
         return 3

@@ -211,14 +211,9 @@ def summarize(folder: Path, markdown: bool = False) -> str:
     g, e = _load(folder / "gemm.json"), _load(folder / "e2e.json")
     env = (g or e or {}).get("environment") or _load(folder / "environment.json")
     lines = header(env, folder) + steps_lines(folder)
-    if g:
-        lines += gemm_lines(g, markdown)
-    else:
-        lines.append("== GEMM: no gemm.json")
-    if e:
-        lines += e2e_lines(e, markdown)
-    else:
-        lines.append("== end to end: no e2e.json")
+    for result, render, missing in ((g, gemm_lines, "== GEMM: no gemm.json"),
+                                    (e, e2e_lines, "== end to end: no e2e.json")):
+        lines += render(result, markdown) if result else [missing]
     return "\n".join(lines)
 
 
