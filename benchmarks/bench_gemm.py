@@ -1,36 +1,13 @@
 """GEMM microbenchmark: our sparse-int kernels against the vendor libraries, BERT shapes, M = 1..16384.
 
 For every (N, K) projection shape of BERT-base/-large and every M (tokens), each *provider* is built,
-checked for correctness, then timed:
-
-==========================  ===================================================================
-``fp16-mm``                 fp16 ``torch.mm`` (cuBLAS); fp16 in, fp16 out
-``int8-mm``                 int8 ``torch._int_mm`` (cuBLASLt); needs M > 16, so small M is padded
-``cslt-int8-2:4``           int8 2:4 ``torch._cslt_sparse_mm`` (cuSPARSELt), int32 out if supported
-``cutlass-int8-2:4``        int8 2:4 ``torch._sparse_semi_structured_linear`` (CUTLASS), int32 out
-``cslt-fp16-2:4``           fp16 2:4 ``torch._cslt_sparse_mm`` (cuSPARSELt), fp16 in and out
-``nxm-<backend>-<spec>-op``   ``nxm_kernels.sparse_int_linear``: fp16 in, per-token quantization,
-                            GEMM, scales epilogue, fp16 out (the whole op a model runs)
-``nxm-<backend>-<spec>-gemm`` ``nxm_kernels.sparse_int_mm`` on pre-quantized int8 input, int32 out:
-                            the GEMM alone, apples to apples with the int8 baselines
-``nxm-triton-<spec>-fused``  the Triton op forced onto the one-launch fused kernel (quantization in
-                            the GEMM's prologue, split-K), fp16 in and out; M <= ``VARIANT_M_MAX``
-``nxm-triton-<spec>-2launch`` the Triton op forced onto two launches (quantizer, then GEMM), fp16
-                            in and out; M <= ``VARIANT_M_MAX``. With ``-op`` (the backend's own
-                            choice) these show where the fused range should end
-==========================  ===================================================================
-
-Correctness before timing: our GEMM's int32 result must equal the reference backend's exactly, our
-op's fp16 output must match the reference op within ``OP_RTOL``/``OP_ATOL``; integer baselines must
-equal the exact product, float baselines match a float64 product within tolerance. A provider that
-fails its check is reported ``incorrect`` and not timed.
-
-Timing: ``triton.testing.do_bench`` (median; warm-up; L2 cleared before every call) over input sets
-that rotate (activations and weight copies together >= 3x the L2), so no provider finds its
-operands cached. Reported per point: time, TOPS counting the dense-equivalent ``2*M*N*K``, percent
-of the card's dense int8 peak (2:4 kernels may exceed 100%), effective bandwidth over the bytes the
-kernel must move (activations in, packed weights, output; logical M), percent of HBM bandwidth, and
-the ratio to every baseline. Writes ``gemm.json``, PNG plots and prints a table.
+checked for correctness, then timed. The providers (fp16 cuBLAS, int8 cuBLASLt, int8 2:4 cuSPARSELt
+and CUTLASS, fp16 2:4 cuSPARSELt; our backends' whole op, fp16 in and out, and their GEMM alone, int8
+in and int32 out; the Triton op forced onto one or two launches), the correctness checks (``OP_RTOL``,
+``OP_ATOL``, ``FLOAT_RTOL``, ``FLOAT_ATOL``; a provider that fails is reported ``incorrect`` and not
+timed), the timing (``do_bench`` over input sets that rotate through >= 3x the L2) and every metric
+reported per point are described once, in benchmarks/README.md ("What the GEMM benchmark compares",
+"Reading the GEMM results"). Writes ``gemm.json``, PNG plots and prints a table.
 
     python benchmarks/bench_gemm.py --quick            # a few M values (what gpu_validate.sh runs)
     python benchmarks/bench_gemm.py                    # the full sweep

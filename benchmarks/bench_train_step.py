@@ -11,7 +11,7 @@ Steps timed (same model, batch, optimizer AdamW):
 
 Memory: ADMM keeps Z and U, two fp32 copies of each compressed weight (8 bytes per weight), freed at
 the prune; the mask then costs 1 byte per weight. On a GPU the peak allocated memory of each mode is
-measured too. Goal from the issue: ``admm+qat`` at most 1.3x ``plain``.
+measured too. Goal: ``admm+qat`` at most 1.3x ``plain``.
 
     python benchmarks/bench_train_step.py                 # BERT-base shapes (random weights), GPU if present
     python benchmarks/bench_train_step.py --smoke         # tiny BERT on the CPU, a few steps (CI)
