@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from tqdm import tqdm
 
 from benchmarks import common, plots
 from nxm_kernels.cli.tune import int_list, shape_list  # noqa: E402 - after common sets TRITON_INTERPRET
@@ -648,21 +649,15 @@ def run(args) -> dict:
     logger.info("GEMM benchmark on %s: %d shapes x %d M x %d providers -> %s", env.get("gpu") or "CPU (smoke)",
                 len(shapes), len(ms), len(providers), path)
     l2_sets = lambda nbytes: common.rotation_count(nbytes, device)  # noqa: E731
-    total = len(shapes) * len(ms) * len(providers)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = tqdm(total=total, desc="gemm", disable=None, file=sys.stderr) if tqdm else None
+    bar = tqdm(total=len(shapes) * len(ms) * len(providers), desc="gemm", disable=None, file=sys.stderr)
     aborted = None
     try:
         for (n, k), where in shapes.items():
             problem = Problem(n, k, device, l2_sets)
             for m in ms:
                 for prov in providers:
-                    if bar:
-                        bar.set_postfix_str(f"{n}x{k} M={m} {prov.name}", refresh=False)
-                        bar.update()
+                    bar.set_postfix_str(f"{n}x{k} M={m} {prov.name}", refresh=False)
+                    bar.update()
                     # "stopped" until measured: what a time box that expires right here leaves behind
                     rec = {"n": n, "k": k, "shape": f"{n}x{k}", "where": where, "m": m, **prov.record_base(),
                            "status": "stopped", "reason": "the run's time box expired before this point"}
@@ -683,8 +678,7 @@ def run(args) -> dict:
         logger.error("stopped by %s: writing the results measured so far", exc)
         result["stopped"] = f"time box expired ({exc})"
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     if aborted:
         result["aborted"] = aborted
     add_ratios(result["records"])
