@@ -435,19 +435,13 @@ def add_speedups(records: list[dict]) -> None:
             r["speedup_baseline"] = f"{base['variant']} {r['mode']}"
 
 
-def baseline_names(records: list[dict]) -> list[str]:
-    """The baselines the ``speedup`` ratios of ``records`` were really taken against, e.g.
-    ``["hf-fp16 eager", "hf-fp16 graph", "hf-fp16-compile eager"]``."""
-    return list(dict.fromkeys(r["speedup_baseline"] for r in records if r.get("speedup_baseline")))
-
-
 def format_table(result: dict) -> str:
     lines = []
     for model in dict.fromkeys(r["model"] for r in result["records"]):
         rows = [r for r in result["records"] if r["model"] == model]
         shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
         hf = list(dict.fromkeys(r["variant"] for r in rows if r["kind"] == "hf" and not r["compile"]))
-        bases = baseline_names(rows)
+        bases = list(dict.fromkeys(r["speedup_baseline"] for r in rows if r.get("speedup_baseline")))
         if result.get("smoke"):
             what = (f"CPU smoke run, HF baseline {', '.join(hf) or 'none'}: timings mean nothing, so no "
                     "speedup ratios")
@@ -480,7 +474,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help=f"comma-separated, from {', '.join(m for m in MODELS if m != 'tiny')}")
     p.add_argument("--grid", help="comma-separated BATCHxSEQ, e.g. 1x128,32x512 (default: batch "
                                   f"{BATCHES} x seq {SEQS})")
-    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--plans", help=f"comma-separated from {', '.join(PLANS)} (default: all)")
     p.add_argument("--variants", help="comma-separated globs over variant names, e.g. 'hf-*,nxm-w8a8-*'")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -488,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-backend", help="torch.compile backend for them (default: inductor; aot_eager in "
                                              "smoke mode, which needs no C++ toolchain)")
     p.add_argument("--no-graphs", action="store_true", help="eager timing only")
-    common.add_output_args(p)
+    common.add_common_args(p)
     return p
 
 

@@ -97,15 +97,12 @@ class Problem:
 
         self.n, self.k, self.device, self.l2_sets = n, k, device, l2_sets
         self.w = torch.randn(n, k, device=device)  # float32 master weight
-        self._packed: dict[str, object] = {}
         self._cache: dict[str, object] = {}
         self._acts: tuple | None = None
         self.nxm = nxm
 
     def packed(self, spec: str):
-        if spec not in self._packed:
-            self._packed[spec] = self.nxm.pack(self.w, pattern=spec, prune=True)
-        return self._packed[spec]
+        return self.cached(f"pack {spec}", lambda: self.nxm.pack(self.w, pattern=spec, prune=True))
 
     def cached(self, key: str, make: Callable[[], object]):
         if key not in self._cache:
@@ -772,14 +769,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", help="comma-separated M values (overrides --quick)")
     p.add_argument("--shapes", help="comma-separated NxK shapes, e.g. 3072x768,768x3072")
     p.add_argument("--providers", help="comma-separated globs over provider names, e.g. 'int8-mm,nxm-cuda-*'")
-    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--specs", help=f"our specs (default: {','.join(SPECS)}; --quick: {','.join(QUICK_SPECS)})")
     p.add_argument("--timer", default="do_bench", choices=["do_bench", "cudagraph"])
     p.add_argument("--warmup-ms", type=float)
     p.add_argument("--rep-ms", type=float)
     p.add_argument("--peak-tops", type=float, help="dense int8 peak TOPS of this card (overrides the table)")
     p.add_argument("--peak-gbps", type=float, help="memory bandwidth GB/s of this card (overrides the table)")
-    common.add_output_args(p)
+    common.add_common_args(p)
     return p
 
 

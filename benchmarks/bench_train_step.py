@@ -23,6 +23,7 @@ import argparse
 import copy
 import platform
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -54,15 +55,12 @@ def batch(cfg, args, device):
 
 def time_mode(model, data, args, device, admm: ADMM | None = None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.bf16 else None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.bf16 else nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        if amp is not None:
-            with amp:
-                loss = model(**data).loss
-        else:
+        with amp:
             loss = model(**data).loss
         loss.backward()
         if admm is not None and admm.phase == "admm":

@@ -198,8 +198,10 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def add_output_args(p) -> None:
-    """The output options every results-writing benchmark shares (see :func:`results_dir`)."""
+def add_common_args(p) -> None:
+    """The options every results-writing benchmark shares: ``--backends`` (:func:`our_backends`) and
+    the output options (:func:`results_dir`)."""
+    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>; "
                                  "a smoke run's default is under the temp dir)")
     p.add_argument("--no-plots", action="store_true")
