@@ -212,11 +212,6 @@ def capture_graph(model, ids: torch.Tensor):
     return graph.replay, out
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float().flatten(0, -2), b.float().flatten(0, -2)
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
-
-
 # ------------------------------------------------------------------------------------------ driver
 def run(args) -> dict:
     device, smoke, env, reasons = common.start(args, "tiny model")
@@ -338,7 +333,7 @@ def reference_output(model_name, plan, device, dtype, ids) -> torch.Tensor:
 def check_variant(model, ref, ids, model_name, v, info) -> dict:
     with torch.inference_mode():
         out = _forward(model, ids).float().cpu()
-    cos = cosine(out, ref)
+    cos = float(torch.nn.functional.cosine_similarity(out.flatten(0, -2), ref.flatten(0, -2), dim=-1).mean())
     check = {"model": model_name, "variant": v.name, "against": f"{v.plan} on the reference backend",
              "mean_token_cosine": cos, "max_abs_diff": float((out - ref).abs().max()),
              "ok": bool(cos >= MIN_COSINE and torch.isfinite(out).all()), "min_cosine": MIN_COSINE, **info}
