@@ -204,12 +204,13 @@ class Provider:
                 "backend": self.backend, "spec": self.spec}
 
 
-def _cuda_reason(device: torch.device, min_cap=(8, 0), what: str = "") -> str | None:
+def _cuda_reason(device: torch.device, what: str) -> str | None:
+    """Why ``what`` (a library's 2:4 kernels) cannot run on ``device``: it needs a GPU of sm_80 or later."""
     if device.type != "cuda":
-        return f"{what} needs a CUDA GPU" if what else "needs a CUDA GPU"
+        return f"{what} needs a CUDA GPU"
     cap = torch.cuda.get_device_capability(device)
-    if cap < min_cap:
-        return f"{what} needs compute capability >= {min_cap[0]}.{min_cap[1]}, this GPU has {cap[0]}.{cap[1]}"
+    if cap < (8, 0):
+        return f"{what} needs compute capability >= 8.0, this GPU has {cap[0]}.{cap[1]}"
     return None
 
 

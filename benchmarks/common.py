@@ -147,13 +147,9 @@ def l2_bytes(device: torch.device) -> int:
     return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def run_name(env: dict) -> str:
     """``<gpu>-<date>-<commit>``: the folder name committed results use."""
-    gpu = slug((env.get("gpu") or "cpu").replace("NVIDIA", ""))
+    gpu = re.sub(r"[^a-z0-9]+", "-", (env.get("gpu") or "cpu").replace("NVIDIA", "").lower()).strip("-")
     return f"{gpu}-{env['date'][:10].replace('-', '')}-{env['commit']}"
 
 
