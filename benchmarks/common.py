@@ -92,13 +92,6 @@ def _run(cmd: list[str], timeout: float = 10.0) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_commit() -> tuple[str, bool | None]:
-    """``(commit, dirty)`` of the checkout; ``NXM_COMMIT`` names it where there is no ``.git``."""
-    commit = _run(["git", "rev-parse", "--short=10", "HEAD"]) or os.environ.get("NXM_COMMIT") or "unknown"
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
-    return commit, (None if status is None else bool(status))
-
-
 def _version(module: str) -> str | None:
     try:
         return __import__(module).__version__
@@ -108,11 +101,12 @@ def _version(module: str) -> str | None:
 
 def environment(device: torch.device) -> dict:
     """Everything a reader needs to trust (or reproduce) a result file."""
-    commit, dirty = git_commit()
+    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
     info = {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "commit": commit,
-        "dirty": dirty,
+        # NXM_COMMIT names the checkout where there is no .git (gpu_validate.sh on a copied tree)
+        "commit": _run(["git", "rev-parse", "--short=10", "HEAD"]) or os.environ.get("NXM_COMMIT") or "unknown",
+        "dirty": None if status is None else bool(status),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -153,13 +147,9 @@ def l2_bytes(device: torch.device) -> int:
     return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 * 2**20))
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
 def run_name(env: dict) -> str:
     """``<gpu>-<date>-<commit>``: the folder name committed results use."""
-    gpu = slug((env.get("gpu") or "cpu").replace("NVIDIA", ""))
+    gpu = re.sub(r"[^a-z0-9]+", "-", (env.get("gpu") or "cpu").replace("NVIDIA", "").lower()).strip("-")
     return f"{gpu}-{env['date'][:10].replace('-', '')}-{env['commit']}"
 
 
@@ -204,8 +194,10 @@ def error_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def add_output_args(p) -> None:
-    """The output options every results-writing benchmark shares (see :func:`results_dir`)."""
+def add_common_args(p) -> None:
+    """The options every results-writing benchmark shares: ``--backends`` (:func:`our_backends`) and
+    the output options (:func:`results_dir`)."""
+    p.add_argument("--backends", help="our backends (default: cuda,triton on a GPU; reference,triton on a CPU)")
     p.add_argument("--out", help="output folder (default: $OUT, else benchmarks/results/<gpu>-<date>-<commit>; "
                                  "a smoke run's default is under the temp dir)")
     p.add_argument("--no-plots", action="store_true")
@@ -230,20 +222,31 @@ def finish_results(path: Path, outdir: Path, result: dict, *, plot: Callable | N
     logger.info("wrote %s", path)
 
 
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-
-
 class TimeBoxExpired(KeyboardInterrupt):
     """Raised in the main thread when SIGTERM arrives (``timeout`` ran out): write what we have."""
 
 
-def stop_on_sigterm() -> None:
+def run_main(parser, run: Callable, argv: list[str] | None) -> dict:
+    """The ``main`` of every results-writing benchmark: parse ``argv``, log to stderr (debug with ``-v``),
+    turn SIGTERM (the time box) into :class:`TimeBoxExpired`, and return what ``run(args)`` returns."""
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
     def handler(signum, _frame):
         raise TimeBoxExpired(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
+    return run(args)
+
+
+def start(args, tiny: str) -> tuple[torch.device, bool, dict, dict]:
+    """``(device, smoke, environment, backend status)`` for a run: the smoke mode when asked for, and
+    forced (with a warning) without a GPU."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type != "cuda" and not args.smoke:
+        logger.warning("no CUDA GPU: running the CPU smoke mode (%s, no timing claims)", tiny)
+    return device, args.smoke or device.type != "cuda", environment(device), backend_status(device)
 
 
 # ------------------------------------------------------------------------------------------- timing
@@ -276,16 +279,21 @@ class Rotation:
 
 
 def measure_copy_gbps(device: torch.device, nbytes: int = 2**29) -> float | None:
-    """Achieved device-memory bandwidth of a plain copy (read + write), GB/s: a practical ceiling."""
+    """Achieved device-memory bandwidth of a plain copy (read + write), GB/s: a practical ceiling
+    (None on a CPU, or when it cannot be measured)."""
     if device.type != "cuda":
         return None
     from nxm_kernels.timing import measure
 
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
-    dst = torch.empty_like(src)
-    ms = measure(lambda: dst.copy_(src), device, timer="do_bench", warmup_ms=10, rep_ms=50).median_ms
-    del src, dst
-    torch.cuda.empty_cache()
+    try:
+        src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+        dst = torch.empty_like(src)
+        ms = measure(lambda: dst.copy_(src), device, timer="do_bench", warmup_ms=10, rep_ms=50).median_ms
+        del src, dst
+        torch.cuda.empty_cache()
+    except Exception as exc:  # noqa: BLE001 - a ceiling we can do without
+        logger.warning("could not measure the copy bandwidth: %s", exc)
+        return None
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
@@ -301,12 +309,3 @@ def backend_status(device: torch.device) -> dict[str, str | None]:
             out[name] = f"{type(exc).__name__}: {exc}"
     return out
 
-
-def parse_int_list(text: str, name: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise SystemExit(f"{name} must be a comma-separated list of integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise SystemExit(f"{name} must list integers >= 1, got {text!r}")
-    return values

@@ -25,26 +25,23 @@ def _pyplot():
     return plt
 
 
-def _grid(n: int):
-    cols = min(4, n)
-    return math.ceil(n / cols), cols
-
-
 def _panels(n_panels: int, n_labels: int, ncol: int, plt):
     """A grid of panels with room below for a legend of ``n_labels`` entries in ``ncol`` columns."""
-    rows, cols = _grid(n_panels)
+    cols = min(4, n_panels)
+    rows = math.ceil(n_panels / cols)
     legend_in = 0.22 * math.ceil(n_labels / ncol) + 0.3
     height = 3.4 * rows + legend_in + 0.6
     fig, axes = plt.subplots(rows, cols, figsize=(max(9.0, 4.2 * cols), height), squeeze=False)
     return fig, axes, (0, legend_in / height, 1, 1 - 0.6 / height)
 
 
-def _style_m_axes(ax, shape: str, ylabel: str, ybase: int) -> None:
-    """One GEMM panel: log2 M on x, log ``ybase`` on y."""
+def _style_axes(ax, xlabel: str, ylabel: str, ybase: int, title: str | None = None) -> None:
+    """One panel: log2 on x (M, tokens), log ``ybase`` on y."""
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=ybase)
-    ax.set_title(shape, fontsize=9)
-    ax.set_xlabel("M (tokens)", fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
 
@@ -98,7 +95,7 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
                     ax.plot(*zip(*pts), style, marker="o", ms=3, color=plt.cm.tab10(i % 10),
                             label=prov.replace("nxm-", "").replace(f"-{mode}", ""))
             ax.axhline(1.0, color="grey", lw=0.8)
-            _style_m_axes(ax, shape, f"speedup vs {base}", 2)
+            _style_axes(ax, "M (tokens)", f"speedup vs {base}", 2, shape)
         written.append(_finish_panels(fig, axes, len(shapes), rect, f"nxm {mode} vs {base}\n{_title(result)}", 8,
                                       outdir / f"speedup_vs_{base.replace(':', '')}.png", plt))
 
@@ -112,7 +109,7 @@ def plot_gemm(result: dict, outdir: Path) -> list[Path]:
                     base = next(r for r in recs if r["provider"] == prov)["kind"] == "baseline"
                     ax.plot(*zip(*pts), "-" if base else ":", marker="o", ms=2, lw=2 if base else 1,
                             color=plt.cm.tab20(i % 20), label=prov.replace("nxm-", ""))
-            _style_m_axes(ax, shape, "median time (us)", 10)
+            _style_axes(ax, "M (tokens)", "median time (us)", 10, shape)
         written.append(_finish_panels(fig, axes, len(shapes), rect, f"GEMM time per call\n{_title(result)}", 7,
                                       outdir / "time_vs_m.png", plt))
     return written
@@ -137,12 +134,8 @@ def plot_e2e(result: dict, outdir: Path) -> list[Path]:
             sp = [(p[0], p[2]) for p in pts if p[2]]
             if sp:
                 ax2.plot(*zip(*sp), style, marker="o", ms=3, label=label)
-        for ax, ylabel in ((ax1, "p50 latency (ms)"), (ax2, "speedup vs HF fp16 eager")):
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log", base=2 if ax is ax2 else 10)
-            ax.set_xlabel("tokens per forward (batch x seq)", fontsize=8)
-            ax.set_ylabel(ylabel, fontsize=8)
-            ax.tick_params(labelsize=7)
+        _style_axes(ax1, "tokens per forward (batch x seq)", "p50 latency (ms)", 10)
+        _style_axes(ax2, "tokens per forward (batch x seq)", "speedup vs HF fp16 eager", 2)
         ax2.axhline(1.0, color="grey", lw=0.8)
         ax1.legend(fontsize=6, ncol=2)
         fig.suptitle(f"{model} forward\n{_title(result)}", fontsize=9)

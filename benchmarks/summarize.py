@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import xml.etree.ElementTree as ET
+from collections import Counter
 from pathlib import Path
 
 from nxm_kernels.timing import text_table
@@ -87,9 +88,7 @@ def tests_line(folder: Path) -> str | None:
 def gemm_lines(g: dict, markdown: bool = False) -> list[str]:
     recs = g["records"]
     out = []
-    counts: dict[str, int] = {}
-    for r in recs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = Counter(r["status"] for r in recs)
     out.append("== GEMM (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + " points"
                + ("; run STOPPED early" if g.get("stopped") else "") + (f"; ABORTED: {g['aborted']}" if g.get("aborted") else "")
                + ")")
@@ -177,22 +176,16 @@ def e2e_lines(e: dict, markdown: bool = False) -> list[str]:
     for model in dict.fromkeys(r["model"] for r in recs):
         rows = [r for r in recs if r["model"] == model]
         shapes = list(dict.fromkeys((r["batch"], r["seq"]) for r in rows))
-        table = []
-        for v in dict.fromkeys(r["variant"] for r in rows):
-            cells = []
-            for b, s in shapes:
-                part = []
-                for mode in ("eager", "graph"):
-                    r = next((r for r in rows if (r["variant"], r["batch"], r["seq"], r["mode"]) == (v, b, s, mode)
-                              and r["status"] == "ok"), None)
-                    if r:
-                        sp = r.get("speedup")  # against the HF record of the same mode and compile state
-                        part.append(f"{r['p50_ms']:.2f}" + (f" ({sp:.2f}x)" if sp and r["kind"] != "hf" else ""))
-                    else:
-                        part.append("-")
-                cells.append(" / ".join(part))
-            if any(c != "- / -" for c in cells):
-                table.append([v] + cells)
+        ok = {(r["variant"], r["batch"], r["seq"], r["mode"]): r for r in rows if r["status"] == "ok"}
+
+        def cell(r):  # the speedup is against the HF record of the same mode and compile state
+            if r is None:
+                return "-"
+            sp = r.get("speedup")
+            return f"{r['p50_ms']:.2f}" + (f" ({sp:.2f}x)" if sp and r["kind"] != "hf" else "")
+        table = [[v] + [" / ".join(cell(ok.get((v, b, s, mode))) for mode in ("eager", "graph")) for b, s in shapes]
+                 for v in dict.fromkeys(r["variant"] for r in rows)]
+        table = [row for row in table if any(c != "- / -" for c in row[1:])]
         bases = list(dict.fromkeys(r["speedup_baseline"] for r in rows if r.get("speedup_baseline")))
         ratios = (f"speedup vs {', '.join(bases)}: same mode and compile state" if bases else
                   "no speedup ratios" + (" (CPU smoke run)" if e.get("smoke") else ""))
@@ -211,14 +204,9 @@ def summarize(folder: Path, markdown: bool = False) -> str:
     g, e = _load(folder / "gemm.json"), _load(folder / "e2e.json")
     env = (g or e or {}).get("environment") or _load(folder / "environment.json")
     lines = header(env, folder) + steps_lines(folder)
-    if g:
-        lines += gemm_lines(g, markdown)
-    else:
-        lines.append("== GEMM: no gemm.json")
-    if e:
-        lines += e2e_lines(e, markdown)
-    else:
-        lines.append("== end to end: no e2e.json")
+    for result, render, missing in ((g, gemm_lines, "== GEMM: no gemm.json"),
+                                    (e, e2e_lines, "== end to end: no e2e.json")):
+        lines += render(result, markdown) if result else [missing]
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_tune)
 
 
-def _ints(text: str, what: str) -> list[int]:
+def int_list(text: str, what: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
@@ -38,7 +38,7 @@ def _ints(text: str, what: str) -> list[int]:
     return values
 
 
-def _shapes(text: str) -> list[tuple[int, int]]:
+def shape_list(text: str) -> list[tuple[int, int]]:
     out = []
     for part in text.split(","):
         n, sep, k = part.strip().lower().partition("x")
@@ -60,9 +60,9 @@ def run_tune(args) -> int:
 
     if not torch.cuda.is_available():
         raise RuntimeError("it times kernels on a CUDA GPU, and torch sees none on this machine (nothing written)")
-    shapes = _shapes(args.shapes) if args.shapes else dispatch.BERT_SHAPES
+    shapes = shape_list(args.shapes) if args.shapes else dispatch.BERT_SHAPES
     kinds = [str(kernel_spec(s.strip())) for s in args.specs.split(",")] if args.specs else dispatch.KINDS
-    ms = _ints(args.m, "m") if args.m else dispatch.M_BUCKETS
+    ms = int_list(args.m, "m") if args.m else dispatch.M_BUCKETS
     if args.reps < 1:
         raise ValueError(f"--reps must be >= 1, got {args.reps}")
     table, path = dispatch.tune(args.device, shapes, kinds, ms, reps=args.reps)
