@@ -609,7 +609,7 @@ def evaluate_goals(records: list[dict]) -> list[dict]:
 def run(args) -> dict:
     device, smoke, env, reasons = common.start(args, "tiny shapes")
     peak = common.card_peak(env["gpu"], args.peak_tops, args.peak_gbps) if env.get("gpu") else None
-    outdir = common.results_dir(args.out, env)
+    outdir = common.results_dir(args.out, env, smoke=smoke)
     backends = common.our_backends(args.backends, device)
     specs = args.specs.split(",") if args.specs else list(QUICK_SPECS if args.quick and not smoke else SPECS)
     shapes = dict(SMOKE_SHAPES) if smoke else {s: SHAPES[s] for s in QUICK_SHAPES} if args.quick else dict(SHAPES)
