@@ -15,6 +15,26 @@ import sys
 __all__ = ["main", "build_parser"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """A subcommand's parser; ``lazy(parser)``, if a subcommand sets it, adds options the first time the
+    parser is used, so that building ``nxm``'s parser imports nothing a command does not need."""
+
+    lazy = None
+
+    def _complete(self) -> None:
+        if self.lazy is not None:
+            add, self.lazy = self.lazy, None
+            add(self)
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._complete()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._complete()
+        return super().format_help()
+
+
 def build_parser() -> argparse.ArgumentParser:
     # exit_on_error=False: a value its type refuses (a bad --plan) reaches main(), which says so in one line.
     parser = argparse.ArgumentParser(prog="nxm", description="2:4 sparse + int8/int4 BERT compression and kernels",
@@ -25,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s (nxm-kernels) {__version__}",
                         help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", help="what to do (nxm COMMAND -h for its options)",
-                                parser_class=functools.partial(argparse.ArgumentParser, exit_on_error=False))
+                                parser_class=functools.partial(_Parser, exit_on_error=False))
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
             continue

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from .._json import dump_json
-from ..train.arguments import ADMM_ARGS, DISTILL_ARGS, SCHEDULE_ARGS, TRAINING_ARGS
 from ._args import PLAN_HELP, add_glue_args, plan_arg
 
 logger = logging.getLogger(__name__)
@@ -34,6 +33,14 @@ def register(subparsers) -> None:
     add_glue_args(p)
     p.add_argument("--plan", default="2:4-w8a8", type=plan_arg, help=PLAN_HELP + " (default 2:4-w8a8)")
     p.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.json go")
+    p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
+    p.set_defaults(func=run)
+    p.lazy = _add_training_options  # they import transformers: built only when `nxm compress` is parsed
+
+
+def _add_training_options(p) -> None:
+    from ..train.arguments import ADMM_ARGS, DISTILL_ARGS, SCHEDULE_ARGS, TRAINING_ARGS
+
     # Options that mirror a config dataclass are generated from its fields (nxm_kernels.train.arguments).
     g = SCHEDULE_ARGS.add_to(p, "schedule")
     ADMM_ARGS.add_to(g)
@@ -49,8 +56,6 @@ def register(subparsers) -> None:
     g = DISTILL_ARGS.add_to(p, "distillation")
     g.add_argument("--distill", action="store_true", help="distil from the dense input model (or --teacher)")
     g.add_argument("--teacher", default=None, help="teacher model directory (implies --distill)")
-    p.add_argument("--backend", default="auto", help="NxMLinear backend of the exported model (default auto)")
-    p.set_defaults(func=run)
 
 
 def check_admm_updates(schedule, plan, n_train: int, args) -> None:
@@ -106,6 +111,7 @@ def run(args) -> int:
     from ..glue import encode, evaluate, load_glue, load_glue_model, task_info
     from ..io import save_compressed
     from ..train import ADMMConfig, CompressionSchedule, DistillConfig, NxMCompression
+    from ..train.arguments import ADMM_ARGS, DISTILL_ARGS, SCHEDULE_ARGS, TRAINING_ARGS
 
     task = task_info(args.task)
     if args.teacher is not None and not Path(args.teacher).is_dir():
