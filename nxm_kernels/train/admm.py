@@ -110,10 +110,6 @@ def _check_masks(masks, layers: dict) -> dict:
     return masks
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class ADMM:
     """Runs ADMM over a model's N:M ``QATLinear`` layers (dense-spec layers are QAT only and skipped).
 
@@ -274,12 +270,6 @@ class ADMM:
         for layer in self.layers.values():
             layer.apply_mask_()
 
-    @torch.no_grad()
-    def residuals(self) -> dict[str, float]:
-        """Current primal residual ``||W - Z||`` per active layer (no update)."""
-        return {n: float(torch.linalg.vector_norm(layer.weight.detach().float() - layer.admm_z))
-                for n, layer in self._active()}
-
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of ADMM state (Z and U) per layer, as currently allocated."""
         return {n: layer.admm_z.numel() * layer.admm_z.element_size() + layer.admm_u.numel() *
@@ -288,7 +278,7 @@ class ADMM:
     # ------------------------------------------------------------------ ranks
     def _broadcast(self) -> None:
         """Make every rank hold rank 0's Z, U, rho and masks (a no-op outside torch.distributed)."""
-        if not _distributed():
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
         for layer in self.layers.values():
             for key in ("admm_z", "admm_u", "admm_rho", "admm_updates", "mask"):
