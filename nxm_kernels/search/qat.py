@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..plan import Plan
 from ..train.distill import distillation_loss
 from ..train.qat import prepare_qat
 from .objective import Evaluator
@@ -32,13 +33,10 @@ __all__ = ["short_qat", "short_qat_cost"]
 logger = logging.getLogger(__name__)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def short_qat(model: nn.Module, assignment: Mapping[str, str], train_batches: list[dict], *, steps: int = 20,
+def short_qat(model: nn.Module, assignment: "Mapping[str, str] | Plan", train_batches: list[dict], *, steps: int = 20,
               lr: float = 2e-5, temperature: float = 2.0) -> nn.Module:
-    """A fine-tuned compressed *copy* of ``model`` (``model`` itself is not touched)."""
+    """A fine-tuned compressed *copy* of ``model`` (``model`` itself is not touched); ``assignment`` is
+    ``{layer name: spec}`` or anything :func:`~nxm_kernels.train.qat.prepare_qat` takes as a plan."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -46,13 +44,13 @@ def short_qat(model: nn.Module, assignment: Mapping[str, str], train_batches: li
     if not train_batches:
         raise ValueError("train_batches must not be empty")
     student = copy.deepcopy(model)
-    layers = prepare_qat(student, dict(assignment))
+    layers = prepare_qat(student, assignment)
     for layer in layers.values():
         if layer.nm is not None:
             layer.prune_()
     if steps == 0:
         return student
-    device = _device(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     teacher_was_training = model.training
     model.eval()
     student.train()
@@ -79,8 +77,8 @@ def short_qat(model: nn.Module, assignment: Mapping[str, str], train_batches: li
     return student
 
 
-def short_qat_cost(model: nn.Module, assignment: Mapping[str, str], evaluator: Evaluator, train_batches: list[dict],
-                   *, steps: int = 20, lr: float = 2e-5) -> float:
+def short_qat_cost(model: nn.Module, assignment: "Mapping[str, str] | Plan", evaluator: Evaluator,
+                   train_batches: list[dict], *, steps: int = 20, lr: float = 2e-5) -> float:
     """The evaluator's cost of ``model`` compressed per ``assignment`` after :func:`short_qat`."""
     student = short_qat(model, assignment, train_batches, steps=steps, lr=lr)
     cost = evaluator.cost(student)
