@@ -403,7 +403,7 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     check_int("blocksize", blocksize, minimum=1)
     auto_targets = dense_targets is None
     dense_targets = method in ("sparsegpt", "gptq") if dense_targets is None else bool(dense_targets)
-    fit_bias = False if fit_bias is None else bool(fit_bias)
+    fit_bias = bool(fit_bias)  # None: off
     if dense_targets and not auto_targets and method not in ("sparsegpt", "gptq"):
         raise ValueError(f"dense_targets needs a method that updates weights ('sparsegpt' or 'gptq'), got {method!r}")
     plan = Plan.coerce(plan)

@@ -3,11 +3,10 @@
 Used by the ``"qat"`` mode of :func:`~nxm_kernels.search.sensitivity.profile_sensitivity` (one
 group at a time) and by :func:`~nxm_kernels.search.validate.validate_plans` (whole plans). Each run
 works on a copy of the model: the assigned linears become the training path's ``QATLinear``
-(:func:`nxm_kernels.train.qat.prepare_qat`: masked weights, per-channel weight and per-token
-activation fake quantization with straight-through gradients, the kernels' arithmetic), their N:M
-mask is fixed by magnitude at once (no ADMM phase: too short to matter), and the copy is trained
-for ``steps`` AdamW steps to match the original model's outputs (logit distillation,
-:func:`nxm_kernels.train.distill.distillation_loss`; the mean-pooled hidden state for a bare
+(:func:`nxm_kernels.train.qat.prepare_qat`, the kernels' arithmetic), their N:M mask is fixed by
+magnitude at once (no ADMM phase: too short to matter), and the copy is trained for ``steps`` AdamW
+steps to match the original model's outputs (logit distillation,
+:func:`nxm_kernels.train.distill.distillation_loss`; the last hidden state's MSE for a bare
 encoder). Distilling toward the original, not fitting labels, keeps the estimate about the
 compression: a task loss would also move the uncompressed parts away from the model being scored.
 """

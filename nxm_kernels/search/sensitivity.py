@@ -262,10 +262,6 @@ def _metric_key(metric_fn) -> str | None:
     return str(getattr(metric_fn, "cache_key", None) or getattr(metric_fn, "__qualname__", type(metric_fn).__name__))
 
 
-def _profile_key(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-
-
 # ------------------------------------------------------------------------------- profiling
 def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = DEFAULT_CANDIDATES, *,
                         granularity: str = "component", objective: str = "divergence",
@@ -304,7 +300,7 @@ def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = D
         if not all("labels" in b for b in train_batches):
             raise ValueError("mode 'qat' needs a 'labels' tensor in every training batch")
         meta.update(train=fingerprint_batches(train_batches), qat_steps=qat_steps, qat_lr=qat_lr)
-    key = _profile_key(meta)
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     cache = _Cache(cache_dir, key, meta)
 
     todo = [(g, s) for g in groups for s in specs if cache.get(g, s) is None]

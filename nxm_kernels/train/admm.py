@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from .._checks import check_choice
 from ..quant import fake_quant_weight
-from ..sparsity import prune_nm
+from ..sparsity import count_nm_violations, prune_nm
 from .qat import QATLinear
 
 __all__ = ["ADMM", "ADMMConfig", "project"]
@@ -95,8 +95,6 @@ def _check_masks(masks, layers: dict) -> dict:
         return {}
     if not isinstance(masks, dict):
         raise TypeError(f"masks must be a dict of layer name -> bool tensor, got {type(masks).__name__}")
-    from ..sparsity import count_nm_violations
-
     for name, mask in masks.items():
         if name not in layers:
             raise ValueError(f"masks names {name!r}, which is not an N:M QAT layer here; layers: "
