@@ -256,7 +256,7 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
     extras: dict = {}
 
     if method in ("magnitude", "wanda"):
-        w = w0.float()
+        w, mask = w0.float(), None
         if nm is not None:
             if method == "magnitude":
                 mask = nm_mask(w, *nm)
@@ -264,8 +264,6 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
                 norms = torch.sqrt(torch.diagonal(hessian).clamp_min(0)).float()
                 mask = nm_mask(w.abs() * norms.unsqueeze(0), *nm)
             w = w.masked_fill(~mask, 0.0)
-        else:
-            mask = None
         codes, scale = quantize_weight(w, bits)
     else:
         h = hessian.to(device=weight.device, dtype=torch.float64)
@@ -287,10 +285,10 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
     rel = float("nan")
     if hessian is not None:
         h = hessian.to(device=weight.device, dtype=torch.float64)
-        ref = w0  # the layer's own output error on these inputs, comparable across methods
-        diff = deq.double() - ref
+        # Against w0: the layer's own output error on these inputs, comparable across methods.
+        diff = deq.double() - w0
         num = float(torch.einsum("ij,jk,ik->", diff, h, diff))
-        den = float(torch.einsum("ij,jk,ik->", ref, h, ref))
+        den = float(torch.einsum("ij,jk,ik->", w0, h, w0))
         rel = num / den if den > 0 else float("nan")
     return CalibratedLayer(name, str(spec), deq.float().contiguous(), mask, scale.float().contiguous(),
                            rel_error=rel, extras=extras)

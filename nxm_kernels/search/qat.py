@@ -79,7 +79,4 @@ def short_qat(model: nn.Module, assignment: "Mapping[str, str] | Plan", train_ba
 def short_qat_cost(model: nn.Module, assignment: "Mapping[str, str] | Plan", evaluator: Evaluator,
                    train_batches: list[dict], *, steps: int = 20, lr: float = 2e-5) -> float:
     """The evaluator's cost of ``model`` compressed per ``assignment`` after :func:`short_qat`."""
-    student = short_qat(model, assignment, train_batches, steps=steps, lr=lr)
-    cost = evaluator.cost(student)
-    del student
-    return cost
+    return evaluator.cost(short_qat(model, assignment, train_batches, steps=steps, lr=lr))

@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..models.bert import swap_linears
 from .objective import Evaluator, check_batches
 from .optimize import PlanCandidate, SearchResult
 from .sensitivity import fake_compressed
@@ -73,7 +74,6 @@ def validate_plans(model: nn.Module, batches, plans: "SearchResult | Iterable[Pl
             with fake_compressed(model, c.plan):
                 cost = evaluator.cost(model)
         elif m == "deploy":
-            from ..models.bert import swap_linears
             swapped = copy.deepcopy(model)
             swap_linears(swapped, c.plan, backend=backend)
             cost = evaluator.cost(swapped)

@@ -169,8 +169,6 @@ class NxMCompression(TrainerCallback):
             self._end_step = s.admm_steps
         elif s.admm_epochs is None:
             self._end_step = math.ceil(s.admm_fraction * max(int(state.max_steps or 0), 0))
-        if self.distiller is not None:
-            self.distiller.teacher.to(args.device)
         phase = self.phase
         reach = self.schedule.admm.interval * float(getattr(args, "learning_rate", 0) or 0)
         if phase in ("init", "admm") and self.admm.layers and 0 < reach < 0.005:
