@@ -48,6 +48,7 @@ same but leaves ``nn.Linear`` layers holding the calibrated float weights, for t
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -169,18 +170,16 @@ def _quant_col(v: torch.Tensor, scale32: torch.Tensor, q: int) -> torch.Tensor:
     return torch.clamp(torch.round(v.float() / scale32), -q, q)
 
 
-def _sweep(w: torch.Tensor, upper: torch.Tensor, nm, q: int | None, scale32: torch.Tensor | None,
-           blocksize: int):
-    """SparseGPT's block-wise OBS sweep (mask + update), with GPTQ quantization when ``q`` is set.
+def _sweep(w: torch.Tensor, upper: torch.Tensor, nm, q: int, scale32: torch.Tensor, blocksize: int):
+    """SparseGPT's block-wise OBS sweep (mask + update) with GPTQ quantization onto ``scale32``'s grid.
 
     ``w`` (float64, modified) is the target; ``upper`` the upper Cholesky factor of H⁻¹. Returns
-    (dequantized weight float64, codes float32 or None, mask bool or None).
+    (codes float32, mask bool or None).
     """
     rows, cols = w.shape
     mask = torch.zeros_like(w, dtype=torch.bool) if nm is not None else None
-    codes = torch.zeros(rows, cols, dtype=torch.float32, device=w.device) if q is not None else None
-    out = torch.zeros_like(w)
-    s64 = scale32.double() if scale32 is not None else None
+    codes = torch.zeros(rows, cols, dtype=torch.float32, device=w.device)
+    s64 = scale32.double()
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         w1 = w[:, i1:i2].clone()
@@ -201,20 +200,18 @@ def _sweep(w: torch.Tensor, upper: torch.Tensor, nm, q: int | None, scale32: tor
             qcol = col.clone()
             if mask is not None:
                 qcol[mask[:, i1 + i]] = 0.0
-            if q is not None:
-                c = _quant_col(qcol, scale32, q)
-                if mask is not None:
-                    c[mask[:, i1 + i]] = 0.0
-                codes[:, i1 + i] = c
-                qcol = c.double() * s64
-            out[:, i1 + i] = qcol
+            c = _quant_col(qcol, scale32, q)
+            if mask is not None:
+                c[mask[:, i1 + i]] = 0.0
+            codes[:, i1 + i] = c
+            qcol = c.double() * s64
             e = (col - qcol) / d1[i]
             w1[:, i:] -= e.unsqueeze(1) * hinv1[i, i:].unsqueeze(0)
             err1[:, i] = e
         w[:, i2:] -= err1 @ upper[i1:i2, i2:]
     if mask is not None:
         mask = ~mask  # True = kept
-    return out, codes, mask
+    return codes, mask
 
 
 @torch.no_grad()
@@ -229,7 +226,7 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
     ``pack(weight, spec, scale=scale).unpack()`` exactly.
     """
     _check_method(method)
-    spec = _parse_trainable(spec, name)
+    spec = parse_spec(spec)  # any N:M pattern: training may use others than the kernels' 2:4
     _check_spec_for(method, spec, name)
     check_tensor("weight", weight, ndim=2)
     if not weight.is_floating_point():
@@ -245,25 +242,21 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
                          f"straddle blocks), got {blocksize}")
     if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not math.isfinite(damp) or damp < 0:
         raise ValueError(f"damp must be a finite number >= 0, got {damp!r}")
-    if method != "magnitude":
-        if hessian is None:
-            raise ValueError(f"method {method!r} needs hessian (2 XᵀX / n of the layer's inputs)")
-        check_tensor("hessian", hessian, ndim=2)
-        if tuple(hessian.shape) != (cols, cols):
-            raise ValueError(f"hessian must have shape ({cols}, {cols}), got {tuple(hessian.shape)}")
-        check_finite("hessian", hessian)
-    if cross is not None:
-        check_tensor("cross", cross, ndim=2)
-        if tuple(cross.shape) != (cols, cols):
-            raise ValueError(f"cross must have shape ({cols}, {cols}), got {tuple(cross.shape)}")
-        check_finite("cross", cross)
+    if method != "magnitude" and hessian is None:
+        raise ValueError(f"method {method!r} needs hessian (2 XᵀX / n of the layer's inputs)")
+    for key, t in (("hessian", hessian if method != "magnitude" else None), ("cross", cross)):
+        if t is not None:
+            check_tensor(key, t, ndim=2)
+            if tuple(t.shape) != (cols, cols):
+                raise ValueError(f"{key} must have shape ({cols}, {cols}), got {tuple(t.shape)}")
+            check_finite(key, t)
     bits = spec.weight_bits
     q = qmax(bits)
     w0 = weight.detach().double()
     extras: dict = {}
 
     if method in ("magnitude", "wanda"):
-        w = w0.float()
+        w, mask = w0.float(), None
         if nm is not None:
             if method == "magnitude":
                 mask = nm_mask(w, *nm)
@@ -271,10 +264,7 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
                 norms = torch.sqrt(torch.diagonal(hessian).clamp_min(0)).float()
                 mask = nm_mask(w.abs() * norms.unsqueeze(0), *nm)
             w = w.masked_fill(~mask, 0.0)
-        else:
-            mask = None
         codes, scale = quantize_weight(w, bits)
-        deq = codes.float() * scale.unsqueeze(-1)
     else:
         h = hessian.to(device=weight.device, dtype=torch.float64)
         w = w0.clone()
@@ -288,25 +278,20 @@ def compress_weight(weight: torch.Tensor, spec, *, method: str = "sparsegpt", he
                                                                                      1e-30))
         scale = _row_scale(w if nm is None else w.masked_fill(~nm_mask(w, *nm), 0.0), torch.diagonal(hd), bits,
                            clip_search)
-        deq64, codes, mask = _sweep(w, upper, nm, q, scale, blocksize)
-        deq = codes * scale.unsqueeze(-1)
-        if not bool(torch.isfinite(deq).all()):  # cannot happen with a positive definite H; never return NaN
-            raise RuntimeError(f"calibration of {name} produced non-finite weights")
+        codes, mask = _sweep(w, upper, nm, q, scale, blocksize)
+    deq = codes.float() * scale.unsqueeze(-1)
+    if not bool(torch.isfinite(deq).all()):  # cannot happen (finite W, positive definite H); never return NaN
+        raise RuntimeError(f"calibration of {name} produced non-finite weights")
     rel = float("nan")
     if hessian is not None:
         h = hessian.to(device=weight.device, dtype=torch.float64)
-        ref = w0  # the layer's own output error on these inputs, comparable across methods
-        diff = deq.double() - ref
+        # Against w0: the layer's own output error on these inputs, comparable across methods.
+        diff = deq.double() - w0
         num = float(torch.einsum("ij,jk,ik->", diff, h, diff))
-        den = float(torch.einsum("ij,jk,ik->", ref, h, ref))
+        den = float(torch.einsum("ij,jk,ik->", w0, h, w0))
         rel = num / den if den > 0 else float("nan")
     return CalibratedLayer(name, str(spec), deq.float().contiguous(), mask, scale.float().contiguous(),
                            rel_error=rel, extras=extras)
-
-
-def _parse_trainable(spec, name: str) -> LayerSpec:
-    """Any parseable spec (training may use other N:M patterns than the kernels' 2:4)."""
-    return parse_spec(spec)
 
 
 # ---------------------------------------------------------------------------------- calibration data
@@ -357,9 +342,7 @@ def _as_batches(calibration, n_samples: int | None, device) -> list[dict]:
                  for k, v in b.items()}
             taken += keep
         out.append(b)
-    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else
-                 int(b[("input_ids" if "input_ids" in b else "inputs_embeds")].shape[:2].numel()) for b in out)
-    if tokens == 0:
+    if sum(int(_token_mask(b).sum()) for b in out) == 0:
         raise ValueError("calibration holds no real token (every attention_mask entry is 0)")
     return out
 
@@ -387,6 +370,10 @@ class _Stop(Exception):
     pass
 
 
+def _keep_input(slot: dict, key: str, module, args) -> None:
+    slot[key] = args[0]
+
+
 def _groups(names_specs: dict) -> list[list[str]]:
     """Components that share an input, in forward order."""
     order = [("query", "key", "value"), ("attn_out",), ("ffn1",), ("ffn2",)]
@@ -405,7 +392,7 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     This is the training path's starting point (``NxMCompression(init_masks=...)``); :func:`calibrate`
     calls it and then swaps in ``NxMLinear``. Arguments as :func:`calibrate`; any N:M pattern works here.
     """
-    from .models.bert import bert_linears, find_encoder_layers
+    from .models.bert import COMPONENT_PATHS, bert_linears, find_encoder_layers
     from .plan import Plan
 
     _check_method(method)
@@ -414,7 +401,7 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     check_int("blocksize", blocksize, minimum=1)
     auto_targets = dense_targets is None
     dense_targets = method in ("sparsegpt", "gptq") if dense_targets is None else bool(dense_targets)
-    fit_bias = False if fit_bias is None else bool(fit_bias)
+    fit_bias = bool(fit_bias)  # None: off
     if dense_targets and not auto_targets and method not in ("sparsegpt", "gptq"):
         raise ValueError(f"dense_targets needs a method that updates weights ('sparsegpt' or 'gptq'), got {method!r}")
     plan = Plan.coerce(plan)
@@ -424,7 +411,6 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     if not todo:
         raise ValueError(f"plan {plan.to_dict()} compresses no encoder linear: nothing to calibrate")
     for name, site in todo.items():
-        _parse_trainable(str(specs[name]), name)
         _check_spec_for(method, specs[name], name)
         if not isinstance(site.module, nn.Linear):
             raise TypeError(f"{name} ({site.qualified_name}) must be an nn.Linear to be calibrated, got "
@@ -435,14 +421,15 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     device = next(model.parameters()).device
     batches = _as_batches(calibration, n_samples, device)
     masks = [_token_mask(b) for b in batches]
+    counts = {"n_samples": sum(int(m.shape[0]) for m in masks), "n_tokens": sum(int(m.sum()) for m in masks)}
+    n_tokens = counts["n_tokens"]
     if method == "magnitude" and not fit_bias:
         # Magnitude pruning and rounding read no data: no forward pass needed.
         results = {}
-        n_tokens = sum(int(m.sum()) for m in masks)
         for name, site in todo.items():
             res = compress_weight(site.module.weight, specs[name], method="magnitude", name=name)
             res.bias = None if site.module.bias is None else site.module.bias.detach().clone()
-            res.extras.update(n_samples=sum(int(m.shape[0]) for m in masks), n_tokens=n_tokens)
+            res.extras.update(counts)
             site.module.weight.data.copy_(res.weight.to(site.module.weight.dtype))
             results[name] = res
         return results
@@ -478,7 +465,6 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
         by_layer.setdefault(int(idx), {})[comp] = name
     results: dict[str, CalibratedLayer] = {}
     originals = {name: (site.parent, site.attr, site.module) for name, site in todo.items()}
-    n_tokens = sum(int(m.sum()) for m in masks)
     track_dense = dense_targets or fit_bias
     bar = tqdm(total=len(todo), desc=f"calibrating ({method})", unit="linear",
                disable=None if progress is None else not progress,
@@ -502,19 +488,13 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                 cross = torch.zeros(k, k, dtype=torch.float64, device=device) if use_cross else None
                 sums = {"c": torch.zeros(k, dtype=torch.float64, device=device),
                         "d": torch.zeros(k, dtype=torch.float64, device=device)}
+                # The group's input on the compressed model ("c") and on the dense copy of the layer ("d").
                 slot: dict = {}
-
-                def hook_c(mod, inp):
-                    slot["c"] = inp[0]
-
-                def hook_d(mod, inp):
-                    slot["d"] = inp[0]
-
-                hc = todo[names[0]].parent.get_submodule(todo[names[0]].attr).register_forward_pre_hook(hook_c)
-                hd_ = None
+                watched = {"c": todo[names[0]].module}
                 if dense_layer is not None:
-                    path = todo[names[0]].qualified_name.split(f".{li}.", 1)[1]
-                    hd_ = dense_layer.get_submodule(path).register_forward_pre_hook(hook_d)
+                    watched["d"] = dense_layer.get_submodule(COMPONENT_PATHS[group[0]])
+                handles = [m.register_forward_pre_hook(functools.partial(_keep_input, slot, key))
+                           for key, m in watched.items()]
                 try:
                     for bi, (args, kwargs) in enumerate(captured):
                         m = masks[bi]
@@ -534,15 +514,14 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                             if cross is not None:
                                 cross.addmm_(xd.T, xc, alpha=2.0 / n_tokens)
                 finally:
-                    hc.remove()
-                    if hd_ is not None:
-                        hd_.remove()
+                    for handle in handles:
+                        handle.remove()
                 for name in names:
                     parent, attr, orig = originals[name]
                     res = compress_weight(orig.weight, specs[name], method=method, hessian=h, cross=cross,
                                           blocksize=blocksize, damp=damp, clip_search=clip_search, name=name)
                     res.name = name
-                    res.extras.update(n_samples=sum(int(m.shape[0]) for m in masks), n_tokens=n_tokens)
+                    res.extras.update(counts)
                     bias = None if orig.bias is None else orig.bias.detach().clone()
                     if fit_bias and bias is not None:
                         # Mean output error over the calibration tokens, absorbed by the bias.

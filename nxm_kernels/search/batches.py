@@ -20,9 +20,7 @@ def split_sample(n_total: int, n_eval: int, n_train: int = 0, *, seed: int = 0) 
         raise ValueError(f"need at least one example for the held-out sample, got n_total={n_total}, n_eval={n_eval}")
     order = list(range(n_total))
     random.Random(seed).shuffle(order)
-    ev = sorted(order[:n_eval])
-    tr = sorted(order[n_eval:n_eval + n_train])
-    return ev, tr
+    return sorted(order[:n_eval]), sorted(order[n_eval:n_eval + n_train])
 
 
 def collate(features: Sequence[dict], tokenizer, batch_size: int = 32, *, regression: bool = False) -> list[dict]:

@@ -18,9 +18,7 @@ Two algorithms (both run; the result reports both):
 * ``greedy`` (the paper's heuristic, for comparison): start with everything ``fp`` and repeatedly
   take the step with the least added cost per byte saved until the target is met.
 
-The target is a *fraction removed* (``0.875`` = 8x smaller) of one kind: ``"nominal"`` (bits x
-density against fp32), ``"true"`` / ``"true-fp32"`` (packed bytes against fp32) or ``"true-fp16"``;
-see :mod:`nxm_kernels.accounting`.
+The target is a *fraction removed* (``0.875`` = 8x smaller) of one of the kinds of :mod:`nxm_kernels.accounting`.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -109,8 +107,7 @@ class FrontPoint:
     choices: dict[str, str]
 
     def to_dict(self) -> dict:
-        return {"fraction_removed": self.fraction_removed, "predicted_cost": self.predicted_cost,
-                "choices": self.choices}
+        return asdict(self)
 
 
 @dataclass
@@ -219,8 +216,7 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, kind: str =
     shapes = layer_shapes(layers)
     groups = {g: m for g, m in sensitivity.groups.items() if g in sensitivity.costs}
     for g, members in groups.items():
-        unknown = [n for n in members if n not in shapes]
-        if unknown:
+        if unknown := [n for n in members if n not in shapes]:
             raise ValueError(f"sensitivity group {g!r} names layers the model does not have: {unknown[:5]} "
                              f"(was the profile measured on another model?)")
     names = list(shapes)

@@ -3,11 +3,10 @@
 Used by the ``"qat"`` mode of :func:`~nxm_kernels.search.sensitivity.profile_sensitivity` (one
 group at a time) and by :func:`~nxm_kernels.search.validate.validate_plans` (whole plans). Each run
 works on a copy of the model: the assigned linears become the training path's ``QATLinear``
-(:func:`nxm_kernels.train.qat.prepare_qat`: masked weights, per-channel weight and per-token
-activation fake quantization with straight-through gradients, the kernels' arithmetic), their N:M
-mask is fixed by magnitude at once (no ADMM phase: too short to matter), and the copy is trained
-for ``steps`` AdamW steps to match the original model's outputs (logit distillation,
-:func:`nxm_kernels.train.distill.distillation_loss`; the mean-pooled hidden state for a bare
+(:func:`nxm_kernels.train.qat.prepare_qat`, the kernels' arithmetic), their N:M mask is fixed by
+magnitude at once (no ADMM phase: too short to matter), and the copy is trained for ``steps`` AdamW
+steps to match the original model's outputs (logit distillation,
+:func:`nxm_kernels.train.distill.distillation_loss`; the last hidden state's MSE for a bare
 encoder). Distilling toward the original, not fitting labels, keeps the estimate about the
 compression: a task loss would also move the uncompressed parts away from the model being scored.
 """
@@ -23,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..plan import Plan
 from ..train.distill import distillation_loss
 from ..train.qat import prepare_qat
 from .objective import Evaluator
@@ -32,13 +32,10 @@ __all__ = ["short_qat", "short_qat_cost"]
 logger = logging.getLogger(__name__)
 
 
-def _device(model: nn.Module) -> torch.device:
-    return next((p.device for p in model.parameters()), torch.device("cpu"))
-
-
-def short_qat(model: nn.Module, assignment: Mapping[str, str], train_batches: list[dict], *, steps: int = 20,
+def short_qat(model: nn.Module, assignment: "Mapping[str, str] | Plan", train_batches: list[dict], *, steps: int = 20,
               lr: float = 2e-5, temperature: float = 2.0) -> nn.Module:
-    """A fine-tuned compressed *copy* of ``model`` (``model`` itself is not touched)."""
+    """A fine-tuned compressed *copy* of ``model`` (``model`` itself is not touched); ``assignment`` is
+    ``{layer name: spec}`` or anything :func:`~nxm_kernels.train.qat.prepare_qat` takes as a plan."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be an int >= 0, got {steps!r}")
     if not (isinstance(lr, (int, float)) and lr > 0):
@@ -46,13 +43,13 @@ def short_qat(model: nn.Module, assignment: Mapping[str, str], train_batches: li
     if not train_batches:
         raise ValueError("train_batches must not be empty")
     student = copy.deepcopy(model)
-    layers = prepare_qat(student, dict(assignment))
+    layers = prepare_qat(student, assignment)
     for layer in layers.values():
         if layer.nm is not None:
             layer.prune_()
     if steps == 0:
         return student
-    device = _device(model)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
     teacher_was_training = model.training
     model.eval()
     student.train()
@@ -79,10 +76,7 @@ def short_qat(model: nn.Module, assignment: Mapping[str, str], train_batches: li
     return student
 
 
-def short_qat_cost(model: nn.Module, assignment: Mapping[str, str], evaluator: Evaluator, train_batches: list[dict],
-                   *, steps: int = 20, lr: float = 2e-5) -> float:
+def short_qat_cost(model: nn.Module, assignment: "Mapping[str, str] | Plan", evaluator: Evaluator,
+                   train_batches: list[dict], *, steps: int = 20, lr: float = 2e-5) -> float:
     """The evaluator's cost of ``model`` compressed per ``assignment`` after :func:`short_qat`."""
-    student = short_qat(model, assignment, train_batches, steps=steps, lr=lr)
-    cost = evaluator.cost(student)
-    del student
-    return cost
+    return evaluator.cost(short_qat(model, assignment, train_batches, steps=steps, lr=lr))

@@ -11,9 +11,8 @@ Two modes:
   in place (:func:`fake_compressed`): per-output-channel weight codes and per-token int8
   activations, exactly what ``NxMLinear`` computes up to float rounding. One forward pass over the
   sample per (group, spec): 6 groups x 4 specs = 24 passes for the default profile.
-* ``"qat"`` (better estimates, slower): the group is turned into the training path's ``QATLinear``
-  (:mod:`nxm_kernels.train.qat`) on a copy of the model, its mask fixed by magnitude, and the copy
-  fine-tuned for a few steps on training batches before it is evaluated (:func:`short_qat_cost`).
+* ``"qat"`` (better estimates, slower): the group is compressed as the training path's ``QATLinear`` on
+  a copy of the model, fine-tuned for a few steps and then evaluated (:mod:`nxm_kernels.search.qat`).
 
 **Cache.** Results are stored as JSON under ``cache_dir``, keyed by a fingerprint of the model's
 weights, of the sample, and of the objective, mode and granularity (and the QAT settings). Entries
@@ -173,10 +172,9 @@ class Sensitivity:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for g in self.costs:
+        for g, row in self.costs.items():
             if g not in self.groups:
                 raise ValueError(f"costs has group {g!r} that groups does not define")
-        for g, row in self.costs.items():
             for spec, c in row.items():
                 parse_spec(spec)
                 if not isinstance(c, (int, float)) or c != c:
@@ -262,10 +260,6 @@ def _metric_key(metric_fn) -> str | None:
     return str(getattr(metric_fn, "cache_key", None) or getattr(metric_fn, "__qualname__", type(metric_fn).__name__))
 
 
-def _profile_key(meta: dict) -> str:
-    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
-
-
 # ------------------------------------------------------------------------------- profiling
 def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = DEFAULT_CANDIDATES, *,
                         granularity: str = "component", objective: str = "divergence",
@@ -286,12 +280,10 @@ def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = D
             ``qat_lr`` per (group, spec)).
         cache_dir: where to keep results (``None``: no cache). See :func:`default_cache_dir`.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    sites = bert_linears(model)  # first: it checks that model is a module (of a BERT-like encoder)
     specs = candidate_specs(candidates)
     check_choice("mode", mode, MODES)
     batches = check_batches(batches)
-    sites = bert_linears(model)
     groups = group_sites([s.name for s in sites], granularity)
 
     meta = {"cache_version": CACHE_VERSION, "model": fingerprint_model(model), "data": fingerprint_batches(batches),
@@ -304,7 +296,7 @@ def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = D
         if not all("labels" in b for b in train_batches):
             raise ValueError("mode 'qat' needs a 'labels' tensor in every training batch")
         meta.update(train=fingerprint_batches(train_batches), qat_steps=qat_steps, qat_lr=qat_lr)
-    key = _profile_key(meta)
+    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
     cache = _Cache(cache_dir, key, meta)
 
     todo = [(g, s) for g in groups for s in specs if cache.get(g, s) is None]

@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..models.bert import bert_linears
+from ..models.bert import swap_linears
 from .objective import Evaluator, check_batches
 from .optimize import PlanCandidate, SearchResult
 from .sensitivity import fake_compressed
@@ -68,22 +68,19 @@ def validate_plans(model: nn.Module, batches, plans: "SearchResult | Iterable[Pl
         train_batches = check_batches(train_batches)
     if evaluator is None:
         evaluator = Evaluator(model, batches, objective or "divergence", metric_fn)
-    names = [s.name for s in bert_linears(model)] if "qat" in modes else None
     jobs = [(c, m) for c in candidates for m in modes]
     for c, m in tqdm(jobs, desc="validating plans", disable=not progress):
         if m == "oneshot":
             with fake_compressed(model, c.plan):
                 cost = evaluator.cost(model)
         elif m == "deploy":
-            from ..models.bert import swap_linears
             swapped = copy.deepcopy(model)
             swap_linears(swapped, c.plan, backend=backend)
             cost = evaluator.cost(swapped)
             del swapped
         else:
             from .qat import short_qat_cost
-            assignment = {n: str(s) for n, s in c.plan.resolve(names).items() if not s.is_fp}
-            cost = short_qat_cost(model, assignment, evaluator, train_batches, steps=qat_steps, lr=qat_lr)
+            cost = short_qat_cost(model, c.plan, evaluator, train_batches, steps=qat_steps, lr=qat_lr)
         c.measured[m] = float(cost)
         logger.info("plan %s: predicted %.4g, measured (%s) %.4g", c.plan.to_dict(), c.predicted_cost, m, cost)
     return candidates

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from .._checks import check_choice
 from ..quant import fake_quant_weight
-from ..sparsity import prune_nm
+from ..sparsity import count_nm_violations, prune_nm
 from .qat import QATLinear
 
 __all__ = ["ADMM", "ADMMConfig", "project"]
@@ -95,8 +95,6 @@ def _check_masks(masks, layers: dict) -> dict:
         return {}
     if not isinstance(masks, dict):
         raise TypeError(f"masks must be a dict of layer name -> bool tensor, got {type(masks).__name__}")
-    from ..sparsity import count_nm_violations
-
     for name, mask in masks.items():
         if name not in layers:
             raise ValueError(f"masks names {name!r}, which is not an N:M QAT layer here; layers: "
@@ -108,10 +106,6 @@ def _check_masks(masks, layers: dict) -> dict:
         if count_nm_violations(mask, *layer.nm):
             raise ValueError(f"masks[{name!r}] is not {layer.nm[0]}:{layer.nm[1]}")
     return masks
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class ADMM:
@@ -274,12 +268,6 @@ class ADMM:
         for layer in self.layers.values():
             layer.apply_mask_()
 
-    @torch.no_grad()
-    def residuals(self) -> dict[str, float]:
-        """Current primal residual ``||W - Z||`` per active layer (no update)."""
-        return {n: float(torch.linalg.vector_norm(layer.weight.detach().float() - layer.admm_z))
-                for n, layer in self._active()}
-
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of ADMM state (Z and U) per layer, as currently allocated."""
         return {n: layer.admm_z.numel() * layer.admm_z.element_size() + layer.admm_u.numel() *
@@ -288,7 +276,7 @@ class ADMM:
     # ------------------------------------------------------------------ ranks
     def _broadcast(self) -> None:
         """Make every rank hold rank 0's Z, U, rho and masks (a no-op outside torch.distributed)."""
-        if not _distributed():
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return
         for layer in self.layers.values():
             for key in ("admm_z", "admm_u", "admm_rho", "admm_updates", "mask"):

@@ -169,8 +169,6 @@ class NxMCompression(TrainerCallback):
             self._end_step = s.admm_steps
         elif s.admm_epochs is None:
             self._end_step = math.ceil(s.admm_fraction * max(int(state.max_steps or 0), 0))
-        if self.distiller is not None:
-            self.distiller.teacher.to(args.device)
         phase = self.phase
         reach = self.schedule.admm.interval * float(getattr(args, "learning_rate", 0) or 0)
         if phase in ("init", "admm") and self.admm.layers and 0 < reach < 0.005:
@@ -186,7 +184,8 @@ class NxMCompression(TrainerCallback):
                             "masked QAT of %d layers", len(self.admm.layers), len(self.layers))
             else:
                 logger.info("compression: ADMM phase starts (%d N:M layers, %d QAT layers); prune at %s",
-                            len(self.admm.layers), len(self.layers), self._describe_end())
+                            len(self.admm.layers), len(self.layers),
+                            f"epoch {s.admm_epochs:g}" if s.admm_epochs is not None else f"step {self._end_step}")
         elif not self.admm.layers:
             # A plan without N:M layers is QAT from the first step: there is no ADMM phase to resume.
             logger.info("compression: QAT of %d layers (no N:M layer, so no ADMM phase)%s", len(self.layers),
@@ -208,11 +207,6 @@ class NxMCompression(TrainerCallback):
                            "(%d steps): it will make no Z/U update and only prune by magnitude at its end; use "
                            "ADMMConfig(interval=...) <= %d, or admm_steps=0 to prune at once", phase,
                            self.schedule.admm.interval, phase)
-
-    def _describe_end(self) -> str:
-        if self.schedule.admm_epochs is not None:
-            return f"epoch {self.schedule.admm_epochs:g}"
-        return f"step {self._end_step}"
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
         if self.phase != "admm":

@@ -7,14 +7,12 @@ forward also runs the (frozen, eval-mode) teacher on the same inputs and replace
     (1 - alpha) * task_loss + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T))
                             + hidden_weight * mean_l D(student_hidden_l, teacher_hidden_l)
 
-where ``D`` is the plain MSE (``hidden_loss="mse"``) or SquareHead's normalised MSE
-(``hidden_loss="squarehead"``: ``||s_l - t_l||² / ||t_l||²`` per layer, so that every layer counts
-alike whatever its activations' scale; the form published 2:4 recipes use to recover accuracy fastest).
-The SquareHead term counts real tokens only (the batch's ``attention_mask``; see
-:func:`hidden_state_loss`); the plain MSE keeps its all-positions form. For a regression head (one
-output) the logit term is the MSE between logits. Because the combined value is the model's own
-``loss``, a ``Trainer`` scales, accumulates and reduces it exactly like a task loss. Evaluation forwards are untouched. Hidden-state matching needs student and teacher
-of the same width and depth (the compressed model and its dense original are).
+where ``D`` is the plain MSE (``hidden_loss="mse"``) or SquareHead's normalised MSE over real tokens
+(``hidden_loss="squarehead"``, the form published 2:4 recipes use to recover accuracy fastest; see
+:func:`hidden_state_loss`). For a regression head (one output) the logit term is the MSE between
+logits. Because the combined value is the model's own ``loss``, a ``Trainer`` scales, accumulates and
+reduces it exactly like a task loss. Evaluation forwards are untouched. Hidden-state matching needs
+student and teacher of the same width and depth (the compressed model and its dense original are).
 """
 
 from __future__ import annotations
@@ -27,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .._checks import check_choice
 __all__ = ["DistillConfig", "Distiller", "distillation_loss", "hidden_state_loss", "HIDDEN_LOSSES"]
 
 logger = logging.getLogger(__name__)
@@ -57,8 +56,7 @@ class DistillConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.hidden_weight < 0:
             raise ValueError(f"hidden_weight must be >= 0, got {self.hidden_weight}")
-        if self.hidden_loss not in HIDDEN_LOSSES:
-            raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {self.hidden_loss!r}")
+        check_choice("hidden_loss", self.hidden_loss, HIDDEN_LOSSES)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 2.0):
@@ -79,11 +77,11 @@ def hidden_state_loss(student_hidden, teacher_hidden, kind: str = "mse", attenti
     """Mean over layers of the hidden-state distance between two equal-length sequences of ``[B, T, H]`` tensors.
 
     ``kind="mse"``: the mean squared error; ``"squarehead"``: ``sum (s - t)² / sum t²`` per layer
-    (SquareHead, Kurtic et al. 2023), i.e. the MSE normalised by the teacher's energy in that layer.
-    With ``attention_mask`` (``[B, T]``), only real tokens count.
+    (SquareHead, Kurtic et al. 2023), i.e. the MSE normalised by the teacher's energy in that layer, so every
+    layer counts alike whatever its activations' scale. With ``attention_mask`` (``[B, T]``), only real tokens
+    count (the :class:`Distiller` passes it for ``"squarehead"``; its plain MSE keeps the all-positions form).
     """
-    if kind not in HIDDEN_LOSSES:
-        raise ValueError(f"kind must be one of {HIDDEN_LOSSES}, got {kind!r}")
+    check_choice("kind", kind, HIDDEN_LOSSES)
     student_hidden, teacher_hidden = list(student_hidden), list(teacher_hidden)
     if not student_hidden or len(student_hidden) != len(teacher_hidden):
         raise ValueError(f"student_hidden and teacher_hidden must be non-empty and of equal length, got "

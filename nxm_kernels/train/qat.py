@@ -58,10 +58,9 @@ class QATLinear(nn.Module):
                  name: str = "", device=None, dtype=None):
         super().__init__()
         self._setup(spec, name, in_features, out_features)
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features must be an int >= 1, got {in_features!r}")
-        if isinstance(out_features, bool) or not isinstance(out_features, int) or out_features < 1:
-            raise ValueError(f"out_features must be an int >= 1, got {out_features!r}")
+        for key, v in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{key} must be an int >= 1, got {v!r}")
         kw = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
         self.bias = nn.Parameter(torch.empty(out_features, **kw)) if bias else None
@@ -196,11 +195,8 @@ def qat_layers(model: nn.Module) -> dict[str, QATLinear]:
     """The model's ``QATLinear`` layers by plan name, in module order."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    out = {}
-    for qualified, module in model.named_modules():
-        if isinstance(module, QATLinear):
-            out[module.name or qualified] = module
-    return out
+    return {module.name or qualified: module for qualified, module in model.named_modules()
+            if isinstance(module, QATLinear)}
 
 
 def prepare_qat(model: nn.Module, plan, *, strict: bool = True) -> dict[str, QATLinear]:
