@@ -86,6 +86,7 @@ class Evaluator:
 
     Create it with the *uncompressed* model; :meth:`cost` then takes the same model (compressed in
     place, e.g. inside :func:`~nxm_kernels.search.sensitivity.fake_compressed`) or a compressed copy.
+    ``evaluations`` counts the model passes over the sample after the baseline.
     """
 
     def __init__(self, model: nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
@@ -100,6 +101,7 @@ class Evaluator:
         self.batches = check_batches(batches)
         if objective in ("loss", "metric") and not all("labels" in b for b in self.batches):
             raise ValueError(f"objective {objective!r} needs a 'labels' tensor in every batch")
+        self.evaluations = 0
         self._base = self._run(model)
         self.base_value = self._score_value(self._base)
 
@@ -169,6 +171,7 @@ class Evaluator:
     def value(self, model: nn.Module) -> float:
         """The raw objective value of ``model`` (divergence, loss or metric)."""
         outs = self._run(model)
+        self.evaluations += 1
         return self._divergence(outs) if self.objective == "divergence" else self._score_value(outs)
 
     def cost(self, model: nn.Module) -> float:

@@ -268,6 +268,11 @@ class ADMM:
         for layer in self.layers.values():
             layer.apply_mask_()
 
+    def residuals(self) -> dict[str, float]:
+        """Current primal residual ``||W - Z||`` per active layer (no update)."""
+        return {n: float(torch.linalg.vector_norm(layer.weight.detach().float() - layer.admm_z))
+                for n, layer in self._active()}
+
     def memory_bytes(self) -> dict[str, int]:
         """Bytes of ADMM state (Z and U) per layer, as currently allocated."""
         return {n: layer.admm_z.numel() * layer.admm_z.element_size() + layer.admm_u.numel() *
