@@ -86,3 +86,24 @@ def run_program(monkeypatch, capsys):
         return captured.out
 
     return run
+
+
+# ------------------------------------------------------------------------------ GPU-only kernel tests
+@pytest.fixture(scope="module")
+def cuda():
+    """The CUDA device, for the cuda backend's tests (marked ``gpu``: a GPU machine without the backend fails)."""
+    from nxm_kernels.backends import unavailable_reason
+
+    why = unavailable_reason("cuda", "cuda")
+    if why is not None:
+        pytest.fail(f"cuda backend unavailable on a GPU machine: {why}")
+    return torch.device("cuda")
+
+
+@pytest.fixture
+def poison_allocator():
+    """Fill the caching allocator's free blocks with 0x7F bytes so unwritten outputs cannot pass."""
+    if torch.cuda.is_available():
+        junk = torch.full((64 << 20,), 0x7F, dtype=torch.uint8, device="cuda")
+        del junk
+    yield

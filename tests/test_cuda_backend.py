@@ -9,10 +9,9 @@ import pytest
 import torch
 
 import nxm_kernels as nxm
-from nxm_kernels.backends import unavailable_reason
 from mma_sp_model import mma_sp_m16n8k64, pack_bytes
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_allocator")]
 
 # Epilogue tolerance: the float epilogue is the same math as the reference, in a different order of
 # float32 roundings, then one rounding to the output dtype.
@@ -21,23 +20,6 @@ TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-3, 2e-3), torch.bfloat16:
 BERT_SHAPES = [(768, 768), (2304, 768), (3072, 768), (768, 3072), (1024, 1024), (4096, 1024), (1024, 4096)]
 ODD_SHAPES = [(33, 72), (100, 200), (1, 5), (130, 1000)]
 MS = [1, 7, 16, 17, 33, 64, 65, 128, 129, 300, 1024]
-
-
-@pytest.fixture(scope="module")
-def cuda():
-    why = unavailable_reason("cuda", "cuda")
-    if why is not None:
-        pytest.fail(f"cuda backend unavailable on a GPU machine: {why}")
-    return torch.device("cuda")
-
-
-@pytest.fixture(autouse=True)
-def poison_allocator():
-    """Fill the caching allocator's free blocks with 0x7F bytes so unwritten outputs cannot pass."""
-    if torch.cuda.is_available():
-        junk = torch.full((64 << 20,), 0x7F, dtype=torch.uint8, device="cuda")
-        del junk
-    yield
 
 
 def _packed(n, k, bits, device):

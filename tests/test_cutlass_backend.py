@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import nxm_kernels as nxm
-from nxm_kernels.backends import WeightMeta, unavailable_reason
+from nxm_kernels.backends import WeightMeta
 from nxm_kernels.backends.cuda import backend as cuda_backend
 from nxm_kernels.backends.cuda import cusparselt
 from nxm_kernels.ops import prepared_weights
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("poison_allocator")]
 
 # The fused epilogue is the reference's math with one FMA contraction (cutlass_epilogue.cuh): the same
 # tolerances as the mma.sp kernel's.
@@ -26,23 +26,11 @@ MS = [256, 257, 300, 1024, 1100, 2048]
 
 
 @pytest.fixture(scope="module")
-def cuda():
-    why = unavailable_reason("cuda", "cuda")
-    if why is not None:
-        pytest.fail(f"cuda backend unavailable on a GPU machine: {why}")
+def cuda(cuda):
     why = cuda_backend.cutlass_unavailable_reason(torch.device("cuda"))
     if why is not None:
         pytest.skip(f"no CUTLASS kernels here: {why}")
     return torch.device("cuda")
-
-
-@pytest.fixture(autouse=True)
-def poison_allocator():
-    """Fill the caching allocator's free blocks with 0x7F bytes so unwritten outputs cannot pass."""
-    if torch.cuda.is_available():
-        junk = torch.full((64 << 20,), 0x7F, dtype=torch.uint8, device="cuda")
-        del junk
-    yield
 
 
 def _packed(n, k, bits, device):
