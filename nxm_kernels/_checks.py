@@ -30,6 +30,14 @@ def check_tensor(name: str, value, *, dtypes: Iterable[torch.dtype] | None = Non
     return value
 
 
+def check_rows(name: str, value, dtypes: Iterable[torch.dtype], k: int) -> torch.Tensor:
+    """A GEMM input: a ``[M, k]`` tensor of an allowed dtype (``k`` = the weight's in_features)."""
+    check_tensor(name, value, dtypes=dtypes)
+    if value.dim() != 2 or value.shape[1] != k:
+        raise ValueError(f"{name} must have shape [M, {k}] (K = the weight's in_features), got {tuple(value.shape)}")
+    return value
+
+
 def check_finite(name: str, value: torch.Tensor) -> None:
     """Refuse NaN/Inf: a quantization scale computed from them would poison every output."""
     if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):

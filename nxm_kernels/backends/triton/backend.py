@@ -27,7 +27,7 @@ from typing import ClassVar
 
 import torch
 
-from ..._checks import FLOAT_DTYPES, check_choice, check_same_device
+from ..._checks import FLOAT_DTYPES, check_choice, check_rows, check_same_device
 from ...format import PackedWeight
 from .. import ACTIVATIONS, Variant
 from ..layout import CanonicalLayout, WeightMeta
@@ -126,15 +126,6 @@ def quantize_per_token(x2d: torch.Tensor):
     return quant.quantize_per_token(x2d)
 
 
-def _check_x(name: str, x: torch.Tensor, dtypes, k: int) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in dtypes:
-        raise TypeError(f"{name} must have dtype in {tuple(str(d) for d in dtypes)}, got {x.dtype}")
-    if x.dim() != 2 or x.shape[1] != k:
-        raise ValueError(f"{name} must have shape [M, {k}] (K = the weight's in_features), got {tuple(x.shape)}")
-
-
 def _int_mm(xq: torch.Tensor, layout: TritonLayout) -> torch.Tensor:
     m = layout.meta
     return gemm.int_gemm(xq, layout.values, layout.metadata, n=m.n, k=m.k, bits=m.bits, sparse=m.sparse)
@@ -179,7 +170,7 @@ def _check_bias(bias, n: int):
 
 def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
     """Exact int32 ``xq[M, K] @ codes[N, K]^T`` computed by the Triton GEMM (no epilogue)."""
-    _check_x("xq", xq, (torch.int8,), meta.k)
+    check_rows("xq", xq, (torch.int8,), meta.k)
     layout = TritonLayout.from_tensors(weights, meta)
     check_same_device(xq=xq, values=layout.values, metadata=layout.metadata)
     _require_available(xq.device)
@@ -188,7 +179,7 @@ def int_mm(xq: torch.Tensor, weights, meta) -> torch.Tensor:
 
 def linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str) -> torch.Tensor:
     """Quantize ``x2d`` per token, multiply by the packed weight, apply scales, bias and GELU; ``x2d``'s dtype."""
-    _check_x("x2d", x2d, FLOAT_DTYPES, meta.k)
+    check_rows("x2d", x2d, FLOAT_DTYPES, meta.k)
     check_choice("activation", activation, ACTIVATIONS)
     layout = TritonLayout.from_tensors(weights, meta)
     bias = _check_bias(bias, meta.n)
@@ -202,7 +193,7 @@ def linear(x2d: torch.Tensor, weights, meta, bias: torch.Tensor | None, activati
 def linear_q(xq: torch.Tensor, x_scale: torch.Tensor, weights, meta, bias: torch.Tensor | None, activation: str,
              out_dtype: torch.dtype) -> torch.Tensor:
     """The GEMM with the fused epilogue on ``xq``/``x_scale`` from :func:`nxm_kernels.quant.quantize_per_token`."""
-    _check_x("xq", xq, (torch.int8,), meta.k)
+    check_rows("xq", xq, (torch.int8,), meta.k)
     check_choice("activation", activation, ACTIVATIONS)
     if not isinstance(x_scale, torch.Tensor) or x_scale.dtype != torch.float32 or \
             tuple(x_scale.shape) != (xq.shape[0], 1):

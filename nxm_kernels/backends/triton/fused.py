@@ -89,6 +89,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..._checks import FLOAT_DTYPES, check_rows
 from ...format import packed_shapes, padded_k, values_dtype
 from ...quant import ACT_QMAX
 from .gemm import GemmConfig, store_output, weight_tile, is_interpreted, m_bucket
@@ -329,16 +330,8 @@ def _counters(device: torch.device) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 # Launcher.
 # ------------------------------------------------------------------------------------------------
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-
-
 def _check(x, values, metadata, w_scale, bias, n, k, bits, sparse, out, x_scale_out, int32):
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"x must have dtype float16, bfloat16 or float32, got {x.dtype}")
-    if x.dim() != 2 or x.shape[1] != k:
-        raise ValueError(f"x must have shape [M, {k}] (K = the weight's in_features), got {tuple(x.shape)}")
+    check_rows("x", x, FLOAT_DTYPES, k)
     if bits not in (4, 8) or isinstance(bits, bool):
         raise ValueError(f"bits must be 4 or 8, got {bits!r}")
     shapes = packed_shapes(n, k, bits, sparse)
@@ -361,7 +354,7 @@ def _check(x, values, metadata, w_scale, bias, n, k, bits, sparse, out, x_scale_
     if values.data_ptr() % 2:
         raise ValueError("values must start at an even byte address (prepare() copies it if not)")
     if bias is not None:
-        if not isinstance(bias, torch.Tensor) or bias.dtype not in _FLOATS or tuple(bias.shape) != (n,):
+        if not isinstance(bias, torch.Tensor) or bias.dtype not in FLOAT_DTYPES or tuple(bias.shape) != (n,):
             raise ValueError(f"bias must be a float16/bfloat16/float32 tensor of shape ({n},), got "
                              f"{getattr(bias, 'dtype', type(bias).__name__)} {tuple(getattr(bias, 'shape', ()))}")
         if bias.device != x.device or bias.stride(0) != 1:
