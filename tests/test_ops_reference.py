@@ -254,6 +254,24 @@ def test_prepared_weights_are_cached_per_backend():
                                              packed.scales.data_ptr()]
 
 
+def test_reference_decodes_each_weight_once_on_first_use():
+    """The decoded float32 codes are built on the first forward, kept, and derived again when a state
+    dict is copied into the layer's buffers in place."""
+    from nxm_kernels.modules import NxMLinear
+
+    layer = NxMLinear.from_linear(torch.nn.Linear(40, 24), "2:4-w4a8", backend="reference")
+    layout = ops.prepared_weights(layer.packed, "reference")
+    assert "decoded" not in vars(layout)  # nothing decoded before it is needed
+    x = torch.randn(5, 40)
+    y = layer(x)
+    decoded = layout.decoded
+    assert decoded.dtype == torch.float32 and torch.equal(decoded, layer.packed.int_weight()[:, :40].float())
+    assert torch.equal(layer(x), y) and layout.decoded is decoded  # kept, not decoded again
+    other = NxMLinear.from_linear(torch.nn.Linear(40, 24), "2:4-w4a8", backend="reference")
+    layer.load_state_dict(other.state_dict())  # copy_ into the buffers
+    assert torch.equal(layer(x), other(x))
+
+
 def test_custom_ops_pass_opcheck():
     """Schema, fake (meta) implementation and dispatch of nxm::linear, nxm::linear_q and nxm::int_mm agree."""
     for bits, pattern in CASES:
