@@ -23,7 +23,7 @@ from ..fusion import FusedProjection, fusable_reason, fuse_linears
 from ..modules import NxMLinear, SwapReport, after_swap
 from ..plan import QKV, Plan, layer_name
 from ..spec import LayerSpec
-from .families import find_encoder, get_path
+from .families import find_encoder
 from .swap import LinearSite, swap_sites
 
 __all__ = ["QKV", "QKV_ATTR", "LinearSite", "encoder_linears", "swap_linears", "fuse_qkv"]
@@ -40,12 +40,10 @@ def encoder_linears(model: nn.Module) -> list[LinearSite]:
     family (:func:`~nxm_kernels.models.families.find_encoder`)."""
     encoder = find_encoder(model)
     sites = []
-    for i, layer in enumerate(encoder.layers):
-        for comp, path in encoder.family.components.items():
-            parent_path, _, attr = path.rpartition(".")
-            parent = get_path(layer, parent_path) if parent_path else layer
-            sites.append(LinearSite(layer_name(i, comp), parent, attr, getattr(parent, attr),
-                                    encoder.path(i, comp)))
+    for i in range(len(encoder.layers)):
+        for comp in encoder.family.components:
+            parent, attr = encoder.place(i, comp)
+            sites.append(LinearSite(layer_name(i, comp), parent, attr, getattr(parent, attr), encoder.path(i, comp)))
     return sites
 
 
@@ -106,7 +104,7 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
         activation = None
         index = int(site.name.split(".")[1])
         if fuse_gelu and site.name.endswith(".ffn1") and not encoder.family.glu and \
-                _is_exact_gelu(get_path(encoder.layers[index], encoder.family.activation)):
+                _is_exact_gelu(getattr(*encoder.place(index, "activation"), None)):
             activation = "gelu"
             gelus.append(index)
         if build is not None:
@@ -119,8 +117,7 @@ def swap_linears(model: nn.Module, plan="2:4-w8a8", backend: str = "auto", *, fu
 
     report, replaced = swap_sites(encoder_linears(model), plan, make, strict=strict)
     for index in gelus:
-        holder, _, attr = encoder.family.activation.rpartition(".")
-        setattr(get_path(encoder.layers[index], holder) if holder else encoder.layers[index], attr, nn.Identity())
+        setattr(*encoder.place(index, "activation"), nn.Identity())
         report.fused_activations.append(encoder.path(index, "activation"))
     if fuse_qkv:
         # Only layers whose three projections this call swapped: the report then covers every member.

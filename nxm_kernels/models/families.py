@@ -132,10 +132,18 @@ class Encoder(NamedTuple):
     prefix: str
     layers: nn.ModuleList
 
+    def _inner(self, component: str) -> str:
+        return self.family.activation if component == "activation" else self.family.components[component]
+
     def path(self, index: int, component: str) -> str:
         """Qualified module name of ``component`` (or the activation, ``"activation"``) in layer ``index``."""
-        inner = self.family.activation if component == "activation" else self.family.components[component]
-        return f"{self.prefix}.{index}.{inner}"
+        return f"{self.prefix}.{index}.{self._inner(component)}"
+
+    def place(self, index: int, component: str) -> tuple[nn.Module, str]:
+        """``(parent module, attribute)`` where ``component`` (or ``"activation"``) of layer ``index`` is."""
+        holder, _, attr = self._inner(component).rpartition(".")
+        layer = self.layers[index]
+        return (get_path(layer, holder) if holder else layer), attr
 
 
 def get_path(module: nn.Module, path: str):
