@@ -233,9 +233,9 @@ def test_unknown_and_untrainable_specs():
 
 
 def test_unknown_model_lists_the_families():
-    with pytest.raises(ValueError, match=r"Sequential \(model_type None\) has no encoder of a family nxm_kernels knows: "
-                                         r"bert \(BERT, .*distilbert .*mpnet .*deberta-v2 .*modernbert \(ModernBERT\).*"
-                                         "nxm_kernels.swap_named_linears with module-name globs"):
+    with pytest.raises(ValueError, match=r"Sequential \(model_type None\) has no encoder of a family nxm_kernels "
+                                         r"knows: bert \(BERT, .*distilbert .*mpnet .*deberta-v2 .*modernbert "
+                                         r"\(ModernBERT\).*nxm_kernels.swap_named_linears with module-name globs"):
         nxm.swap_linears(nn.Sequential(nn.Linear(4, 4)), "2:4-w8a8")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         nxm.swap_linears("bert", "2:4-w8a8")

@@ -31,8 +31,9 @@ from .._checks import check_choice
 from .families import FAMILIES, family_named
 
 __all__ = ["MODELS", "TASK_MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
-           "load_builtin", "tiny_bert_config", "tiny_family_config", "TINY_FAMILIES", "tiny_tokenizer", "load_task_model", "mean_pool",
-           "calibration_batches", "tokenized_batches", "sentence_embeddings", "model_sites"]
+           "load_builtin", "tiny_bert_config", "tiny_family_config", "TINY_FAMILIES", "tiny_tokenizer",
+           "load_task_model", "mean_pool", "calibration_batches", "tokenized_batches", "sentence_embeddings",
+           "model_sites"]
 
 logger = logging.getLogger(__name__)
 
