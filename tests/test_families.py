@@ -103,6 +103,20 @@ def test_swap_compresses_every_encoder_linear_and_nothing_else(family):
         assert len(report.fused) == 2
 
 
+def test_electra_embedding_projection_stays_float():
+    """ELECTRA has BERT's layout plus a projection from its smaller embeddings: not an encoder linear."""
+    from transformers import ElectraConfig, ElectraForSequenceClassification
+
+    model = ElectraForSequenceClassification(ElectraConfig(
+        vocab_size=120, embedding_size=32, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=128, max_position_embeddings=64)).eval()
+    assert find_encoder(model).family.name == "bert"
+    expected = _encoder_linears_by_module(model)
+    nxm.swap_linears(model, "2:4-w8a8")
+    assert _swapped(model) == expected and len(expected) == 12
+    assert isinstance(model.electra.embeddings_project, nn.Linear)
+
+
 def test_plan_names_reach_the_right_layers_and_fusion_is_bit_identical(family):
     """``2:4-w8a8`` is exactly ``dense-w8a8`` of the magnitude-pruned float model, layer by layer; a mixed plan
     resolves per component; fused and unfused query/key/value give the same bits."""
