@@ -26,7 +26,7 @@ This module knows only the format and the plan vocabulary (no transformers), so 
 demo and the benchmarks can all use it. Layer shapes come in as ``{name: (out, in)}`` (or
 ``(out, in, has_bias)``), or as any objects with ``.name`` and ``.module`` whose module has
 ``out_features`` / ``in_features`` (e.g. the ``LinearSite`` list of
-:func:`nxm_kernels.models.bert.bert_linears`).
+:func:`nxm_kernels.models.encoder.encoder_linears`).
 """
 
 from __future__ import annotations

@@ -371,12 +371,14 @@ class _Stop(Exception):
 
 
 def _keep_input(slot: dict, key: str, module, args) -> None:
-    slot[key] = args[0]
+    # The first call of the layer's forward: an attention may call a projection again on other inputs
+    # (DeBERTa's shared query/key projections of its relative position embeddings); the tokens come first.
+    slot.setdefault(key, args[0])
 
 
 def _groups(names_specs: dict) -> list[list[str]]:
-    """Components that share an input, in forward order."""
-    order = [("query", "key", "value"), ("attn_out",), ("ffn1",), ("ffn2",)]
+    """Components that share an input, in forward order (``qkv``: query, key and value as one linear)."""
+    order = [("query", "key", "value", "qkv"), ("attn_out",), ("ffn1",), ("ffn2",)]
     return [[c for c in comps if c in names_specs] for comps in order if any(c in names_specs for c in comps)]
 
 
@@ -392,7 +394,8 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     This is the training path's starting point (``NxMCompression(init_masks=...)``); :func:`calibrate`
     calls it and then swaps in ``NxMLinear``. Arguments as :func:`calibrate`; any N:M pattern works here.
     """
-    from .models.bert import COMPONENT_PATHS, bert_linears, find_encoder_layers
+    from .models.encoder import encoder_linears
+    from .models.families import find_encoder
     from .plan import Plan
 
     _check_method(method)
@@ -405,7 +408,7 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
     if dense_targets and not auto_targets and method not in ("sparsegpt", "gptq"):
         raise ValueError(f"dense_targets needs a method that updates weights ('sparsegpt' or 'gptq'), got {method!r}")
     plan = Plan.coerce(plan)
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     specs = plan.resolve([s.name for s in sites], strict=strict)
     todo = {s.name: s for s in sites if not specs[s.name].is_fp}
     if not todo:
@@ -433,31 +436,52 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
             site.module.weight.data.copy_(res.weight.to(site.module.weight.dtype))
             results[name] = res
         return results
-    _, layers = find_encoder_layers(model)
+    encoder = find_encoder(model)
+    layers = encoder.layers
     was_training = model.training
     model.eval()
 
-    # 1. The inputs of encoder layer 0, per batch (SparseGPT's trick: run the embeddings once).
-    captured: list = []
+    # 1. The inputs of every encoder layer, per batch, from one dense forward (SparseGPT's trick: the embeddings
+    # run once): the hidden states entering layer 0, and each layer's other arguments (masks, position
+    # embeddings; they can differ between layers, as ModernBERT's global and sliding-window ones do).
+    captured: list = []   # per batch: [(args, kwargs) of each layer]; args[0] kept for layer 0 only
+    last_out: list = [None]
 
-    def grab(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _Stop
+    def grab(index, module, args, kwargs):
+        if not args:
+            raise RuntimeError(f"{encoder.prefix}.{index} was called without positional hidden states; "
+                               "calibration cannot follow this encoder")
+        if index > 0 and args[0] is not last_out[0]:
+            # The pass below feeds each layer's output to the next layer: that must be what the model does.
+            raise ValueError(f"calibration runs the encoder layer by layer, but {type(model).__name__} changes the "
+                             f"output of {encoder.prefix}.{index - 1} before {encoder.prefix}.{index} (e.g. a "
+                             "convolution between layers); compress it with method='magnitude' or swap_linears")
+        captured[-1].append(((args[0] if index == 0 else None,) + tuple(args[1:]), kwargs))
+        if index == len(layers) - 1:
+            raise _Stop
 
-    handle = layers[0].register_forward_pre_hook(grab, with_kwargs=True)
+    def keep_output(module, args, out):
+        last_out[0] = out[0] if isinstance(out, tuple) else out
+
+    handles = [m for i, layer in enumerate(layers)
+               for m in (layer.register_forward_pre_hook(functools.partial(grab, i), with_kwargs=True),
+                         layer.register_forward_hook(keep_output))]
     try:
         for b in batches:
+            captured.append([])
             try:
                 model(**b)
             except _Stop:
                 pass
     finally:
-        handle.remove()
-    if len(captured) != len(batches):
-        raise RuntimeError("could not capture the encoder's inputs (the model did not reach encoder.layer[0])")
-    for i, (args, _) in enumerate(captured):
-        check_finite(f"calibration[{i}] (its embeddings)", args[0])
-    comp_h = [a[0] for a, _ in captured]
+        for handle in handles:
+            handle.remove()
+        last_out.clear()
+    if any(len(c) != len(layers) for c in captured):
+        raise RuntimeError(f"could not capture the encoder's inputs (the model did not run all of {encoder.prefix})")
+    for i, c in enumerate(captured):
+        check_finite(f"calibration[{i}] (its embeddings)", c[0][0][0])
+    comp_h = [c[0][0][0] for c in captured]
     dense_h = list(comp_h)
     by_layer: dict[int, dict[str, str]] = {}
     for name in todo:
@@ -492,12 +516,14 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                 slot: dict = {}
                 watched = {"c": todo[names[0]].module}
                 if dense_layer is not None:
-                    watched["d"] = dense_layer.get_submodule(COMPONENT_PATHS[group[0]])
+                    watched["d"] = dense_layer.get_submodule(encoder.family.components[group[0]])
                 handles = [m.register_forward_pre_hook(functools.partial(_keep_input, slot, key))
                            for key, m in watched.items()]
                 try:
-                    for bi, (args, kwargs) in enumerate(captured):
+                    for bi, per_layer in enumerate(captured):
+                        args, kwargs = per_layer[li]
                         m = masks[bi]
+                        slot.clear()
                         if dense_layer is not None:
                             dense_layer(dense_h[bi], *args[1:], **kwargs)
                         layer(comp_h[bi], *args[1:], **kwargs)
@@ -535,7 +561,8 @@ def calibrate_weights(model: nn.Module, plan, calibration, method: str = "sparse
                     bar.update()
                 del h, cross
             # 3. This layer's outputs are the next layer's inputs (dense ones too for the targets).
-            for bi, (args, kwargs) in enumerate(captured):
+            for bi, per_layer in enumerate(captured):
+                args, kwargs = per_layer[li]
                 out = layer(comp_h[bi], *args[1:], **kwargs)
                 comp_h[bi] = out[0] if isinstance(out, tuple) else out
                 if track_dense:
@@ -591,7 +618,7 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
     Every packed weight holds exactly the codes the algorithm chose (its scales are passed to ``pack``).
     """
     from .backends import split_candidate
-    from .models.bert import bert_linears, swap_linears
+    from .models.encoder import encoder_linears, swap_linears
     from .plan import Plan
 
     plan = Plan.coerce(plan)
@@ -601,7 +628,7 @@ def calibrate(model: nn.Module, plan, calibration, method: str = "sparsegpt", *,
     if backend != "auto":
         split_candidate(backend)  # the usual 'backend must be one of ...' error
 
-    specs = plan.resolve([s.name for s in bert_linears(model)], strict=strict)
+    specs = plan.resolve([s.name for s in encoder_linears(model)], strict=strict)
     for name, spec in specs.items():
         if not spec.is_fp:
             kernel_spec(spec, name=f"spec for {name}")

@@ -8,7 +8,7 @@ of its output is exactly what the separate layer computed.
 
 **How it plugs into a model that calls the projections one by one.** The fused ``NxMLinear`` is
 registered once, beside the originals (for BERT: ``attention.self.qkv``, see
-:func:`nxm_kernels.models.bert.fuse_qkv`); each original attribute (``query``, ``key``, ``value``)
+:func:`nxm_kernels.models.encoder.fuse_qkv`); each original attribute (``query``, ``key``, ``value``)
 becomes a parameterless :class:`FusedProjection` that returns its row range of the fused output.
 The attention module's own forward (Hugging Face's, SDPA included) runs unchanged and still calls
 ``self.query(h)``, ``self.key(h)``, ``self.value(h)``: the first of those calls computes the fused

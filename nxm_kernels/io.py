@@ -17,7 +17,7 @@ and ``AutoModel.from_pretrained(dir)`` (see :mod:`nxm_kernels.models.hf_quantize
 
 **Fused layers** (format version 2) are stored once, under the fused layer's own name, their record
 listing the linears they compute (``docs/FORMAT.md``, "Rows are independent"; :mod:`.models.records`).
-Version 1 checkpoints (no ``"fused"`` records) load unfused; :func:`nxm_kernels.models.bert.fuse_qkv`
+Version 1 checkpoints (no ``"fused"`` records) load unfused; :func:`nxm_kernels.models.encoder.fuse_qkv`
 fuses them afterwards.
 """
 

@@ -12,6 +12,13 @@ spec strings (:mod:`nxm_kernels.spec`). A pattern is one of
 Any other name (a module name of any model, :func:`nxm_kernels.swap_named_linears`) is matched by the
 pattern as a plain ``fnmatch`` glob, without the shorthands.
 
+**One layer computing query, key and value.** Where a model's checkpoint already holds query, key and
+value as one linear (ModernBERT's ``Wqkv``), that linear is one site, named ``layer.<i>.qkv``
+(:data:`FUSED_QKV`; the plan vocabulary stays the same). Its spec is the one the plan gives
+``layer.<i>.query``, ``layer.<i>.key`` and ``layer.<i>.value``; a plan giving them different specs cannot
+be applied to such a layer and is a ``ValueError`` naming it. (Query, key and value that are separate
+linears in the checkpoint stay three sites, even once :func:`nxm_kernels.fuse_qkv` computes them as one.)
+
 **Which entry wins** (for every way a plan is applied, :mod:`nxm_kernels.models.swap`). Among the
 entries matching a name, the *most specific* wins; among equally specific entries, the *later* one
 wins. Specificity counts what a pattern pins down literally in an encoder-linear name: a layer index
@@ -35,10 +42,17 @@ from ._checks import preview
 from ._json import dump_json
 from .spec import LayerSpec, parse_spec
 
-__all__ = ["COMPONENTS", "Plan", "layer_name"]
+__all__ = ["COMPONENTS", "QKV", "FUSED_QKV", "SITE_COMPONENTS", "Plan", "layer_name", "qkv_members"]
 
 _FP = parse_spec("fp")
+#: The plan vocabulary: the linears of one encoder layer.
 COMPONENTS = ("query", "key", "value", "attn_out", "ffn1", "ffn2")
+#: The projections of the attention input, in the row order of a layer computing them as one.
+QKV = ("query", "key", "value")
+#: The site name's last part for one linear computing query, key and value (see the module docstring).
+FUSED_QKV = "qkv"
+#: The last parts encoder-linear site names have, in forward order.
+SITE_COMPONENTS = QKV + (FUSED_QKV,) + COMPONENTS[3:]
 
 
 def layer_name(index: int, component: str) -> str:
@@ -61,7 +75,15 @@ def _specificity(pattern: str) -> int:
     return 2 * literal(parts[1]) + literal(parts[2])
 
 
-_ENCODER_NAME = re.compile(r"layer\.\d+\.(?:" + "|".join(COMPONENTS) + ")")
+_ENCODER_NAME = re.compile(r"layer\.\d+\.(?:" + "|".join(SITE_COMPONENTS) + ")")
+
+
+def qkv_members(name: str) -> tuple[str, ...]:
+    """The plan names a site stands for: ``layer.<i>.query/key/value`` for ``layer.<i>.qkv``, else ``(name,)``."""
+    head, _, last = name.rpartition(".")
+    if last == FUSED_QKV and _ENCODER_NAME.fullmatch(name):
+        return tuple(f"{head}.{c}" for c in QKV)
+    return (name,)
 
 
 def _rank(pattern: str, name: str) -> int | None:
@@ -69,6 +91,13 @@ def _rank(pattern: str, name: str) -> int | None:
     if _ENCODER_NAME.fullmatch(name):
         return _specificity(pattern) if fnmatch.fnmatchcase(name, _expand(pattern)) else None
     return 0 if fnmatch.fnmatchcase(name, pattern) else None
+
+
+def _site_rank(pattern: str, site: str, member: str) -> int | None:
+    """:func:`_rank` of ``pattern`` for ``member``, one of the plan names of ``site`` (a pattern naming the
+    site itself counts for each of them)."""
+    ranks = [r for r in (_rank(pattern, member), _rank(pattern, site) if site != member else None) if r is not None]
+    return max(ranks) if ranks else None
 
 
 class Plan:
@@ -100,10 +129,21 @@ class Plan:
 
     # ------------------------------------------------------------------ matching
     def spec_for(self, name: str) -> LayerSpec:
-        """The spec of one layer name (``fp`` when nothing matches)."""
+        """The spec of one layer name (``fp`` when nothing matches). For ``layer.<i>.qkv`` (one linear
+        computing query, key and value) the spec of all three, a ``ValueError`` where they differ."""
+        members = qkv_members(name)
+        specs = {member: self._winner(name, member) for member in members}
+        if len({str(s) for s in specs.values()}) > 1:
+            given = ", ".join(f"{m.rpartition('.')[2]}={s}" for m, s in specs.items())
+            raise ValueError(f"{name}: this model computes query, key and value of layer {name.split('.')[1]} as one "
+                             f"linear, so they take one spec, but the plan gives {given}; give them the same spec "
+                             "(e.g. one 'layer.<i>' or '*' entry)")
+        return specs[members[0]]
+
+    def _winner(self, site: str, member: str) -> LayerSpec:
         best, best_key = _FP, None
         for order, (pattern, spec) in enumerate(self._specs):
-            rank = _rank(pattern, name)
+            rank = _site_rank(pattern, site, member)
             if rank is not None:
                 key = (rank, order)
                 if best_key is None or key > best_key:
@@ -122,7 +162,8 @@ class Plan:
     def unmatched(self, names: Iterable[str]) -> list[str]:
         """The patterns that match none of ``names``, in entry order."""
         names = list(names)
-        return [pattern for pattern, _ in self._specs if all(_rank(pattern, n) is None for n in names)]
+        return [pattern for pattern, _ in self._specs
+                if all(_site_rank(pattern, n, m) is None for n in names for m in qkv_members(n))]
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, str]:

@@ -24,7 +24,7 @@ import torch
 
 import nxm_kernels as nxm
 from nxm_kernels.accounting import KINDS, account
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels.models.zoo import SENTENCES, load_builtin, sentence_embeddings, tokenized_batches
 from nxm_kernels.search import plot_pareto, profile_sensitivity, search_plans, validate_plans
 from nxm_kernels.search.sensitivity import DEFAULT_CACHE_DESCRIPTION, default_cache_dir
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
         batches = tokenized_batches(builtin.tokenizer, SENTENCES, batch_size=len(SENTENCES) // 2)
     else:
         batches = [builtin.inputs]
-    print(f"model: {builtin.description}; {len(bert_linears(model))} encoder linears")
+    print(f"model: {builtin.description}; {len(encoder_linears(model))} encoder linears")
 
     # 1. Sensitivities (bare encoder: the cost is 1 - cosine of mean-pooled embeddings).
     sens = profile_sensitivity(model, batches, granularity=args.granularity, cache_dir=args.cache_dir or default_cache_dir())
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     print(f"({sens.computed} measured, {sens.reused} from the cache)\n")
 
     # 2. Search.
-    result = search_plans(sens, bert_linears(model), args.target, kind=args.kind, top_k=3)
+    result = search_plans(sens, encoder_linears(model), args.target, kind=args.kind, top_k=3)
 
     # 3. Measure the best plans whole, as deployed.
     validate_plans(model, batches, result, modes=("oneshot", "deploy"), top_k=2)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
 
     # 4. Bytes, files, and the compressed model.
     best = result.best
-    print("\n" + account(bert_linears(model), best.plan).table(per_layer=False))
+    print("\n" + account(encoder_linears(model), best.plan).table(per_layer=False))
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     best.plan.to_json(out / "plan.json")

@@ -7,7 +7,7 @@ import copy
 import torch
 import torch.nn as nn
 
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels.models.swap import replace_sites
 from nxm_kernels.quant import fake_quant_linear, fake_quant_weight
 from nxm_kernels.sparsity import is_nm, prune_nm
@@ -33,7 +33,7 @@ class FakeQuantLinear(nn.Module):
 def fake_quant_twin(model: nn.Module, plan) -> nn.Module:
     """A copy of ``model`` whose encoder linears are FakeQuantLinear per ``plan`` (GELU left as a module)."""
     twin = copy.deepcopy(model)
-    replace_sites(bert_linears(twin), plan, lambda site, spec: FakeQuantLinear(site.module, spec), strict=False)
+    replace_sites(encoder_linears(twin), plan, lambda site, spec: FakeQuantLinear(site.module, spec), strict=False)
     return twin
 
 

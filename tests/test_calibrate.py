@@ -12,7 +12,7 @@ import torch
 import nxm_kernels as nxm
 from nxm_kernels.calibrate import calibrate_weights, compress_weight, hessian
 from nxm_kernels.format import pack
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels.modules import NxMLinear
 from nxm_kernels.sparsity import is_nm
 from tiny_models import tiny_bert
@@ -134,8 +134,8 @@ def test_calibrate_model_packs_the_calibrated_weights_exactly(refine):
                            **refine)
     assert isinstance(report, nxm.SwapReport) and len(report.swapped) == 11 and report.kept == ["layer.1.query"]
     assert report.calibration["method"] == "sparsegpt" and report.calibration["n_samples"] == 12
-    sites_a = {s.name: s.module for s in bert_linears(a)}
-    for site in bert_linears(b):
+    sites_a = {s.name: s.module for s in encoder_linears(a)}
+    for site in encoder_linears(b):
         if site.name == "layer.1.query":
             assert isinstance(site.module, torch.nn.Linear)
             continue

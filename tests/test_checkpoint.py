@@ -9,7 +9,7 @@ import torch.nn as nn
 
 import nxm_kernels as nxm
 from nxm_kernels.io import CHECKPOINT_VERSION, CONFIG_NAME, WEIGHTS_NAME, read_checkpoint_config
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels import swap_named_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
 from _dropin_helpers import random_batch
@@ -59,8 +59,8 @@ def test_round_trip_is_exact_without_pickle_or_dense_weights(saved, monkeypatch)
     assert init_devices and all(dev == "meta" for _, dev in init_devices), init_devices
     assert type(loaded) is type(model) and not loaded.training
     assert torch.equal(_out(loaded, batch), _out(model, batch))
-    specs = {s.name: str(s.module.spec) for s in bert_linears(loaded) if hasattr(s.module, "spec")}
-    assert specs == {s.name: str(s.module.spec) for s in bert_linears(model) if hasattr(s.module, "spec")}
+    specs = {s.name: str(s.module.spec) for s in encoder_linears(loaded) if hasattr(s.module, "spec")}
+    assert specs == {s.name: str(s.module.spec) for s in encoder_linears(model) if hasattr(s.module, "spec")}
     assert isinstance(loaded.encoder.layer[0].attention.self.value, nn.Linear)   # "fp" stays float
     assert isinstance(loaded.encoder.layer[0].intermediate.intermediate_act_fn, nn.Identity)  # fused GELU
     for name, layer in compressed_linears(loaded).items():

@@ -74,7 +74,8 @@ def test_search_missing_model_folder_is_one_line(tmp_path, capsys):
     assert main(["search", "--model", str(tmp_path / "runs" / "sst2"), "--task", "sst2", "--data-dir", str(GLUE),
                  "--target", "0.8", "--out", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
-    assert "does not exist (built-in models: minilm, tiny)" in err and len(err.strip().splitlines()) == 1
+    assert ("does not exist (built-in models: minilm, tiny, tiny-distilbert, tiny-mpnet, tiny-deberta-v2, "
+            "tiny-modernbert)") in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_unreachable_hub_id_is_one_line(monkeypatch):

@@ -14,7 +14,7 @@ from nxm_kernels.accounting import account
 from nxm_kernels.format import cat_rows, pack
 from nxm_kernels.fusion import FusedProjection, fusable_reason, fuse_linears, fused_groups, install_fused
 from nxm_kernels.io import CONFIG_NAME
-from nxm_kernels.models.bert import bert_linears, fuse_qkv
+from nxm_kernels.models.encoder import encoder_linears, fuse_qkv
 from nxm_kernels.modules import NxMLinear, compressed_linears
 from _dropin_helpers import random_batch
 from tiny_models import tiny_bert
@@ -36,7 +36,7 @@ def _pair(cls_name="BertModel", plan="2:4-w8a8", **overrides):
 
     fused = tiny_bert(cls_name, **overrides)
     with torch.no_grad():  # random biases: a zero bias would hide a wrong bias concatenation
-        for s in bert_linears(fused):
+        for s in encoder_linears(fused):
             s.module.bias.normal_()
     plain = getattr(transformers, cls_name)(fused.config).eval()
     plain.load_state_dict(fused.state_dict())
@@ -97,8 +97,8 @@ def test_fused_swap_is_bit_identical_to_the_unfused_swap(cls_name, plan, monkeyp
 
     # Same codes, 2:4 metadata, per-row scales and bias: the fused weight is the three stacked.
     assert len(report.fused) == n_layers and plain_report.fused == {}
-    plain_sites = {s.name: s.module for s in bert_linears(plain)}
-    for site in bert_linears(fused):
+    plain_sites = {s.name: s.module for s in encoder_linears(plain)}
+    for site in encoder_linears(fused):
         if site.name.rsplit(".", 1)[1] not in QKV:
             continue
         proj, ref = site.module, plain_sites[site.name]
@@ -120,7 +120,7 @@ def test_fused_swap_is_bit_identical_to_the_unfused_swap(cls_name, plan, monkeyp
     assert report.bytes_before == plain_report.bytes_before and report.bytes_after == plain_report.bytes_after
     assert report.bytes_after == sum(m.nbytes()["total"] for m in compressed_linears(fused).values())
     assert {s.module_name for s in report.swapped if s.fused_into} == {m for ms in report.fused.values() for m in ms}
-    assert account(bert_linears(fused), plan).to_dict() == account(bert_linears(plain), plan).to_dict()
+    assert account(encoder_linears(fused), plan).to_dict() == account(encoder_linears(plain), plan).to_dict()
 
     # One fused GEMM per layer, SDPA still doing the attention, outputs bit-identical.
     calls, sdpa = [], []
@@ -136,7 +136,7 @@ def test_fused_swap_is_bit_identical_to_the_unfused_swap(cls_name, plan, monkeyp
     assert len(calls) == n_layers and len(sdpa) == 2 * n_layers
     key = "logits" if hasattr(a, "logits") else "last_hidden_state"
     assert torch.equal(a[key], b[key])
-    assert all(s.module._group.memo is None for s in bert_linears(fused) if s.name.endswith(".query"))
+    assert all(s.module._group.memo is None for s in encoder_linears(fused) if s.name.endswith(".query"))
 
 
 def test_minilm_architecture():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nxm_kernels as nxm
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels.models.zoo import SENTENCES, load_builtin, mean_pool, minilm_available
 from nxm_kernels.fusion import FusedProjection
 from nxm_kernels.modules import NxMLinear
@@ -58,7 +58,7 @@ def test_swap_all_36_linears(minilm, spec):
     model = copy.deepcopy(builtin.model)
     twin = fake_quant_twin(builtin.model, spec)
     report = nxm.swap_linears(model, spec)
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     assert len(report.swapped) == len(sites) == 36
     # query/key/value are rows of one fused NxMLinear per layer; the hooks below see each projection
     assert all(isinstance(s.module, (NxMLinear, FusedProjection)) and str(s.module.spec) == spec for s in sites)
@@ -70,7 +70,7 @@ def test_swap_all_36_linears(minilm, spec):
     for h in hooks:
         h.remove()
     assert len(seen) == 36
-    twins = {s.name: s.module for s in bert_linears(twin)}
+    twins = {s.name: s.module for s in encoder_linears(twin)}
     worst = 0.0
     for name, (x, y) in seen.items():
         expect = twins[name](x)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from nxm_kernels.plan import COMPONENTS, Plan, layer_name
+from nxm_kernels.plan import COMPONENTS, Plan, layer_name, qkv_members
 from nxm_kernels.spec import parse_spec
 
 NAMES = [layer_name(i, c) for i in range(12) for c in COMPONENTS]
@@ -17,6 +17,28 @@ def specs(plan: Plan, names=NAMES) -> dict[str, str]:
 def test_layer_names_and_components():
     assert COMPONENTS == ("query", "key", "value", "attn_out", "ffn1", "ffn2")
     assert layer_name(3, "ffn2") == "layer.3.ffn2"
+
+
+def test_one_linear_computing_query_key_and_value_takes_their_spec():
+    """``layer.<i>.qkv`` (a checkpoint's own fused projection) resolves to the spec of its three components, by
+    the usual rules; patterns naming any of them (or the site) match it; different specs are an error."""
+    names = [layer_name(i, c) for i in range(2) for c in ("qkv", "attn_out", "ffn1", "ffn2")]
+    plan = Plan({"*": "2:4-w8a8", "layer.1": "dense-w8a8", "ffn2": "fp"})
+    assert specs(plan, names) == {"layer.0.qkv": "2:4-w8a8", "layer.0.attn_out": "2:4-w8a8", "layer.0.ffn1": "2:4-w8a8",
+                                  "layer.0.ffn2": "fp", "layer.1.qkv": "dense-w8a8", "layer.1.attn_out": "dense-w8a8",
+                                  "layer.1.ffn1": "dense-w8a8", "layer.1.ffn2": "dense-w8a8"}
+    same = Plan({"query": "dense-w4a8", "key": "dense-w4a8", "value": "dense-w4a8", "layer.1.qkv": "2:4-w4a8"})
+    assert same.unmatched(names) == [] and specs(same, names)["layer.0.qkv"] == "dense-w4a8"
+    assert specs(same, names)["layer.1.qkv"] == "2:4-w4a8" and specs(same, names)["layer.1.ffn1"] == "fp"
+    # The most specific entry per component: layer.0 (2 points) beats query, layer.0.key (3) beats layer.0.
+    with pytest.raises(ValueError, match=r"layer.0.qkv: .* plan gives query=dense-w8a8, key=2:4-w4a8, "
+                                         r"value=dense-w8a8"):
+        Plan({"query": "2:4-w8a8", "layer.0": "dense-w8a8", "layer.0.key": "2:4-w4a8"}).resolve(names)
+    with pytest.raises(ValueError, match=r"layer.0.qkv: .* plan gives query=2:4-w8a8, key=fp, value=fp"):
+        Plan({"query": "2:4-w8a8"}).spec_for("layer.0.qkv")
+    assert Plan({"layer.5.query": "2:4-w8a8"}).unmatched(names) == ["layer.5.query"]
+    assert qkv_members("layer.3.qkv") == ("layer.3.query", "layer.3.key", "layer.3.value")
+    assert qkv_members("layer.3.ffn1") == ("layer.3.ffn1",) and qkv_members("encoder.qkv") == ("encoder.qkv",)
 
 
 def test_star_component_layer_and_exact():

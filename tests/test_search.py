@@ -11,7 +11,7 @@ import torch
 
 from nxm_kernels.accounting import account, nominal_bits
 from nxm_kernels.format import pack
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels.ops import sparse_int_linear
 from nxm_kernels.plan import COMPONENTS, Plan
 from nxm_kernels.search import (PlanCandidate, Sensitivity, compact_plan, fake_compressed, plot_pareto,
@@ -70,7 +70,7 @@ def random_sensitivity(names, granularity="component", specs=SPECS):
 # ------------------------------------------------------------------------------- compression math
 def test_fake_compressed_is_the_kernels_math_and_restores_exactly():
     model = tiny_bert(**SEARCH_BERT)
-    sites = {s.name: s for s in bert_linears(model)}
+    sites = {s.name: s for s in encoder_linears(model)}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lin = sites["layer.0.ffn1"].module
     x = torch.randn(5, 32) * 3
@@ -123,7 +123,7 @@ def test_search_keeps_a_fragile_component_at_higher_precision():
     model = tiny_bert(**SEARCH_BERT)
     make_fragile(model, layer=1)
     batches = sample()
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
 
     sens = profile_sensitivity(model, batches, progress=False)
     assert sens.computed == 24 and sens.reused == 0
@@ -250,6 +250,21 @@ def test_compact_plan_round_trips():
     assert uniform.to_dict() == {c: "2:4-w8a8" for c in COMPONENTS}
 
 
+def test_compact_plan_writes_a_fused_qkv_site_as_its_components():
+    """``layer.<i>.qkv`` (query, key and value as one linear in the checkpoint) is not plan vocabulary: the plan
+    gives its three components its spec."""
+    names = [f"layer.{i}.{c}" for i in range(3) for c in ("qkv", "attn_out", "ffn1", "ffn2")]
+    for _ in range(20):
+        assignment = {n: random.choice(["fp"] + SPECS) for n in names}
+        plan = compact_plan(assignment, names)
+        assert not any("qkv" in pattern for pattern in plan.to_dict())
+        assert {n: str(s) for n, s in Plan.from_json(plan.to_json()).resolve(names).items()} == assignment
+    plan = compact_plan({n: "2:4-w8a8" for n in names} | {"layer.2.qkv": "dense-w8a8"}, names)
+    assert plan.to_dict() == {"query": "2:4-w8a8", "layer.2.query": "dense-w8a8", "key": "2:4-w8a8",
+                              "layer.2.key": "dense-w8a8", "value": "2:4-w8a8", "layer.2.value": "dense-w8a8",
+                              "attn_out": "2:4-w8a8", "ffn1": "2:4-w8a8", "ffn2": "2:4-w8a8"}
+
+
 # ------------------------------------------------------------------------------- cache
 def test_cached_sensitivities_are_reused(tmp_path):
     model = tiny_bert(**SEARCH_BERT)
@@ -268,7 +283,7 @@ def test_cached_sensitivities_are_reused(tmp_path):
     assert again.computed == 0 and again.reused == 12 and len(forwards) == n_first  # not one forward pass
     assert again.costs == first.costs
     # Another budget: searching again needs no model at all.
-    r1, r2 = search_plans(again, bert_linears(model), 0.80), search_plans(again, bert_linears(model), 0.85)
+    r1, r2 = search_plans(again, encoder_linears(model), 0.80), search_plans(again, encoder_linears(model), 0.85)
     assert r1.best.fraction_removed["nominal"] >= 0.80 and r2.best.fraction_removed["nominal"] >= 0.85
 
     # One more candidate: only its six entries are measured.
@@ -302,7 +317,7 @@ def test_validation_measures_whole_plans(tmp_path):
     make_fragile(model)
     batches = sample()
     sens = profile_sensitivity(model, batches, progress=False)
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     names = [s.name for s in sites]
     # A plan compressing one group only: measured whole == its profiled cost (the same computation).
     single = {n: ("2:4-w4a8" if n.endswith(".ffn1") else "fp") for n in names}
@@ -332,18 +347,18 @@ def test_validation_measures_whole_plans(tmp_path):
 
 
 def test_best_plan_is_taken_unchanged_by_swap_linears(tmp_path):
-    from nxm_kernels.models.bert import swap_linears
+    from nxm_kernels.models.encoder import swap_linears
 
     model = tiny_bert(**SEARCH_BERT)
     batches = sample()
     sens = profile_sensitivity(model, batches, progress=False)
-    result = search_plans(sens, bert_linears(model), 0.85, kind="true")
+    result = search_plans(sens, encoder_linears(model), 0.85, kind="true")
     path = tmp_path / "plan.json"
     result.best.plan.to_json(path)
-    acct = account(bert_linears(model), Plan.from_json(path))
+    acct = account(encoder_linears(model), Plan.from_json(path))
     swap_linears(model, Plan.from_json(path), backend="reference")
     # The swapped modules hold exactly the bytes the accounting predicted (bias kept apart).
-    for a, site in zip(acct.layers, bert_linears(model)):
+    for a, site in zip(acct.layers, encoder_linears(model)):
         if a.spec == "fp":
             assert isinstance(site.module, torch.nn.Linear)
             continue
@@ -357,7 +372,7 @@ def test_plans_with_fp_entries_swap_save_and_load(tmp_path):
     import nxm_kernels as nxm
 
     model = tiny_bert(**SEARCH_BERT)
-    names = [s.name for s in bert_linears(model)]
+    names = [s.name for s in encoder_linears(model)]
     plan = compact_plan({n: ("fp" if n.endswith("ffn2") or n == "layer.0.query" else "2:4-w4a8") for n in names},
                         names)
     assert "fp" in plan.to_dict().values()

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import nxm_kernels as nxm
 from nxm_kernels.fusion import FusedProjection
-from nxm_kernels.models.bert import bert_linears
+from nxm_kernels.models.encoder import encoder_linears
 from nxm_kernels.modules import NxMLinear, compressed_linears
 from _dropin_helpers import fake_quant_twin, random_batch
 from tiny_models import tiny_bert
@@ -19,9 +19,9 @@ def _out(model, batch):
 
 def test_swap_all_encoder_linears_and_report():
     model = tiny_bert()
-    dense_bytes = sum(p.numel() * 4 for s in bert_linears(model) for p in s.module.parameters())
+    dense_bytes = sum(p.numel() * 4 for s in encoder_linears(model) for p in s.module.parameters())
     report = nxm.swap_linears(model, "2:4-w8a8")
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     assert len(report.swapped) == len(sites) == 12 and report.kept == []
     # query/key/value share a spec: each layer computes them as one fused NxMLinear (attention.self.qkv)
     qkv = ("query", "key", "value")
@@ -49,7 +49,7 @@ def test_plan_rules_most_specific_then_later_wins():
     plan = {"*": "2:4-w8a8", "ffn2": "dense-w8a8", "layer.1": "2:4-w4a8", "layer.1.ffn2": "fp", "query": "dense-w4a8"}
     report = nxm.swap_linears(model, plan)
     specs = {s.name: (str(s.module.spec) if isinstance(s.module, (NxMLinear, FusedProjection)) else "fp")
-             for s in bert_linears(model)}
+             for s in encoder_linears(model)}
     assert specs["layer.0.key"] == "2:4-w8a8"
     assert specs["layer.0.ffn2"] == "dense-w8a8"
     assert specs["layer.0.query"] == "dense-w4a8"
@@ -78,13 +78,13 @@ def test_each_swapped_linear_equals_fake_quant(plan):
     nxm.swap_linears(model, plan)
     seen = {}
     hooks = [s.module.register_forward_hook(lambda m, i, o, n=s.name: seen.__setitem__(n, (i[0], o)))
-             for s in bert_linears(model) if isinstance(s.module, (NxMLinear, FusedProjection))]
+             for s in encoder_linears(model) if isinstance(s.module, (NxMLinear, FusedProjection))]
     _out(model, random_batch(model))
     for h in hooks:
         h.remove()
-    assert len(seen) == sum(isinstance(s.module, (NxMLinear, FusedProjection)) for s in bert_linears(model))
+    assert len(seen) == sum(isinstance(s.module, (NxMLinear, FusedProjection)) for s in encoder_linears(model))
     assert any(n.endswith(".key") for n in seen)  # fused projections (rows of attention.self.qkv) included
-    twins = {s.name: s.module for s in bert_linears(twin)}
+    twins = {s.name: s.module for s in encoder_linears(twin)}
     for name, (x, y) in seen.items():
         ref = twins[name](x)
         if name.endswith("ffn1"):
@@ -129,7 +129,7 @@ def test_sequence_classification_model():
     assert len(report.swapped) == 12
     assert isinstance(model.classifier, nn.Linear) and isinstance(model.bert.pooler.dense, nn.Linear)
     covered = set(compressed_linears(model)) - set(report.fused) | {m for ms in report.fused.values() for m in ms}
-    assert covered == {s.qualified_name for s in bert_linears(model)}
+    assert covered == {s.qualified_name for s in encoder_linears(model)}
     assert all(n.startswith("bert.encoder.layer.") for n in compressed_linears(model))
     with torch.no_grad():
         after = model(**batch).logits
@@ -232,8 +232,10 @@ def test_unknown_and_untrainable_specs():
     assert compressed_linears(model) == {}  # checked before anything changes
 
 
-def test_not_bert_like():
-    with pytest.raises(ValueError, match="does not have a BERT-like encoder.*nxm_kernels.swap_named_linears with module-name globs"):
+def test_unknown_model_lists_the_families():
+    with pytest.raises(ValueError, match=r"Sequential \(model_type None\) has no encoder of a family nxm_kernels "
+                                         r"knows: bert \(BERT, .*distilbert .*mpnet .*deberta-v2 .*modernbert "
+                                         r"\(ModernBERT\).*nxm_kernels.swap_named_linears with module-name globs"):
         nxm.swap_linears(nn.Sequential(nn.Linear(4, 4)), "2:4-w8a8")
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
         nxm.swap_linears("bert", "2:4-w8a8")

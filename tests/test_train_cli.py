@@ -96,7 +96,8 @@ def test_nxm_compress_runs_from_a_fresh_clone_on_the_builtin_tiny_model(tmp_path
 
 
 @pytest.mark.parametrize("model, message", [
-    ("{tmp}/missing", "model folder '{tmp}/missing' does not exist (built-in models: minilm, tiny)"),
+    ("{tmp}/missing", "model folder '{tmp}/missing' does not exist (built-in models: minilm, tiny, tiny-distilbert, "
+                      "tiny-mpnet, tiny-deberta-v2, tiny-modernbert)"),
     ("{fixture}/vocab.txt", "is a file; expected a model folder"),
 ])
 def test_nxm_compress_missing_model_is_one_line(tmp_path, capsys, model, message):

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("account", help="compression accounting of a plan (nominal and true bytes)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="auto",
-                   help="a Hugging Face BERT-family model folder or id, or a built-in: auto, minilm, tiny")
+                   help="a Hugging Face encoder model folder or id, or a built-in: auto, minilm, tiny, tiny-<family> "
+                        "(tiny-distilbert, tiny-mpnet, tiny-deberta-v2, tiny-modernbert)")
     p.add_argument("--plan", required=True, type=plan_arg, help=PLAN_HELP)
     p.add_argument("--per-layer", action="store_true", help="one row per linear (default: per component)")
     p.add_argument("--json", default=None, help="also write the accounting as JSON here")

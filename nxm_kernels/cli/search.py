@@ -35,7 +35,9 @@ def register(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True,
                    help="a fine-tuned Hugging Face BERT-family task model (folder or Hub id), or a built-in: "
-                        "minilm (all-MiniLM-L6-v2 with a new head), tiny (a random 2-layer BERT, seconds)")
+                        "minilm (all-MiniLM-L6-v2 with a new head), tiny (a random 2-layer BERT, seconds), "
+                        "tiny-<family> (the same for another encoder family: tiny-distilbert, tiny-mpnet, "
+                        "tiny-deberta-v2, tiny-modernbert)")
     add_glue_args(p)
     p.add_argument("--target", type=float, required=True,
                    help="fraction of the bytes to remove, e.g. 0.875 (8x smaller)")
@@ -85,7 +87,7 @@ def run_search(args) -> int:
 
     from .._checks import check_device
     from ..accounting import account
-    from ..models.bert import bert_linears
+    from ..models.encoder import encoder_linears
     from ..search import plot_pareto, profile_sensitivity, search_plans, validate_plans
     from ..glue import GlueMetric, load_glue, load_glue_model, task_batches
     from ..search.sensitivity import candidate_specs, default_cache_dir
@@ -117,7 +119,7 @@ def run_search(args) -> int:
     print(sens.table())
     print(f"({sens.computed} measured, {sens.reused} from the cache"
           f"{'' if cache_dir is None else ' in ' + str(cache_dir)})\n")
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     result = search_plans(sens, sites, args.target, kind=args.kind, top_k=args.top_k)
     if args.validate:
         validate_plans(model, held, result, modes=args.validate_mode, top_k=args.validate, metric_fn=metric_fn,

@@ -1,4 +1,4 @@
-"""Model knowledge (Hugging Face BERT family). Only this package and ``train`` import transformers.
+"""Model knowledge (Hugging Face encoders, :mod:`.families`). Only this package and ``train`` import transformers.
 
 Importing this package (``import nxm_kernels`` does) wires up the Hugging Face integration of
 :mod:`.hf_quantizer` without importing transformers itself, which costs seconds that kernel-only

@@ -14,9 +14,13 @@ __all__ = ["describe", "build_empty", "config_differences", "parameters_on_meta"
 
 logger = logging.getLogger(__name__)
 
-#: Config fields that fix tensor shapes and the computation; a mismatch in any of them is an error.
+#: Config fields that fix tensor shapes and the computation; a mismatch in any of them is an error. Each family's
+#: config spells some its own way (DistilBERT's ``dim``, ...) or has its own (attention windows, relative positions).
 ARCH_KEYS = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps")
+             "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size", "layer_norm_eps",
+             "dim", "n_layers", "n_heads", "hidden_dim", "activation", "hidden_activation", "local_attention",
+             "global_attn_every_n_layers", "relative_attention", "pos_att_type", "share_att_key", "position_buckets",
+             "max_relative_positions", "relative_attention_num_buckets")
 
 
 def _is_hf_model(model) -> bool:

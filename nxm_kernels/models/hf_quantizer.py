@@ -207,6 +207,13 @@ class NxMHfQuantizer(HfQuantizer):
         dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
         place_compressed_layers(model, layers, identity, lambda name, r: NxMLinear(
             r.shape[1], r.shape[0], r.spec, r.bias, activation=r.activation, device="meta", dtype=dtype))
+        # After loading, transformers runs the model's own weight initialisation on each module not marked
+        # initialised (its init functions skip the tensors the checkpoint filled). Some families' init reaches
+        # into child linears by name (ModernBERT's attention and MLP initialise ``Wqkv.weight``...), which an
+        # NxMLinear does not have: the modules holding one are loaded from the checkpoint, so they are marked.
+        for name in compressed_linears(model):
+            holder = name.rpartition(".")[0]
+            (model.get_submodule(holder) if holder else model)._is_hf_initialized = True
         keys = _checkpoint_keys(checkpoint_files)
         if keys is not None:
             # A placeholder left unloaded would compute with zero codes: refuse before loading instead.

@@ -2,7 +2,7 @@
 the swaps to ``NxMLinear``, ``prepare_qat``, the search's fake compression and the checkpoint loaders).
 It matches the plan against the sites once (which entry wins: :mod:`nxm_kernels.plan`) and installs the
 replacements once all were built, so an error leaves the model as it was. A site (:class:`LinearSite`) is
-named ``layer.<i>.<component>`` in a BERT encoder (``models.bert.bert_linears``), else by module name.
+named ``layer.<i>.<component>`` in an encoder (``models.encoder.encoder_linears``), else by module name.
 """
 
 from __future__ import annotations

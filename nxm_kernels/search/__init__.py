@@ -9,11 +9,11 @@ predicted cost (:mod:`.optimize`), checks the best plans by measuring them whole
 
 ::
 
-    from nxm_kernels.models.bert import bert_linears
+    from nxm_kernels.models.encoder import encoder_linears
     from nxm_kernels.search import profile_sensitivity, search_plans
 
     sens = profile_sensitivity(model, heldout_batches, cache_dir="~/.cache/nxm")   # minutes, once
-    result = search_plans(sens, bert_linears(model), target=0.875, kind="nominal")  # instant
+    result = search_plans(sens, encoder_linears(model), target=0.875, kind="nominal")  # instant
     result.best.plan.to_json("plan.json")       # swap_linears / nxm compress / checkpoints take it
 """
 

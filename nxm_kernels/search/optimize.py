@@ -32,7 +32,7 @@ from typing import Mapping
 
 from .._json import dump_json
 from ..accounting import account, check_kind, layer_shapes
-from ..plan import COMPONENTS, Plan
+from ..plan import COMPONENTS, SITE_COMPONENTS, Plan, qkv_members
 from ..spec import parse_spec
 from .sensitivity import Sensitivity
 
@@ -47,7 +47,9 @@ def compact_plan(assignment: Mapping[str, str], names) -> Plan:
     A component whose layers all share a spec becomes one ``<component>`` entry; otherwise its most
     common spec becomes the component entry and the rest ``layer.<i>.<component>`` entries (more
     specific, so they win). Every name is covered explicitly, ``fp`` included, so the plan reads
-    the same whatever defaults a reader assumes. Checked: the plan resolves to ``assignment``.
+    the same whatever defaults a reader assumes. A ``layer.<i>.qkv`` name (one linear computing query,
+    key and value) is written as its three components with its spec: the plan vocabulary has no ``qkv``.
+    Checked: the plan resolves to ``assignment``.
     """
     names = list(names)
     assignment = {n: str(parse_spec(s)) for n, s in assignment.items()}
@@ -55,22 +57,23 @@ def compact_plan(assignment: Mapping[str, str], names) -> Plan:
     if missing:
         raise ValueError(f"assignment has no spec for {missing[:5]}")
     entries: list[tuple[str, str]] = []
-    by_comp: dict[str, list[str]] = {}
+    by_comp: dict[str, list[tuple[str, str]]] = {}  # component -> [(plan name, spec)]
     others = []
     for n in names:
         parts = n.split(".")
-        if len(parts) == 3 and parts[0] == "layer" and parts[2] in COMPONENTS:
-            by_comp.setdefault(parts[2], []).append(n)
+        if len(parts) == 3 and parts[0] == "layer" and parts[2] in SITE_COMPONENTS:
+            for member in qkv_members(n):
+                by_comp.setdefault(member.rsplit(".", 1)[1], []).append((member, assignment[n]))
         else:
             others.append(n)
     for comp in COMPONENTS:
         members = by_comp.get(comp)
         if not members:
             continue
-        specs = [assignment[n] for n in members]
+        specs = [spec for _, spec in members]
         common = max(dict.fromkeys(specs), key=specs.count)  # ties: the first seen
         entries.append((comp, common))
-        entries.extend((n, assignment[n]) for n in members if assignment[n] != common)
+        entries.extend((n, spec) for n, spec in members if spec != common)
     entries.extend((n, assignment[n]) for n in others)
     plan = Plan(entries)
     resolved = {n: str(s) for n, s in plan.resolve(names).items()}
@@ -195,7 +198,7 @@ def search_plans(sensitivity: Sensitivity, layers, target: float, *, kind: str =
     Args:
         sensitivity: the measured costs (:func:`~nxm_kernels.search.sensitivity.profile_sensitivity`).
         layers: the encoder linears' shapes (anything :func:`nxm_kernels.accounting.layer_shapes` takes:
-            ``bert_linears(model)`` or ``{name: (out, in)}``); names no group covers stay ``fp``.
+            ``encoder_linears(model)`` or ``{name: (out, in)}``); names no group covers stay ``fp``.
         target: the fraction of the bytes to remove, in ``[0, 1)`` (``0.875`` = 8x smaller).
         kind: ``"nominal"``, ``"true"`` (= ``"true-fp32"``) or ``"true-fp16"``
             (:data:`nxm_kernels.accounting.KINDS`).

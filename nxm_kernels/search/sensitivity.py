@@ -38,9 +38,9 @@ from tqdm.auto import tqdm
 
 from .._checks import check_choice, preview
 from .._json import dump_json
-from ..models.bert import bert_linears
+from ..models.encoder import encoder_linears
 from ..models.swap import replace_sites
-from ..plan import COMPONENTS, Plan
+from ..plan import SITE_COMPONENTS, Plan
 from ..quant import fake_quant_per_token, fake_quant_weight
 from ..sparsity import prune_nm
 from ..spec import LayerSpec, parse_spec
@@ -113,7 +113,7 @@ def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec]
     come back bit for bit, also when the body raises. Yields ``{layer name: spec}`` of the layers it
     compressed (``fp`` layers are not listed).
     """
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     names = [s.name for s in sites]
     if isinstance(assignment, Mapping) and (unknown := sorted(set(assignment) - set(names))):
         raise ValueError(f"assignment names {unknown[:5]} are not encoder linears; layers are: {preview(names)}")
@@ -144,12 +144,13 @@ def fake_compressed(model: nn.Module, assignment: "Mapping[str, str | LayerSpec]
 
 # ------------------------------------------------------------------------------- groups
 def group_sites(names: Iterable[str], granularity: str = "component") -> dict[str, list[str]]:
-    """``{group: [layer names]}``: per component type (``query`` ...) or one group per layer."""
+    """``{group: [layer names]}``: per component type (``query`` ..., ``qkv`` for one linear computing query,
+    key and value) or one group per layer."""
     check_choice("granularity", granularity, GRANULARITIES)
     names = list(names)
     if granularity == "layer":
         return {n: [n] for n in names}
-    groups = {c: [n for n in names if n.rsplit(".", 1)[-1] == c] for c in COMPONENTS}
+    groups = {c: [n for n in names if n.rsplit(".", 1)[-1] == c] for c in SITE_COMPONENTS}
     return {c: members for c, members in groups.items() if members}
 
 
@@ -280,7 +281,7 @@ def profile_sensitivity(model: nn.Module, batches, candidates: Iterable[str] = D
             ``qat_lr`` per (group, spec)).
         cache_dir: where to keep results (``None``: no cache). See :func:`default_cache_dir`.
     """
-    sites = bert_linears(model)  # first: it checks that model is a module (of a BERT-like encoder)
+    sites = encoder_linears(model)  # first: it checks that model is a module holding a known encoder
     specs = candidate_specs(candidates)
     check_choice("mode", mode, MODES)
     batches = check_batches(batches)

@@ -5,7 +5,7 @@ several groups at once interacts, so the best plans are measured whole, on the s
 the same objective, in one or more modes:
 
 * ``"oneshot"``: the plan applied in place with the kernels' math (:func:`.sensitivity.fake_compressed`).
-* ``"deploy"``: a copy of the model really swapped to ``NxMLinear`` (:func:`nxm_kernels.models.bert.
+* ``"deploy"``: a copy of the model really swapped to ``NxMLinear`` (:func:`nxm_kernels.models.encoder.
   swap_linears`, ``backend`` as given; ``"reference"`` by default, any device), i.e. what ships.
 * ``"qat"``: a short QAT run of the whole plan (:func:`.qat.short_qat`), to compare with a profile
   measured in ``"qat"`` mode.
@@ -22,7 +22,7 @@ from typing import Callable, Iterable
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..models.bert import swap_linears
+from ..models.encoder import swap_linears
 from .objective import Evaluator, check_batches
 from .optimize import PlanCandidate, SearchResult
 from .sensitivity import fake_compressed

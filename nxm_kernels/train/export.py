@@ -2,7 +2,7 @@
 
 In one step per layer: each ``QATLinear`` becomes
 ``NxMLinear.from_packed(pack(layer.export_weight(), bits, pattern), bias)`` through the one swap of
-:func:`nxm_kernels.models.bert.swap_linears` (its ``build``), which also fuses GELU into ``ffn1`` as usual.
+:func:`nxm_kernels.models.encoder.swap_linears` (its ``build``), which also fuses GELU into ``ffn1`` as usual.
 The per-channel scales ``pack`` computes for the masked weight are the ones the QAT forward used, so the packed weight
 dequantizes to the QAT layer's fake-quantized weight **bit for bit**; :func:`export_model` checks
 this for every layer (``torch.equal``) and refuses to return a model where it fails. As with any
@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from ..format import pack
-from ..models.bert import swap_linears
+from ..models.encoder import swap_linears
 from ..modules import NxMLinear
 from ..plan import Plan
 from ..sparsity import count_nm_violations
@@ -62,7 +62,7 @@ def export_model(model: nn.Module, *, backend: str = "auto", check: bool = True,
 
     ``check`` (default) verifies that each packed weight dequantizes exactly to the weight the QAT
     layer computed with. ``fuse_qkv`` (default) fuses each layer's query, key and value into one
-    ``NxMLinear`` where they share a spec, as :func:`~nxm_kernels.models.bert.swap_linears` does.
+    ``NxMLinear`` where they share a spec, as :func:`~nxm_kernels.models.encoder.swap_linears` does.
     The model is left in eval mode.
     """
     if not isinstance(fuse_qkv, bool):

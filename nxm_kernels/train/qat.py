@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from .._checks import check_tensor
-from ..models.bert import bert_linears
+from ..models.encoder import encoder_linears
 from ..models.swap import replace_sites
 from ..plan import Plan
 from ..quant import fake_quant_linear, fake_quant_weight
@@ -211,7 +211,7 @@ def prepare_qat(model: nn.Module, plan, *, strict: bool = True) -> dict[str, QAT
     every update), so DDP need not send two weight copies per step.
     """
     plan = Plan.coerce(plan)
-    sites = bert_linears(model)
+    sites = encoder_linears(model)
     if any(isinstance(s.module, QATLinear) for s in sites):
         raise ValueError("model already holds QATLinear layers (prepare_qat was called before)")
 
