@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import report_goal  # noqa: E402
 import nxm_kernels as nxm  # noqa: E402
 from nxm_kernels.models.zoo import load_builtin  # noqa: E402
 from nxm_kernels.timing import text_table  # noqa: E402
@@ -76,12 +76,8 @@ def main(argv=None) -> int:
           f"(best of {r['repeats']}):")
     print(text_table(["model", "s per forward", "vs float32"],
                      [[name, f"{t:.3f}", f"{r['ratios'][name]:.2f}x"] for name, t in r["seconds"].items()]))
-    print(f"  reference / float32 (worst weight kind): {r['ratio']:.2f}x (goal <= {GOAL}x: "
-          f"{'met' if r['ratio'] <= GOAL else 'NOT met'})")
-    if args.quick:
-        print("  (--quick: a tiny model, too few forwards for the numbers to mean much)")
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=1) + "\n")
+    report_goal("reference / float32 (worst weight kind)", r["ratio"], GOAL, r, json_path=args.json,
+                quick_note="a tiny model, too few forwards for the numbers to mean much" if args.quick else None)
     return 0
 
 
