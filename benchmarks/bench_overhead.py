@@ -23,7 +23,6 @@ resolves the backend per call) with the same no-op kernels.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import report_goal  # noqa: E402
 import nxm_kernels as nxm  # noqa: E402
 from nxm_kernels.backends import Variant, get_backend, unavailable_reason  # noqa: E402
 from nxm_kernels.modules import NxMLinear  # noqa: E402
@@ -131,12 +131,8 @@ def main(argv=None) -> int:
           f"({r['calls']} calls, best of {r['repeats']}):")
     print(text_table(["", "us per call", "vs nn.Linear"], [[name, f"{us:.2f}", f"{r['ratios'][name]:.2f}x"]
                                                            for name, us in r["us_per_call"].items()]))
-    print(f"  NxMLinear / nn.Linear (worst backend): {r['ratio']:.2f}x (goal <= {GOAL}x: "
-          f"{'met' if r['ratio'] <= GOAL else 'NOT met'})")
-    if args.quick:
-        print("  (--quick: too few calls for the numbers to mean much)")
-    if args.json:
-        args.json.write_text(json.dumps(r, indent=1) + "\n")
+    report_goal("NxMLinear / nn.Linear (worst backend)", r["ratio"], GOAL, r, json_path=args.json,
+                quick_note="too few calls for the numbers to mean much" if args.quick else None)
     return 0
 
 

@@ -188,6 +188,17 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
+def report_goal(what: str, ratio: float, goal: float, result: dict, *, quick_note: str | None = None,
+                json_path: Path | None = None) -> None:
+    """The last lines of a CPU ratio benchmark (``bench_overhead.py``, ``bench_reference.py``): the ratio
+    against its goal, why ``--quick`` numbers mean little (``quick_note``), and the JSON file when asked for."""
+    print(f"  {what}: {ratio:.2f}x (goal <= {goal}x: {'met' if ratio <= goal else 'NOT met'})")
+    if quick_note:
+        print(f"  (--quick: {quick_note})")
+    if json_path:
+        write_json(json_path, result)
+
+
 def error_line(exc: BaseException) -> str:
     """``Type: first line of the message`` for a record's reason (the message may be empty)."""
     text = str(exc)

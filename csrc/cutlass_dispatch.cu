@@ -30,6 +30,12 @@ constexpr Entry kNone{nullptr, nullptr};
 
 constexpr int kOutKinds = 4;  // NXM_OUT_INT32, F16, BF16, F32
 
+// One declaration list and table per architecture family, alike on purpose: each is compiled only
+// when its family was built (NXM_WITH_CUTLASS_SM90 / _SM80), the two sets of instances differ (sm_90a
+// has a second, large-token tile), and spelling each entry out keeps every symbol greppable beside
+// the translation unit under csrc/cutlass_instances/ that defines it. A macro generating both would
+// hide those names for the sake of a few lines.
+
 #ifdef NXM_WITH_CUTLASS_SM90
 NXM_DECLARE(sm90_128x128_i32)
 NXM_DECLARE(sm90_128x128_f16)

@@ -35,7 +35,7 @@ from .spec import LayerSpec, parse_spec
 # ``from nxm_kernels.calibrate import ...`` still reaches through sys.modules).
 from .calibrate import calibrate  # noqa: E402
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "FORMAT_VERSION", "PackedWeight", "pack", "prune_nm", "nm_mask", "is_nm", "quantize_weight",

@@ -6,6 +6,8 @@ broke and what was received, so a user never has to decode a kernel crash or a s
 
 from __future__ import annotations
 
+import math
+
 from typing import Iterable
 
 import torch
@@ -70,6 +72,16 @@ def check_int(name: str, value, *, minimum: int | None = None) -> int:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_number(name: str, value, *, minimum: float | None = None, above: float | None = None) -> float:
+    """A finite int or float (not a bool), ``>= minimum`` and ``> above`` when given."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    bound = f" >= {minimum}" if minimum is not None else f" > {above}" if above is not None else ""
+    if not math.isfinite(value) or (minimum is not None and value < minimum) or (above is not None and value <= above):
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
     return value
 
 

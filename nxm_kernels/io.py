@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from ._checks import check_device
+from ._version import __version__
 from .backends import split_candidate
 from .format import FORMAT_VERSION, PackedWeight
 from .modules import NxMLinear, after_swap, compressed_linears
@@ -119,7 +120,6 @@ def save_compressed(model: nn.Module, path, *, plan=None, tokenizer=None) -> Pat
     plan_dict = Plan.coerce(plan).to_dict() if plan is not None else {n: str(m.spec) for n, m in layers.items()}
     identity = identity_module_names(model)
     records = layer_records(model)
-    from . import __version__
     from .models.hf import describe
 
     out = Path(path)
@@ -168,8 +168,6 @@ def read_checkpoint_config(path) -> dict:
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ValueError(f"{cfg_path} has an invalid format_version {version!r}")
     if version > CHECKPOINT_VERSION:
-        from . import __version__
-
         raise ValueError(f"checkpoint format version {version} was written by a newer nxm_kernels "
                          f"({cfg.get('nxm_kernels_version', 'unknown')}); this nxm_kernels {__version__} reads "
                          f"versions up to {CHECKPOINT_VERSION}: upgrade nxm_kernels")

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `benchmarks` is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks import bench_e2e, bench_gemm, common, plots, summarize  # noqa: E402
+from benchmarks import bench_e2e, bench_gemm, bench_reference, common, plots, summarize  # noqa: E402
 
 #: The programs run in smoke mode only without a GPU (with one, they would run the real benchmarks).
 cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="the smoke mode is the CPU-only mode")
@@ -139,6 +139,17 @@ def test_overhead_benchmark_runs(run_bench, tmp_path):
     rows = result["us_per_call"]
     assert {"nn.Linear (1 x 16 x 16)", "NxMLinear, reference backend", "NxMLinear, triton backend"} <= set(rows)
     assert all(v > 0 for v in rows.values()) and result["ratio"] > 0
+
+
+@pytest.mark.slow
+def test_reference_benchmark_runs(run_bench, tmp_path):
+    """bench_reference.py (an encoder forward on the reference backend vs float32) runs and reports;
+    its numbers are never asserted on."""
+    stdout = run_bench("benchmarks/bench_reference.py", "--quick", "--json", tmp_path / "reference.json")
+    assert "reference / float32" in stdout and "goal <= 2.0x" in stdout
+    result = json.loads((tmp_path / "reference.json").read_text())
+    assert result["model"] == "tiny" and set(result["seconds"]) == {"float32", *bench_reference.SPECS}
+    assert all(v > 0 for v in result["seconds"].values()) and result["ratio"] > 0
 
 
 def test_gpu_validate_script_parses():

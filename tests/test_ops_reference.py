@@ -85,6 +85,60 @@ def test_int_mm_exact_where_float32_is_not():
         assert torch.equal(acc, expect.to(torch.int32))
 
 
+def _packed_from_codes(dense: torch.Tensor, bits: int, slots: torch.Tensor | None = None):
+    """A PackedWeight holding exactly the integer codes ``dense`` [N, K] (any value of the range, -128
+    and -8 included, which pack() never produces), built field by field, independent of the decoder.
+    2:4 when ``slots`` (the kept offsets i0 < i1 of each group of four, [N, ceil(K/4), 2]) are given;
+    ``dense`` must then be zero elsewhere."""
+    from nxm_kernels.format import PackedWeight, pack_nibbles, padded_k
+
+    n, k = dense.shape
+    kp = padded_k(k)
+    codes = torch.nn.functional.pad(dense, (0, kp - k))
+    meta = None
+    if slots is not None:
+        pad = torch.tensor([0, 1]).expand(n, kp // 4 - slots.shape[1], 2)  # padding groups keep (0, 1)
+        slots = torch.cat([slots, pad], dim=1)
+        codes = torch.gather(codes.reshape(n, kp // 4, 4), 2, slots).reshape(n, kp // 2)
+        nib = slots[..., 0] | (slots[..., 1] << 2)
+        meta = (nib[:, 0::2] | (nib[:, 1::2] << 4)).to(torch.uint8)
+    values = pack_nibbles(codes) if bits == 4 else codes.contiguous()
+    return PackedWeight(values, meta, torch.rand(n) + 0.5, (n, k), bits, "dense" if slots is None else "2:4")
+
+
+@pytest.mark.parametrize("bits,pattern", CASES)
+def test_int_mm_exact_at_worst_case_magnitudes(bits, pattern):
+    """Every code at the extremes of its range (int8 -128/127/-127, int4 -8/7/-7), K long enough for
+    several of the reference's float32 chunks (the last one partial), and sums that float32 cannot
+    represent: the int32 accumulator equals the int64 product exactly."""
+    sparse = pattern == "2:4"
+    k = (3 if bits == 8 else 2) * reference.chunk_k(bits, sparse) + 21  # K = 1 mod 4: a last, partial group
+    lo, hi = (-128, 127) if bits == 8 else (-8, 7)
+    x = torch.tensor([-128, 127, -127], dtype=torch.int8)[torch.randint(0, 3, (6, k))]
+    x[0], x[1], x[2] = -128, 127, -127  # rows of one sign: the largest partial sums, in every chunk
+    n = 5
+    dense = torch.tensor([lo, hi, -hi], dtype=torch.int8)[torch.randint(0, 3, (n, k))]
+    dense[0], dense[1], dense[2] = lo, hi, -hi
+    slots = None
+    if sparse:
+        groups = -(-k // 4)
+        slots = torch.tensor([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])[torch.randint(0, 6, (n, groups))]
+        slots[:, -1] = torch.tensor([0, 1])  # the partial group keeps its one real column
+        keep = torch.zeros(n, groups, 4, dtype=torch.bool).scatter_(2, slots, True).reshape(n, -1)[:, :k]
+        dense = dense * keep
+    packed = _packed_from_codes(dense, bits, slots)
+    expect = x.long() @ dense.long().t()
+    # x row 1 times weight row 1 is 127 * hi * (an odd count) > 2**24: odd, so no float32 holds it.
+    assert abs(int(expect[1, 1])) > 2**24 and int(expect[1, 1]) % 2 == 1
+    acc = nxm.sparse_int_mm(x, packed, backend="reference")
+    assert acc.dtype == torch.int32 and torch.equal(acc.long(), expect)
+    # linear_q's accumulator is the same: with unit activation scales its output is the exact
+    # accumulator times the weight scales, rounded once to float32 by the epilogue.
+    y = reference.linear_q(x, torch.ones(6, 1), ops.prepared_weights(packed, "reference"),
+                           nxm.backends.WeightMeta.of(packed), None, "none", torch.float32)
+    assert torch.equal(y, expect.float() * packed.scales)
+
+
 def test_int_mm_non_contiguous_and_empty():
     packed = pack(torch.randn(9, 24), 4, "2:4", prune=True)
     base = torch.randint(-127, 128, (24, 10), dtype=torch.int8)
@@ -198,6 +252,24 @@ def test_prepared_weights_are_cached_per_backend():
     # The reference layout is the canonical tensors themselves.
     assert [t.data_ptr() for t in first] == [packed.values.data_ptr(), packed.metadata.data_ptr(),
                                              packed.scales.data_ptr()]
+
+
+def test_reference_decodes_each_weight_once_on_first_use():
+    """The decoded float32 codes are built on the first forward, kept, and derived again when a state
+    dict is copied into the layer's buffers in place."""
+    from nxm_kernels.modules import NxMLinear
+
+    layer = NxMLinear.from_linear(torch.nn.Linear(40, 24), "2:4-w4a8", backend="reference")
+    layout = ops.prepared_weights(layer.packed, "reference")
+    assert "decoded" not in vars(layout)  # nothing decoded before it is needed
+    x = torch.randn(5, 40)
+    y = layer(x)
+    decoded = layout.decoded
+    assert decoded.dtype == torch.float32 and torch.equal(decoded, layer.packed.int_weight()[:, :40].float())
+    assert torch.equal(layer(x), y) and layout.decoded is decoded  # kept, not decoded again
+    other = NxMLinear.from_linear(torch.nn.Linear(40, 24), "2:4-w4a8", backend="reference")
+    layer.load_state_dict(other.state_dict())  # copy_ into the buffers
+    assert torch.equal(layer(x), other(x))
 
 
 def test_custom_ops_pass_opcheck():

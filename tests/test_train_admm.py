@@ -132,5 +132,9 @@ def test_dense_layers_are_not_admm_layers_and_config_is_checked():
                 dict(interval=0), dict(projection="x")):
         with pytest.raises(ValueError):
             ADMMConfig(**bad)
+    with pytest.raises(ValueError, match=r"rho_max must be a finite number > 0, got inf"):
+        ADMMConfig(rho_max=float("inf"))
+    with pytest.raises(TypeError, match="rho must be a number, got str"):
+        ADMMConfig(rho="0.1")
     with pytest.raises(TypeError, match="QATLinear"):
         ADMM({"a": nn.Linear(2, 2)})

